@@ -1,0 +1,187 @@
+"""The ``senet`` command line: a registry of subcommands.
+
+The library's own commands live here (``models``, ``flops``) and in :mod:`senet.train` (``train``).
+Other packages add theirs through the ``senet.commands`` entry-point group (each entry point names a
+module whose import registers commands), so ``senet`` never imports the sweep or analysis code.
+
+User errors (bad keys, unknown names, missing files) print one line on stderr and exit with 2;
+set ``SENET_DEBUG=1`` to see the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any
+
+from .registry import Registry
+
+
+class UserError(Exception):
+    """An error in what the user asked for; the CLI prints its message alone."""
+
+
+class Command:
+    """A subcommand. ``overrides`` = accepts ``--key value`` config overrides (``--se.gate tanh``)."""
+
+    name = ""
+    help = ""
+    overrides = False
+
+    def configure(self, p: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+
+COMMANDS: Registry[Command] = Registry("command")
+#: Modules of this package whose import registers more commands.
+_OWN_COMMANDS: tuple[str, ...] = ()
+
+
+def command(cls: type[Command]) -> type[Command]:
+    COMMANDS.add(cls.name, cls())
+    return cls
+
+
+def parse_overrides(extra: list[str]) -> dict[str, str]:
+    """``["--se.gate", "tanh", "--seed=3"]`` -> ``{"se.gate": "tanh", "seed": "3"}``."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--") or tok == "--":
+            raise UserError(f"unexpected argument {tok!r}; options look like --key value")
+        key, eq, value = tok[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
+                raise UserError(f"option --{key} needs a value")
+            value = extra[i + 1]
+            i += 1
+        out[key] = value
+        i += 1
+    return out
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group="senet.commands"):
+        try:
+            import_module(ep.value)
+        except ImportError as e:  # a missing optional dependency must not break the other commands
+            print(f"senet: warning: commands from {ep.name} unavailable ({e})", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for mod in _OWN_COMMANDS:
+        import_module(mod)
+    _load_plugins()
+    parser = argparse.ArgumentParser(
+        prog="senet", description="Squeeze-and-Excitation networks: models, training, ablations, analysis.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = bool(os.environ.get("SENET_DEBUG"))
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        cmd = COMMANDS.get(args.command)
+        if extra and not cmd.overrides:
+            raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+        return int(cmd.run(args, parse_overrides(extra)) or 0)
+    except KeyboardInterrupt:
+        print("senet: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"senet: error: {msg}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------
+# senet models, senet flops
+# ---------------------------------------------------------------------------------------------
+@command
+class ModelsCommand(Command):
+    name = "models"
+    help = "list the registered backbones (each has an se_ twin with the paper's default SE)"
+
+    def configure(self, p):
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    def run(self, args, overrides):
+        from .models import MODELS  # noqa: PLC0415
+
+        rows = [dict(name=n, family=s.family, input_size=s.input_size, num_classes=s.num_classes,
+                     se=s.se_default, doc=s.doc) for n, s in MODELS.items()]
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            w = max(len(r["name"]) for r in rows)
+            for r in rows:
+                print(f"{r['name']:<{w}}  {r['family']:<12} {r['input_size']:>4}px  {r['doc']}")
+        return 0
+
+
+@command
+class FlopsCommand(Command):
+    name = "flops"
+    help = "parameters and FLOPs (1 multiply-add = 1 FLOP), per block and in total"
+    overrides = True
+
+    def configure(self, p):
+        p.add_argument("model", help="a registered model (see `senet models`)")
+        p.add_argument("--input-size", type=int, default=0, help="input side (default: the model's)")
+        p.add_argument("--num-classes", type=int, default=0, help="classes (default: the model's)")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.epilog = "SE and model options: --se.reduction R --se.squeeze S --se.gate G " \
+                   "--se.placement P --se.stages 2,3,4,5 --se.bias true|false --model.stride_in_1x1 true|false"
+
+    def run(self, args, overrides):
+        from . import config as C  # noqa: PLC0415
+        from .complexity import complexity  # noqa: PLC0415
+        from .models import MODELS, build_model  # noqa: PLC0415
+
+        bad = [k for k in overrides if not (k.startswith("se.") or k.startswith("model."))]
+        if bad:
+            raise UserError(f"flops takes --se.* and --model.* options, not --{bad[0]}")
+        spec = MODELS.get(args.model)
+        cfg = C.from_flat({"model.name": args.model, **overrides})
+        se = C.se_for(cfg)
+        kw = {} if cfg.model.stride_in_1x1 is None else {"stride_in_1x1": cfg.model.stride_in_1x1}
+        model = build_model(args.model, num_classes=args.num_classes or None,
+                            in_chans=cfg.model.in_chans or None, se=se, **kw)
+        size = args.input_size or spec.input_size
+        c = complexity(model, size)
+        if args.json:
+            d = c.to_dict()
+            d.update(model=args.model, gflops=c.flops / 1e9, se=None if se is None else C.flatten(se))
+            print(json.dumps(d))
+            return 0
+        print(f"{args.model} at {size}×{size}")
+        print(f"{'block':<12} {'SE':<8} {'params':>11} {'MFLOPs':>9} {'SE params':>10} {'SE MFLOPs':>9} {'C→C/r':>10}")
+        for b in c.blocks:
+            width = f"{b.se_channels}→{b.se_hidden}" if b.name else ""
+            print(f"{b.module:<12} {b.name:<8} {b.params:>11,} {b.flops / 1e6:>9.2f} "
+                  f"{b.se_params:>10,} {b.se_flops / 1e6:>9.3f} {width:>10}")
+        print(f"total: {c.params:,} params ({c.params / 1e6:.2f}M), {c.flops / 1e9:.4f} GFLOPs; "
+              f"SE: {c.se_params:,} params, {c.se_flops / 1e9:.4f} GFLOPs")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

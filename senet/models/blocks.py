@@ -1,0 +1,211 @@
+"""Residual blocks with an SE slot, and the registry of SE placements (paper Fig. 5, Tables 14-15).
+
+A block owns at most one SE module (``block.se``) and applies it at one *site* of its forward pass.
+The placement registry maps each placement name to a site and to the tensor whose channels the SE
+sees; the SE module itself never knows where it sits.
+
+Sites, in the order a block's forward reaches them:
+
+``branch_in``   start of the residual branch (SE-PRE)
+``inner``       after the 3×3 convolution (+BN, ReLU) inside the branch (Table 15)
+``branch_out``  end of the residual branch, after its last BN, before the addition (standard SE)
+``shortcut``    on the identity path, in parallel with the branch (SE-Identity)
+``block_out``   after the addition and its ReLU (SE-POST)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class Placement:
+    site: str  # where in the block's forward the SE is applied
+    channels: str  # whose width the SE sees: "in", "inner" or "out"
+    doc: str = ""
+
+
+PLACEMENTS: Registry[Placement] = Registry("placement")
+PLACEMENTS.add("standard", Placement("branch_out", "out", "after the branch's last BN, before the add"))
+PLACEMENTS.add("pre", Placement("branch_in", "in", "at the start of the residual branch (SE-PRE)"))
+PLACEMENTS.add("post", Placement("block_out", "out", "after the addition and its ReLU (SE-POST)"))
+PLACEMENTS.add("identity", Placement("shortcut", "out", "on the identity path (SE-Identity)"))
+PLACEMENTS.add("inner", Placement("inner", "inner", "after the 3×3 conv inside the branch (Table 15)"))
+
+SEFactory = Optional[Callable[[int], nn.Module]]
+
+
+class SESlot(nn.Module):
+    """Mixin for blocks: holds ``self.se`` and applies it at the placement's site."""
+
+    se_site: str = ""
+
+    def _init_se(self, se_factory: SEFactory, placement: str, widths: dict[str, int],
+                 stage: int, index: int) -> None:
+        self.stage, self.index = stage, index
+        p = PLACEMENTS.get(placement)
+        self.placement = placement
+        if se_factory is None:
+            self.se = None
+            self.se_site = ""
+            return
+        self.se = se_factory(widths[p.channels])
+        self.se_site = p.site
+        if hasattr(self.se, "block_name"):
+            self.se.block_name = f"SE_{stage}_{index}"
+
+    def _at(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        return self.se(x) if self.se_site == site else x
+
+
+def conv3x3(cin, cout, stride=1, groups=1):
+    return nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False)
+
+
+def conv1x1(cin, cout, stride=1):
+    return nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+
+class BasicBlock(SESlot):
+    """Two 3×3 convs (He et al. 2016), torchvision's parameter names."""
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se_factory=None,
+                 placement="standard", stage=0, index=0, **_):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self._init_se(se_factory, placement, {"in": inplanes, "inner": planes, "out": planes},
+                      stage, index)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self._at("branch_in", x)
+        out = self.relu(self.bn1(self.conv1(out)))
+        out = self._at("inner", out)
+        out = self.bn2(self.conv2(out))
+        out = self._at("branch_out", out)
+        out = out + self._at("shortcut", identity)
+        return self._at("block_out", self.relu(out))
+
+
+class Bottleneck(SESlot):
+    """1×1 → 3×3 → 1×1 bottleneck; ``stride_in_1x1`` puts the stride in the first 1×1 (the paper's
+    Caffe models, "ResNet v1") rather than the 3×3 (torchvision's "v1.5")."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se_factory=None,
+                 placement="standard", stage=0, index=0, groups=1, base_width=64,
+                 stride_in_1x1=False, **_):
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv1x1(inplanes, width, s1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, s3, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self._init_se(se_factory, placement,
+                      {"in": inplanes, "inner": width, "out": planes * self.expansion}, stage, index)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self._at("branch_in", x)
+        out = self.relu(self.bn1(self.conv1(out)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self._at("inner", out)
+        out = self.bn3(self.conv3(out))
+        out = self._at("branch_out", out)
+        out = out + self._at("shortcut", identity)
+        return self._at("block_out", self.relu(out))
+
+
+class PreActBasicBlock(SESlot):
+    """Pre-activation basic block (He et al., "Identity Mappings", 2016), used by wide ResNets."""
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se_factory=None,
+                 placement="standard", stage=0, index=0, dropout=0.0, **_):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.downsample = downsample
+        self._init_se(se_factory, placement, {"in": inplanes, "inner": planes, "out": planes},
+                      stage, index)
+
+    def forward(self, x):
+        pre = self.relu(self.bn1(x))
+        identity = x if self.downsample is None else self.downsample(pre)
+        out = self._at("branch_in", pre)
+        out = self.conv1(out)
+        out = self.relu(self.bn2(out))
+        out = self._at("inner", out)
+        out = self.conv2(self.drop(out))
+        out = self._at("branch_out", out)
+        return self._at("block_out", out + self._at("shortcut", identity))
+
+
+class PreActBottleneck(SESlot):
+    """Pre-activation bottleneck (ResNet-164 of "Identity Mappings")."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se_factory=None,
+                 placement="standard", stage=0, index=0, **_):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self._init_se(se_factory, placement,
+                      {"in": inplanes, "inner": planes, "out": planes * self.expansion}, stage, index)
+
+    def forward(self, x):
+        pre = self.relu(self.bn1(x))
+        identity = x if self.downsample is None else self.downsample(pre)
+        out = self._at("branch_in", pre)
+        out = self.conv1(out)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.relu(self.bn3(out))
+        out = self._at("inner", out)
+        out = self.conv3(out)
+        out = self._at("branch_out", out)
+        return self._at("block_out", out + self._at("shortcut", identity))
+
+
+class PadShortcut(nn.Module):
+    """Parameter-free shortcut ("option A" of He et al.'s CIFAR ResNets): subsample, zero-pad channels."""
+
+    def __init__(self, stride: int, extra: int):
+        super().__init__()
+        self.stride, self.extra = stride, extra
+
+    def forward(self, x):
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra:
+            x = nn.functional.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        return x
