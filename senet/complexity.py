@@ -10,8 +10,8 @@ module is counted the same way; a new module type gets a counter with ``@registe
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -57,6 +57,8 @@ def _scale(m, inputs, out):
 
 @register_flops(SESlot)
 def _residual_add(m, inputs, out):
+    if not m.residual:  # Inception modules and MobileNet blocks have no identity addition
+        return 0
     fused = m.se is not None and m.se_site in ("branch_out", "shortcut")  # u·s + x: one multiply-add
     return 0 if fused else out.numel()
 

@@ -1,5 +1,5 @@
 """Backbones. Importing this package registers every model."""
+from . import inception, mobilenet, resnet  # noqa: F401  (importing registers the models)
 from .registry import MODELS, ModelSpec, build_model, register_model, se_modules
-from . import resnet  # noqa: F401  (registers)
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "register_model", "se_modules"]

@@ -14,8 +14,8 @@ Sites, in the order a block's forward reaches them:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -37,18 +37,30 @@ PLACEMENTS.add("post", Placement("block_out", "out", "after the addition and its
 PLACEMENTS.add("identity", Placement("shortcut", "out", "on the identity path (SE-Identity)"))
 PLACEMENTS.add("inner", Placement("inner", "inner", "after the 3×3 conv inside the branch (Table 15)"))
 
-SEFactory = Optional[Callable[[int], nn.Module]]
+SEFactory = Callable[[int], nn.Module] | None
 
 
 class SESlot(nn.Module):
-    """Mixin for blocks: holds ``self.se`` and applies it at the placement's site."""
+    """Mixin for blocks: holds ``self.se`` and applies it at the placement's site.
+
+    ``supported_placements`` names the placements a block type can host (None: all registered);
+    ``residual`` says whether the block ends with an identity addition, which the complexity
+    counter charges (and fuses with a standard SE's scaling).
+    """
 
     se_site: str = ""
+    supported_placements: tuple[str, ...] | None = None
+    residual: bool = True
 
     def _init_se(self, se_factory: SEFactory, placement: str, widths: dict[str, int],
                  stage: int, index: int) -> None:
         self.stage, self.index = stage, index
         p = PLACEMENTS.get(placement)
+        if self.supported_placements is not None and placement not in self.supported_placements:
+            raise ValueError(
+                f"placement {placement!r} does not apply to {type(self).__name__} blocks; "
+                f"choose one of: {', '.join(self.supported_placements)}"
+            )
         self.placement = placement
         if se_factory is None:
             self.se = None

@@ -5,8 +5,8 @@ sigmoid gate, standard placement, all stages) is derived, not written again.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 

@@ -54,7 +54,7 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown stem {stem!r}; choose one of: imagenet, cifar")
 
         inplanes = stem_width
-        for i, (n, p) in enumerate(zip(layers, planes)):
+        for i, (n, p) in enumerate(zip(layers, planes, strict=True)):
             stage = self.stages[i]
             stride = 1 if i == 0 else 2
             out = p * block.expansion
