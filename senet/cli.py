@@ -40,7 +40,7 @@ class Command:
 
 COMMANDS: Registry[Command] = Registry("command")
 #: Modules of this package whose import registers more commands.
-_OWN_COMMANDS: tuple[str, ...] = ()
+_OWN_COMMANDS: tuple[str, ...] = ("senet.train",)
 
 
 def command(cls: type[Command]) -> type[Command]:

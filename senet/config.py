@@ -10,9 +10,10 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .se import SEConfig
 
@@ -239,7 +240,14 @@ def from_dict(d: Mapping[str, Any], base: Config | None = None) -> Config:
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=False) + "\n")
+    """Write the nested config as JSON, or as YAML when ``path`` ends in .yaml/.yml."""
+    p = Path(path)
+    if p.suffix in (".yaml", ".yml"):
+        import yaml  # noqa: PLC0415
+
+        p.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    else:
+        p.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=False) + "\n")
 
 
 def load(path: str | Path, base: Config | None = None) -> Config:

@@ -1,0 +1,64 @@
+"""Where a result came from: code version, library versions, device and precision.
+
+Every checkpoint, ``final.json`` and results row carries this dict, so a number in a table can be
+traced to the commit and the hardware that produced it.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> dict:
+    """The suite's git commit and whether the working tree had uncommitted changes (None outside git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = None
+        if commit:
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                    capture_output=True, text=True, timeout=10).stdout
+            dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def provenance(device: torch.device | str = "cpu", precision: str = "fp32") -> dict:
+    """A JSON-able record of the code, libraries and hardware of a run."""
+    from . import __version__  # noqa: PLC0415
+
+    try:
+        import torchvision  # noqa: PLC0415
+
+        tv = str(torchvision.__version__)
+    except ImportError:  # pragma: no cover - torchvision is a dependency, but the core must not need it
+        tv = None
+    device = torch.device(device)
+    return {
+        **git_commit(),
+        "senet_version": __version__,
+        "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
+        "torchvision_version": tv,
+        "python_version": platform.python_version(),
+        "cuda_version": torch.version.cuda if device.type == "cuda" else None,
+        "device": str(device),
+        "device_name": device_name(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "hostname": socket.gethostname(),
+    }

@@ -1,0 +1,565 @@
+"""The training engine: ``fit(cfg)`` trains one network on one dataset and reports every epoch.
+
+Every ablation arm of the paper's §6 (Tables 10-16) is one call of :func:`fit`; the sweep layer wraps
+it and never the other way round, so this module imports neither Ray nor the analysis code.
+
+The loop is built for small images, where Python and data handling, not the network, would bound
+the speed: the dataset lives on the training device as uint8 tensors, each step indexes a batch,
+augments and normalises it there in a few batched ops (:mod:`senet.data`), and the running loss and
+accuracy stay on the device until the epoch ends (no per-step ``.item()`` synchronisation).
+
+Recipe (``optim.*``): SGD with momentum (Nesterov by default), weight decay (by default not on BN
+parameters and biases), label smoothing, and one of the schedules in :data:`SCHEDULES` (``plateau``
+is the paper's ImageNet recipe: lr ÷ 10 when the validation error stops improving). On a GPU the
+forward pass runs under bf16 autocast with channels_last tensors (``run.precision`` and
+``run.channels_last``, ``auto`` by default).
+
+A loss that turns NaN or infinite (ReLU and identity gates, Table 12, can diverge) ends the run with
+status ``diverged``: it is recorded in ``metrics.jsonl`` and ``final.json``, not raised.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import config as C
+from .checkpoint import build_from_config, load_checkpoint, save_checkpoint
+from .cli import Command, UserError, command
+from .config import Config, OptimConfig
+from .data import Datasets, augment, load_datasets, normalize
+from .models import se_modules
+from .provenance import provenance
+from .registry import Registry
+
+EVAL_BATCH = 1024  # images per forward pass when evaluating (no gradients, so large batches fit)
+SYNC_EVERY = 25  # steps between the two host syncs of the loop: divergence check and progress bar
+
+# Keys that must agree between a checkpoint and the config that resumes it (the rest may change,
+# e.g. more epochs, another output folder or device).
+_RESUME_FIXED = ("model.", "se.", "data.name", "data.subset", "data.val_fraction", "data.augment",
+                 "data.image_size", "data.synthetic_", "optim.batch_size", "seed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules (per step, except plateau's per-epoch decision)
+# ---------------------------------------------------------------------------------------------
+class Schedule:
+    """``lr(step)`` for every SGD step; ``epoch_end(metric)`` after each epoch (plateau uses it)."""
+
+    def __init__(self, cfg: OptimConfig, steps_per_epoch: int):
+        self.peak = cfg.lr
+        self.spe = steps_per_epoch
+        self.total = cfg.epochs * steps_per_epoch
+        self.warmup = int(round(cfg.warmup_epochs * steps_per_epoch)) if self.uses_warmup else 0
+        self.cfg = cfg
+
+    uses_warmup = False
+
+    def lr(self, step: int) -> float:
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        return self.after_warmup(step)
+
+    def after_warmup(self, step: int) -> float:
+        return self.peak
+
+    def epoch_end(self, metric: float) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
+
+
+@SCHEDULES.register("constant")
+class ConstantSchedule(Schedule):
+    """The peak learning rate throughout."""
+
+
+@SCHEDULES.register("cosine")
+class CosineSchedule(Schedule):
+    """Linear warm-up, then half a cosine from the peak to 0 at the last step (Loshchilov & Hutter)."""
+
+    uses_warmup = True
+
+    def after_warmup(self, step):
+        span = max(1, self.total - self.warmup)
+        t = min(1.0, (step - self.warmup) / span)
+        return 0.5 * self.peak * (1 + math.cos(math.pi * t))
+
+
+@SCHEDULES.register("step")
+class StepSchedule(Schedule):
+    """Linear warm-up, then ÷10 at each epoch of ``optim.milestones`` (default: 50% and 75%)."""
+
+    uses_warmup = True
+
+    def __init__(self, cfg, steps_per_epoch):
+        super().__init__(cfg, steps_per_epoch)
+        ms = cfg.milestones
+        self.milestones = ([int(m) for m in ms.split(",")] if ms
+                           else [int(cfg.epochs * 0.5), int(cfg.epochs * 0.75)])
+
+    def after_warmup(self, step):
+        epoch = step // self.spe
+        return self.peak * 0.1 ** sum(epoch >= m for m in self.milestones)
+
+
+@SCHEDULES.register("plateau")
+class PlateauSchedule(Schedule):
+    """The paper's ImageNet recipe: ÷10 when the validation error has not improved for
+    ``optim.plateau_patience`` epochs (the training loss when there is no validation split)."""
+
+    def __init__(self, cfg, steps_per_epoch):
+        super().__init__(cfg, steps_per_epoch)
+        self.best, self.bad, self.scale = math.inf, 0, 1.0
+
+    def after_warmup(self, step):
+        return self.peak * self.scale
+
+    def epoch_end(self, metric):
+        if not math.isfinite(metric):
+            return
+        if metric < self.best - 1e-9:
+            self.best, self.bad = metric, 0
+        else:
+            self.bad += 1
+            if self.bad > self.cfg.plateau_patience:
+                self.scale, self.bad = self.scale * 0.1, 0
+
+    def state_dict(self):
+        return {"best": self.best, "bad": self.bad, "scale": self.scale}
+
+    def load_state_dict(self, state):
+        self.best, self.bad, self.scale = state["best"], state["bad"], state["scale"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Device, precision, optimizer, RNG
+# ---------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise C.ConfigError(f"bad value for run.device: {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise C.ConfigError(f"bad value for run.device: {name!r} (no CUDA device is available)")
+    return device
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> tuple[str, bool]:
+    """(``"bf16"`` | ``"fp32"``, channels_last) after resolving ``auto``."""
+    precision = cfg.run.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    cl = cfg.run.channels_last
+    channels_last = device.type == "cuda" if cl == "auto" else cl == "true"
+    return precision, channels_last
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_bias: bool) -> list[dict]:
+    """Weight decay on weights only, unless asked: BN scales/shifts and biases (1-D tensors) get none."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if decay_norm_bias or p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def rng_state(order_gen: torch.Generator, aug_gen: torch.Generator) -> dict:
+    """Every RNG of the run as tensors and plain values (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+        "order": order_gen.get_state(),
+        "augment": aug_gen.get_state(),
+    }
+
+
+def set_rng_state(state: dict, order_gen: torch.Generator, aug_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    order_gen.set_state(state["order"])
+    aug_gen.set_state(state["augment"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _determinism(on: bool, threads: int):
+    """Deterministic algorithms and thread count for the run, restored afterwards (a Ray worker
+    that reuses its process for the next trial must not inherit them)."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic, torch.get_num_threads())
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev[1], prev[2]
+        torch.set_num_threads(prev[3])
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, *, precision: str = "fp32",
+             channels_last: bool = False, batch_size: int = EVAL_BATCH) -> dict[str, float]:
+    """Top-1 / top-5 error (%) and mean cross-entropy on uint8 images, in large batches.
+
+    Returns NaN for an empty split. The model is put in eval mode and restored afterwards.
+    """
+    if len(x) == 0:
+        return {"top1_err": math.nan, "top5_err": math.nan, "loss": math.nan}
+    was_training = model.training
+    model.eval()
+    device = x.device
+    wrong1 = torch.zeros((), dtype=torch.int64, device=device)
+    wrong5 = torch.zeros((), dtype=torch.int64, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        for i in range(0, len(x), batch_size):
+            xb = normalize(x[i:i + batch_size], mean, std)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = y[i:i + batch_size]
+            with _autocast(device, precision):
+                out = model(xb)
+            out = out.float()
+            loss += F.cross_entropy(out, yb, reduction="sum").double()
+            top = out.topk(min(5, out.shape[1]), dim=1).indices
+            hit = top == yb.view(-1, 1)
+            wrong1 += (~hit[:, 0]).sum()
+            wrong5 += (~hit.any(1)).sum()
+    finally:
+        model.train(was_training)
+    n = len(x)
+    return {"top1_err": 100.0 * wrong1.item() / n, "top5_err": 100.0 * wrong5.item() / n,
+            "loss": loss.item() / n}
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------------
+def _finite(v):
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+def _json_line(d: dict) -> str:
+    """Strict JSON (non-finite numbers become null, so any JSON reader takes the files)."""
+    return json.dumps({k: _finite(v) for k, v in d.items()})
+
+
+def se_hidden_summary(model: nn.Module) -> str:
+    """``"SE_2_1:16/1,SE_2_2:16/1,..."``: each SE block's channels C and effective hidden width."""
+    return ",".join(f"{n}:{getattr(m, 'channels', '?')}/{getattr(m, 'hidden', '?')}"
+                    for n, m in se_modules(model).items())
+
+
+def _check_resume(cfg: Config, saved: dict) -> None:
+    now, then = C.flatten(cfg), C.flatten(C.from_dict(saved))
+    bad = [k for k in now if k.startswith(_RESUME_FIXED) and now[k] != then[k]]
+    if bad:
+        raise ValueError("cannot resume: the config differs from the checkpoint's in "
+                         + ", ".join(f"{k} ({then[k]!r} -> {now[k]!r})" for k in bad))
+
+
+def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: str | Path | None = None,
+        datasets: Datasets | None = None) -> dict:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.optim``; return the run's final results.
+
+    After each epoch (checkpoint first, then ``metrics.jsonl``, then ``report(metrics)``) the
+    metrics hold ``epoch``, ``train_loss``, ``train_top1_err``, ``val_top1_err``, ``val_top5_err``,
+    ``test_top1_err``, ``test_top5_err`` (errors in %, NaN without a validation split),
+    ``images_per_s``, ``epoch_time_s``, ``train_time_s``, ``lr``, ``status`` and ``checkpoint``.
+
+    The returned dict (also ``final.json``) has ``status`` (``completed`` | ``diverged``),
+    ``epochs_run``, the last epoch's test errors, the best validation error with its epoch and the
+    test errors at that epoch, ``params``, ``flops`` (1 multiply-add = 1 FLOP, at the data's input
+    size), ``se_hidden``, ``wall_time_s``, ``train_time_s`` and ``provenance``.
+
+    ``resume`` (a checkpoint file or a run folder) continues the run exactly: model, optimizer,
+    schedule, every RNG, epoch and best-so-far come from the checkpoint. ``datasets`` skips loading
+    (a sweep worker that reuses one in-memory copy across trials).
+    """
+    wall0 = time.perf_counter()
+    C.validate(cfg)
+    device = resolve_device(cfg.run.device)
+    precision, channels_last = resolve_precision(cfg, device)
+    ckpt = load_checkpoint(resume) if resume is not None else None
+    if ckpt is not None:
+        _check_resume(cfg, ckpt["config"])
+    out = Path(cfg.run.out) if cfg.run.out else None
+
+    with _determinism(cfg.run.deterministic, cfg.run.threads):
+        ds = datasets if datasets is not None else load_datasets(cfg.data)
+        ds = ds.to(device)
+        seed_everything(cfg.seed)
+        model = build_from_config(cfg, cfg.model.num_classes or ds.num_classes,
+                                  cfg.model.in_chans or ds.in_chans)
+        from .complexity import complexity  # noqa: PLC0415
+
+        cx = complexity(model, ds.input_size, ds.in_chans)
+        se_hidden = se_hidden_summary(model)
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay, cfg.optim.decay_norm_bias),
+                              lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                              nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
+                              fused=device.type == "cuda" or None)
+        n_train = len(ds.train_x)
+        if n_train == 0:
+            raise ValueError(f"dataset {ds.name!r} has no training images left (data.subset, data.val_fraction)")
+        bs = min(cfg.optim.batch_size, n_train)
+        steps_per_epoch = n_train // bs  # the ragged last batch is dropped (BN on a few images is noise)
+        schedule = SCHEDULES.get(cfg.optim.schedule)(cfg.optim, steps_per_epoch)
+        order_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+        prov = provenance(device, precision)
+        data_meta = {"name": ds.name, "classes": list(ds.classes), "mean": list(ds.mean),
+                     "std": list(ds.std), "input_size": list(ds.input_size), "in_chans": ds.in_chans,
+                     "num_train": n_train, "num_val": len(ds.val_x), "num_test": len(ds.test_x)}
+
+        start_epoch, step, train_time, prev_wall = 0, 0, 0.0, 0.0
+        best = {"val_top1_err": math.inf, "epoch": None, "test_top1_err": math.nan,
+                "test_top5_err": math.nan}
+        history: list[dict] = []
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            schedule.load_state_dict(ckpt["schedule"])
+            set_rng_state(ckpt["rng"], order_gen, aug_gen)
+            start_epoch, step = ckpt["epoch"], ckpt["step"]
+            train_time, prev_wall = ckpt["train_time_s"], ckpt["wall_time_s"]
+            best, history = dict(ckpt["best"]), list(ckpt["metrics"])
+        net = torch.compile(model) if cfg.run.compile else model
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            C.save(cfg, out / "config.json")
+            # rewritten from the checkpoint's history: a run killed after its last checkpoint leaves
+            # no duplicate or orphan epochs behind
+            (out / "metrics.jsonl").write_text("".join(_json_line(h) + "\n" for h in history))
+
+        status = "completed"
+        epoch = start_epoch
+        show = cfg.run.progress and sys.stderr.isatty()  # no bar in logs and Ray workers
+        for epoch in range(start_epoch + 1, cfg.optim.epochs + 1):
+            # ---- train one epoch ----
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n_train, generator=order_gen).to(device, non_blocking=True)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            bar = _progress(show, steps_per_epoch, epoch, cfg.optim.epochs)
+            last_show, seen = t0, 0
+            for i in range(steps_per_epoch):
+                idx = perm[i * bs:(i + 1) * bs]
+                xb = normalize(augment(ds.train_x[idx], cfg.data.augment, aug_gen), ds.mean, ds.std)
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                yb = ds.train_y[idx]
+                lr = schedule.lr(step)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with _autocast(device, precision):
+                    logits = net(xb)
+                    loss = criterion(logits, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                seen += bs
+                loss_sum += loss.detach()
+                correct += (logits.detach().argmax(1) == yb).sum()
+                if (i + 1) % SYNC_EVERY == 0 or i + 1 == steps_per_epoch:
+                    if not math.isfinite(loss_sum.item()):
+                        status = "diverged"
+                        break
+                    if bar is not None and time.perf_counter() - last_show > 0.5:
+                        last_show = time.perf_counter()
+                        bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}",
+                                        acc=f"{100 * correct.item() / seen:.1f}%",
+                                        img_s=f"{seen / (last_show - t0):.0f}", refresh=False)
+                if bar is not None:
+                    bar.update(1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t_train = time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+            train_loss = loss_sum.item() / max(1, i + 1)
+            train_err = 100.0 - 100.0 * correct.item() / max(1, seen)
+            if not math.isfinite(train_loss):
+                status = "diverged"
+
+            # ---- evaluate ----
+            t1 = time.perf_counter()
+            if status == "diverged":
+                val = test = {"top1_err": math.nan, "top5_err": math.nan, "loss": math.nan}
+            else:
+                kw = dict(precision=precision, channels_last=channels_last)
+                val = evaluate(net, ds.val_x, ds.val_y, ds.mean, ds.std, **kw)
+                test = evaluate(net, ds.test_x, ds.test_y, ds.mean, ds.std, **kw)
+            t_eval = time.perf_counter() - t1
+            train_time += t_train + t_eval
+            if math.isfinite(val["top1_err"]) and val["top1_err"] < best["val_top1_err"]:
+                best = {"val_top1_err": val["top1_err"], "epoch": epoch,
+                        "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"]}
+            if status != "diverged":
+                schedule.epoch_end(val["top1_err"] if len(ds.val_x) else train_loss)
+
+            last = status == "diverged" or epoch == cfg.optim.epochs
+            metrics = {
+                "epoch": epoch, "step": step, "train_loss": train_loss, "train_top1_err": train_err,
+                "val_loss": val["loss"], "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
+                "test_loss": test["loss"], "test_top1_err": test["top1_err"],
+                "test_top5_err": test["top5_err"], "images_per_s": seen / t_train if t_train else math.nan,
+                "epoch_time_s": t_train + t_eval, "train_time_s": train_time, "lr": lr,
+                "status": status if last else "running", "checkpoint": None,
+            }
+            history.append(metrics)
+            # ---- checkpoint, then the metrics line, then the report ----
+            if out is not None and status != "diverged" and (last or epoch % cfg.run.checkpoint_every == 0):
+                metrics["checkpoint"] = str(save_checkpoint(
+                    out / "checkpoint.pt", model=model.state_dict(), optimizer=opt.state_dict(),
+                    schedule=schedule.state_dict(), rng=rng_state(order_gen, aug_gen), epoch=epoch,
+                    step=step, best=best, metrics=history, train_time_s=train_time,
+                    wall_time_s=prev_wall + time.perf_counter() - wall0, config=C.to_dict(cfg),
+                    data=data_meta, provenance=prov))
+            if out is not None:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(_json_line(metrics) + "\n")
+            if report is not None:
+                report(dict(metrics))
+            if status == "diverged":
+                break
+
+    final_test = history[-1] if history else {}
+    result = {
+        "status": status,
+        "epochs_run": epoch,
+        "test_top1_err": final_test.get("test_top1_err", math.nan),
+        "test_top5_err": final_test.get("test_top5_err", math.nan),
+        "best_val_top1_err": best["val_top1_err"] if best["epoch"] is not None else math.nan,
+        "best_val_epoch": best["epoch"],
+        "test_top1_err_at_best_val": best["test_top1_err"],
+        "test_top5_err_at_best_val": best["test_top5_err"],
+        "wall_time_s": prev_wall + time.perf_counter() - wall0,
+        "train_time_s": train_time,
+        "params": cx.params,
+        "flops": cx.flops,
+        "se_params": cx.se_params,
+        "se_flops": cx.se_flops,
+        "se_hidden": se_hidden,
+        "dataset": data_meta["name"],
+        "num_train": n_train,
+        "checkpoint": str(out / "checkpoint.pt") if out is not None and (out / "checkpoint.pt").exists() else None,
+        "provenance": prov,
+    }
+    if out is not None:
+        (out / "final.json").write_text(json.dumps({k: _finite(v) for k, v in result.items()}, indent=1) + "\n")
+    return result
+
+
+def _progress(show: bool, total: int, epoch: int, epochs: int):
+    if not show:
+        return None
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# senet train
+# ---------------------------------------------------------------------------------------------
+def _fmt(v, spec=".2f"):
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+@command
+class TrainCommand(Command):
+    name = "train"
+    help = "train one network (config file and/or --key value overrides); writes config, metrics, checkpoint"
+    overrides = True
+
+    def configure(self, p):
+        p.add_argument("--config", metavar="FILE", help="JSON or YAML config (nested or flat keys)")
+        p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or run folder")
+        p.epilog = ("config keys as options: --model NAME --data.name fashion-mnist|cifar10|cifar100|"
+                    "imagefolder|synthetic --data.root DIR --data.subset N --epochs E --lr LR --seed S "
+                    "--se.gate G ... --out DIR (all keys: " + ", ".join(C.keys()) + ")")
+
+    def run(self, args, overrides):
+        base = None
+        if args.config:
+            base = C.load(args.config)
+        elif args.resume:
+            base = C.from_dict(load_checkpoint(args.resume)["config"])
+        cfg = C.from_flat(overrides, base)
+        if cfg.run.out and Path(cfg.run.out).exists() and not Path(cfg.run.out).is_dir():
+            raise UserError(f"run.out {cfg.run.out!r} exists and is not a folder")
+
+        def show(m):
+            print(f"epoch {m['epoch']:>3}/{cfg.optim.epochs}  loss {_fmt(m['train_loss'], '.4f')}  "
+                  f"train err {_fmt(m['train_top1_err'])}%  val err {_fmt(m['val_top1_err'])}%  "
+                  f"test err {_fmt(m['test_top1_err'])}% / {_fmt(m['test_top5_err'])}%  "
+                  f"{_fmt(m['images_per_s'], '.0f')} img/s  {_fmt(m['epoch_time_s'], '.1f')} s  "
+                  f"lr {m['lr']:.4g}", flush=True)
+
+        r = fit(cfg, show, resume=args.resume)
+        print(f"{cfg.model.name} on {r['dataset']}: status {r['status']}, {r['epochs_run']} epochs, "
+              f"test top-1 err {_fmt(r['test_top1_err'])}% (acc {_fmt(100 - r['test_top1_err'])}%), "
+              f"top-5 err {_fmt(r['test_top5_err'])}%, best val err {_fmt(r['best_val_top1_err'])}% "
+              f"at epoch {r['best_val_epoch']}, train {r['train_time_s']:.0f} s, wall {r['wall_time_s']:.0f} s"
+              + (f", out {cfg.run.out}" if cfg.run.out else ""))
+        return 0
