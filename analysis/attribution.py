@@ -32,16 +32,15 @@ def channel_importance(model: nn.Module, blocks: list[str], x: torch.Tensor, y: 
     """
     model.eval()
     mods = se_modules(model)
-    classes = sorted(int(c) for c in torch.unique(y))
-    work = [(b, c) for b in blocks for c in classes]
+    work = blocks
     if progress:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        work = tqdm(work, desc="channel ablation", unit="block·class", leave=False)
+        work = tqdm(blocks, desc="channel ablation", unit="block", leave=False)
+    y_np = y.cpu().numpy()
     rows = []
-    for block, cls in work:
+    for block in work:
         gate = mods[block].gate
-        xs = x[y == cls]
         # The mask needs the gate's output shape: probe with one image.
         shape = {}
 
@@ -50,15 +49,20 @@ def channel_importance(model: nn.Module, blocks: list[str], x: torch.Tensor, y: 
 
         h = gate.register_forward_hook(probe)
         with torch.no_grad():
-            model(xs[:1])
+            model(x[:1])
         h.remove()
         _, c, hh, ww = shape["s"]
         mask = torch.arange(c, device=x.device).view(1, c, 1, 1).expand(1, c, hh, ww)
+        # One pass per channel over all images, each scored on its own class (per-sample targets
+        # need perturbations_per_eval=1 in captum 0.9).
         attr = LayerFeatureAblation(model, gate).attribute(
-            xs, layer_baselines=baseline, target=cls, layer_mask=mask, perturbations_per_eval=1)
-        imp = attr.detach().float().mean((2, 3)).mean(0).cpu().numpy()
-        rows.append(pd.DataFrame({"block": block, "class": class_names[cls], "class_index": cls,
-                                  "channel": np.arange(c), "importance": imp, "images": len(xs)}))
+            x, layer_baselines=baseline, target=y, layer_mask=mask, perturbations_per_eval=1)
+        per_image = attr.detach().float().mean((2, 3)).cpu().numpy()  # (N, C)
+        for cls in np.unique(y_np):
+            sel = y_np == cls
+            rows.append(pd.DataFrame({"block": block, "class": class_names[int(cls)],
+                                      "class_index": int(cls), "channel": np.arange(c),
+                                      "importance": per_image[sel].mean(0), "images": int(sel.sum())}))
     return pd.concat(rows, ignore_index=True)
 
 

@@ -17,9 +17,13 @@ ALL_CLASSES = "all classes"
 
 
 def block_order(frame: pd.DataFrame) -> list[str]:
-    """Block names in depth order (stage, then block index)."""
-    b = frame[["block", "stage", "block_index"]].drop_duplicates().sort_values(["stage", "block_index"])
-    return list(b["block"])
+    """Block names (``SE_<stage>_<block>``) in depth order: stage, then block index."""
+    def key(name: str):
+        parts = name.split("_")
+        return tuple(int(p) for p in parts[1:]) if len(parts) == 3 and all(p.isdigit() for p in parts[1:]) \
+            else (10**9,)
+
+    return sorted(dict.fromkeys(frame["block"]), key=key)
 
 
 def pooled(stats: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,244 @@
+"""Figures of the analysis, each a function from tidy tables to a matplotlib Figure.
+
+- :func:`excitation_means`: the paper's Figure 6, mean excitation per channel for chosen classes and
+  the all-class mean, one panel per block.
+- :func:`excitation_bands`: Figure 7, mean ± standard deviation over the images of each class.
+- :func:`selectivity_depth`: class selectivity (η²) and saturation per block against depth.
+- :func:`removal_bars`: the error change when SE blocks are replaced by the identity (§7.2).
+- :func:`attribution_scatter`: captum channel importance against mean excitation, with Spearman ρ.
+- :func:`gradcam_grid`: Grad-CAM maps of one or more models on the same images.
+- :func:`point_plot`, :func:`error_edf`: ablation results per arm (95% CIs; pycls-style EDFs).
+
+Only pandas, numpy, matplotlib and seaborn are imported. Save with :func:`analysis.style.save`.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from . import stats as S
+from .style import ALL_COLOR, apply, colors, label
+
+
+def _grid(n: int, ncols: int = 3, w: float = 3.0, h: float = 2.3, sharey: bool = True):
+    apply()
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False,
+                             sharey=sharey)
+    axes = axes.ravel()
+    for ax in axes[n:]:  # unused cells of the grid would otherwise count as panels
+        fig.delaxes(ax)
+    return fig, list(axes[:n])
+
+
+def _blocks(frame: pd.DataFrame, blocks: list[str] | None) -> list[str]:
+    order = S.block_order(frame)
+    if blocks is None:
+        return order
+    missing = [b for b in blocks if b not in order]
+    if missing:
+        raise ValueError(f"blocks {missing} not in the table; choose from: {', '.join(order)}")
+    return [b for b in order if b in blocks]
+
+
+def _check_classes(stats: pd.DataFrame, classes: list[str]) -> None:
+    have = list(dict.fromkeys(stats["class"]))
+    bad = [c for c in classes if c not in have]
+    if bad:
+        raise ValueError(f"unknown class {bad[0]!r}; choose from: {', '.join(have)}")
+
+
+def excitation_means(stats: pd.DataFrame, classes: list[str], blocks: list[str] | None = None,
+                     title: str = "Mean excitation per channel (cf. paper Fig. 6)"):
+    """One panel per block: mean excitation against channel index for each class, and the mean
+    over all classes (black)."""
+    _check_classes(stats, classes)
+    blocks = _blocks(stats, blocks)
+    allc = S.pooled(stats)
+    fig, axes = _grid(len(blocks))
+    cols = colors(len(classes))
+    for ax, block in zip(axes, blocks, strict=False):
+        for cls, col in zip(classes, cols, strict=False):
+            d = stats[(stats["block"] == block) & (stats["class"] == cls)].sort_values("channel")
+            ax.plot(d["channel"], d["mean"], color=col, label=cls)
+        d = allc[allc["block"] == block].sort_values("channel")
+        ax.plot(d["channel"], d["mean"], color=ALL_COLOR, ls="--", label=label("all_classes"))
+        ax.set_title(block)
+        ax.set_xlabel(label("channel"))
+        ax.set_ylabel(label("mean_excitation"))
+    axes[0].legend(loc="best", frameon=True)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def excitation_bands(stats: pd.DataFrame, classes: list[str], blocks: list[str] | None = None,
+                     title: str = "Excitation mean ± std over the images of a class (cf. paper Fig. 7)"):
+    """One panel per block: mean ± one standard deviation of each class's excitations."""
+    _check_classes(stats, classes)
+    blocks = _blocks(stats, blocks)
+    fig, axes = _grid(len(blocks))
+    cols = colors(len(classes))
+    for ax, block in zip(axes, blocks, strict=False):
+        for cls, col in zip(classes, cols, strict=False):
+            d = stats[(stats["block"] == block) & (stats["class"] == cls)].sort_values("channel")
+            ax.plot(d["channel"], d["mean"], color=col, label=cls)
+            ax.fill_between(d["channel"], d["mean"] - d["std"], d["mean"] + d["std"], color=col,
+                            alpha=0.25, lw=0)
+        ax.set_title(block)
+        ax.set_xlabel(label("channel"))
+        ax.set_ylabel(label("excitation"))
+    axes[0].legend(loc="best", frameon=True)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def selectivity_depth(sel: pd.DataFrame, title: str = "Class selectivity and saturation by depth"):
+    """Two panels against block depth: η² and the share of saturated channels (> 0.9, < 0.1)."""
+    apply()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 2.8))
+    x = np.arange(len(sel))
+    a.plot(x, sel["eta2"], marker="o", color=colors(1)[0])
+    a.set_ylim(0, max(1e-3, float(np.nanmax(sel["eta2"])) * 1.15))
+    a.set_title("class selectivity η²")
+    a.set_ylabel(label("eta2"))
+    c = colors(2)
+    b.bar(x, sel["saturated_high"].fillna(0), color=c[0], label="> 0.9")
+    b.bar(x, sel["saturated_low"].fillna(0), bottom=sel["saturated_high"].fillna(0), color=c[1],
+          label="< 0.1")
+    b.set_ylim(0, 1)
+    b.set_title("saturation")
+    b.set_ylabel(label("saturated"))
+    b.legend(loc="best")
+    for ax in (a, b):
+        ax.set_xticks(x, sel["block"], rotation=45, ha="right")
+        ax.set_xlabel(label("depth"))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def removal_bars(removal: pd.DataFrame, title: str = "SE blocks replaced by the identity"):
+    """Δ top-1 error of each removal (vs the full model) and the SE parameters it saves."""
+    apply()
+    d = removal[removal["removed"] != "none"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 2.8))
+    x = np.arange(len(d))
+    col = colors(2)
+    a.bar(x, d["delta_top1"], color=col[0])
+    a.axhline(0, color="black", lw=0.6)
+    a.set_title("error change")
+    a.set_ylabel(label("delta_top1"))
+    b.bar(x, d["added_params_pct"], color=col[1])
+    full = removal.loc[removal["removed"] == "none", "added_params_pct"]
+    if len(full):
+        b.axhline(float(full.iloc[0]), color="black", ls="--", lw=0.8, label="all SE kept")
+        b.legend(loc="best")
+    b.set_title("SE parameters kept")
+    b.set_ylabel("added parameters (% of the plain network)")
+    for ax in (a, b):
+        ax.set_xticks(x, d["removed"], rotation=45, ha="right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def attribution_scatter(attr: pd.DataFrame, title: str = "Channel importance vs mean excitation"):
+    """One panel per block: captum importance of each channel (at the SE output, for the image's
+    class) against its mean excitation on that class; the title gives Spearman's ρ."""
+    blocks = _blocks(attr, None)
+    fig, axes = _grid(len(blocks), sharey=False)
+    classes = list(dict.fromkeys(attr["class"]))
+    cols = dict(zip(classes, colors(len(classes)), strict=False))
+    for ax, block in zip(axes, blocks, strict=False):
+        d = attr[attr["block"] == block]
+        for cls in classes:
+            e = d[d["class"] == cls]
+            ax.scatter(e["mean_excitation"], e["importance"], s=7, alpha=0.7, color=cols[cls], label=cls)
+        rho = S.spearman(d["mean_excitation"], d["importance"])
+        ax.set_title(f"{block}  ρ = {rho:.2f}")
+        ax.set_xlabel(label("mean_excitation"))
+        ax.set_ylabel(label("importance"))
+    axes[0].legend(loc="best", frameon=True)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def gradcam_grid(images: np.ndarray, maps: dict[str, np.ndarray], captions: list[str] | None = None,
+                 title: str = "Grad-CAM"):
+    """Rows: images; columns: the input, then one Grad-CAM overlay per model in ``maps``.
+
+    ``images`` is (N, H, W) or (N, H, W, 3) in [0, 1]; each map is (N, H, W).
+    """
+    apply()
+    n, m = len(images), len(maps)
+    fig, axes = plt.subplots(n, m + 1, figsize=(1.6 * (m + 1), 1.6 * n), squeeze=False)
+    gray = images.ndim == 3
+    for i in range(n):
+        ax = axes[i, 0]
+        ax.imshow(images[i], cmap="gray" if gray else None, vmin=0, vmax=1)
+        ax.set_title(captions[i] if captions else label("gradcam_input"), fontsize=7)
+        for j, (name, mp) in enumerate(maps.items(), start=1):
+            ax = axes[i, j]
+            ax.imshow(images[i], cmap="gray" if gray else None, vmin=0, vmax=1)
+            g = mp[i]
+            g = (g - g.min()) / (np.ptp(g) + 1e-12)
+            ax.imshow(g, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(name, fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def point_plot(runs: pd.DataFrame, arms: list[str], metrics=("test_top1_err", "test_top5_err"),
+               title: str = ""):
+    """One panel per metric: each arm's mean with a 95% confidence interval (bootstrap over seeds),
+    and the individual runs as dots."""
+    apply()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 2.8), squeeze=False)
+    axes = axes.ravel()
+    for ax, metric in zip(axes, metrics, strict=False):
+        d = runs.dropna(subset=[metric])
+        sns.stripplot(data=d, x="arm", y=metric, order=arms, ax=ax, color="0.6", size=3, jitter=0.1)
+        sns.pointplot(data=d, x="arm", y=metric, order=arms, ax=ax, errorbar=("ci", 95),
+                      linestyle="none", markers="D", capsize=0.15, color=colors(1)[0], seed=0)
+        ax.set_title(label(metric))
+        ax.set_ylabel(label(metric))
+        ax.set_xlabel(label("arm"))
+        ax.tick_params(axis="x", rotation=30)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def error_edf(runs: pd.DataFrame, arms: list[str], metric: str = "test_top1_err", title: str = ""):
+    """Empirical distribution function of the error per arm (as pycls draws them): for each error e,
+    the share of the arm's runs with error ≤ e. The legend gives each arm's [min, mean]."""
+    apply()
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    for arm, col in zip(arms, colors(len(arms)), strict=False):
+        e = np.sort(runs.loc[runs["arm"] == arm, metric].dropna().to_numpy())
+        if not len(e):
+            continue
+        y = np.arange(1, len(e) + 1) / len(e)
+        ax.step(np.r_[e[0], e], np.r_[0, y], where="post", color=col,
+                label=f"{arm} [{e.min():.2f}, {e.mean():.2f}]")
+    ax.set_xlabel(label(metric))
+    ax.set_ylabel(label("edf"))
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or f"EDF of {label(metric)}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,188 @@
+"""Figures and ablation reports (rendering side of the analysis: no torch)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import figures as F
+from analysis import report as R
+from analysis import stats as S
+from analysis.style import LABELS, save
+
+BLOCKS = ["SE_2_3", "SE_3_3", "SE_4_1", "SE_4_2", "SE_4_3"]
+CLASSES = ["T-shirt/top", "Trouser", "Bag"]
+
+
+def test_rendering_imports_no_torch():
+    code = ("import sys; import analysis.style, analysis.figures, analysis.report, analysis.stats; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def stats_tables():
+    rng = np.random.default_rng(0)
+    rows = []
+    for block in BLOCKS:
+        stage, idx = int(block[3]), int(block[5])
+        c = 16 * 2 ** (stage - 2)
+        for k, cls in enumerate(CLASSES):
+            m = np.clip(rng.random(c) * 0.5 + 0.1 * k * (stage - 1), 0, 1)
+            rows.append(pd.DataFrame({"block": block, "stage": stage, "block_index": idx, "class": cls,
+                                      "class_index": k, "channel": np.arange(c), "count": 20 + k,
+                                      "mean": m, "std": 0.05 + 0.02 * rng.random(c),
+                                      "range_lo": 0.0, "range_hi": 1.0}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_fig6_fig7_selectivity_panels(stats_tables, tmp_path):
+    fig = F.excitation_means(stats_tables, CLASSES[:2])
+    assert [ax.get_title() for ax in fig.axes] == BLOCKS
+    assert all(len(ax.lines) == 3 for ax in fig.axes)  # two classes + the all-class mean
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["T-shirt/top", "Trouser", LABELS["all_classes"]]
+    paths = save(fig, tmp_path / "fig6")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
+
+    fig = F.excitation_bands(stats_tables, CLASSES[:2], blocks=["SE_2_3", "SE_4_3"])
+    assert [ax.get_title() for ax in fig.axes] == ["SE_2_3", "SE_4_3"]
+    assert all(len(ax.collections) == 2 and len(ax.lines) == 2 for ax in fig.axes)  # ± std bands
+
+    sel = S.selectivity(stats_tables)
+    fig = F.selectivity_depth(sel)
+    assert len(fig.axes) == 2 and [t.get_text() for t in fig.axes[0].get_xticklabels()] == BLOCKS
+    with pytest.raises(ValueError, match="unknown class 'pug'; choose from: T-shirt/top"):
+        F.excitation_means(stats_tables, ["pug"])
+
+
+def test_attribution_removal_and_gradcam_figures():
+    attr = pd.DataFrame({"block": ["SE_2_3"] * 4 + ["SE_4_3"] * 4, "stage": [2] * 4 + [4] * 4,
+                         "block_index": 3, "class": ["a", "a", "b", "b"] * 2, "channel": [0, 1] * 4,
+                         "importance": [1, 2, 3, 4, 4, 3, 2, 1.0],
+                         "mean_excitation": [.1, .2, .3, .4, .1, .2, .3, .4]})
+    fig = F.attribution_scatter(attr)
+    assert [ax.get_title() for ax in fig.axes] == ["SE_2_3  ρ = 1.00", "SE_4_3  ρ = -1.00"]
+
+    rem = pd.DataFrame({"removed": ["none", "stage 2", "SE_2_1"], "delta_top1": [0, 0.5, 0.1],
+                        "added_params_pct": [10.0, 4.0, 9.0]})
+    fig = F.removal_bars(rem)
+    assert len(fig.axes) == 2 and len(fig.axes[0].patches) == 2
+
+    imgs = np.random.default_rng(0).random((3, 8, 8))
+    fig = F.gradcam_grid(imgs, {"SE": imgs, "plain": imgs}, ["x", "y", "z"])
+    assert len(fig.axes) == 9 and fig.axes[1].get_title() == "SE" and fig.axes[3].get_title() == "y"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation reports from a fixture parquet
+# ---------------------------------------------------------------------------------------------
+STUDY = {"name": "gate", "title": "Excitation gate", "paper_table": "Table 12", "axis": "se.gate",
+         "reference_arm": "sigmoid",
+         "arms": [{"arm": "sigmoid", "overrides": {"se.gate": "sigmoid"}, "paper_top1": 22.28, "paper_top5": 6.03},
+                  {"arm": "tanh", "overrides": {"se.gate": "tanh"}, "paper_top1": 23.00, "paper_top5": 6.38},
+                  {"arm": "relu", "overrides": {"se.gate": "relu"}, "paper_top1": 23.47, "paper_top5": 6.98},
+                  {"arm": "softmax", "overrides": {"se.gate": "softmax"}, "paper_top1": None, "paper_top5": None}],
+         "preset": "quick", "seeds": 3}
+
+
+def _runs():
+    rows = []
+    errs = {"sigmoid": [8.0, 9.0, 10.0], "tanh": [9.0, 10.5, 11.5], "relu": [7.0, 10.0, 9.5],
+            "softmax": [8.5, 9.5, None]}
+    for arm, vals in errs.items():
+        for seed, e in enumerate(vals):
+            status = "completed" if e is not None else "diverged"
+            rows.append({"study": "gate", "arm": arm, "trial_id": f"{arm}_{seed}", "seed": seed,
+                         "model.name": "se_resnet20", "se.gate": arm, "status": status,
+                         "test_top1_err": e if e is not None else np.nan,
+                         "test_top5_err": (e / 10 if e is not None else np.nan),
+                         "best_val_top1_err": e, "test_top1_err_at_best_val": e,
+                         "params": 272095, "flops": 41_000_000 + (1000 if arm == "softmax" else 0),
+                         "se_hidden": 4, "epochs_run": 2, "wall_time_s": 1.0, "train_time_s": 1.0,
+                         "node": "n", "git_commit": "abc", "checkpoint": f"/r/{arm}_{seed}/checkpoint.pt"})
+    # An arm's diverged retry of a seed is counted but never averaged.
+    rows.append({**rows[0], "trial_id": "sigmoid_x", "status": "diverged", "test_top1_err": 99.0})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def study_dir(tmp_path):
+    d = tmp_path / "gate"
+    d.mkdir()
+    _runs().to_parquet(d / "runs.parquet", index=False)
+    (d / "study.json").write_text(json.dumps(STUDY))
+    return tmp_path
+
+
+def test_summary_table_hand_computed():
+    runs = _runs()
+    t = R.summary_table(runs, STUDY).set_index("arm")
+    assert list(t.index) == ["sigmoid", "tanh", "relu", "softmax"]
+    assert t.loc["sigmoid", "n"] == 3 and t.loc["sigmoid", "diverged"] == 1
+    assert t.loc["sigmoid", "test_top1_err_mean"] == pytest.approx(9.0)
+    assert t.loc["sigmoid", "test_top1_err_std"] == pytest.approx(1.0)
+    assert t.loc["tanh", "test_top1_err_mean"] == pytest.approx(31 / 3)
+    assert t.loc["tanh", "delta_test_top1_err"] == pytest.approx(31 / 3 - 9)
+    assert t.loc["softmax", "n"] == 2 and t.loc["softmax", "diverged"] == 1
+    assert t.loc["softmax", "test_top1_err_std"] == pytest.approx(np.std([8.5, 9.5], ddof=1))
+    assert t.loc["tanh", "paper_delta_top1"] == pytest.approx(0.72)
+    rows = {r[0]: r for r in R.table_rows(t.reset_index())}
+    assert rows["sigmoid (ref)"][1:5] == ["9.00 ± 1.00", "0.90 ± 0.10", "3", "1"]
+    assert rows["tanh"][7:] == ["+1.33", "23.00 / 6.38", "+0.72"]
+    assert rows["softmax"][6] == "41M" and rows["softmax"][8] == "–"
+
+
+def test_paired_bootstrap_verdicts():
+    b = R.paired_bootstrap(_runs(), STUDY, "test_top1_err", n_boot=2000).set_index("arm")
+    # tanh - sigmoid per seed: +1.0, +1.5, +1.5: every resample is > 0 -> worse.
+    assert b.loc["tanh", "pairs"] == 3 and b.loc["tanh", "mean_diff"] == pytest.approx(4 / 3)
+    assert b.loc["tanh", "ci_low"] >= 1.0 and b.loc["tanh", "ci_high"] <= 1.5
+    assert b.loc["tanh", "verdict"] == "worse"
+    # relu - sigmoid: -1, +1, -0.5: the interval straddles 0.
+    assert b.loc["relu", "verdict"] == "inconclusive" and b.loc["relu", "ci_low"] < 0 < b.loc["relu", "ci_high"]
+    # softmax pairs only on the two completed seeds: +0.5, +0.5.
+    assert b.loc["softmax", "pairs"] == 2 and b.loc["softmax", "verdict"] == "worse"
+
+
+def test_markdown_and_latex_tables():
+    md = R.markdown(["arm", "top-1"], [["a|b", "1.00 ± 0.10"]])
+    assert md.splitlines() == ["| arm | top-1 |", "|---|---:|", "| a\\|b | 1.00 ± 0.10 |"]
+    tex = R.latex(["arm", "Δ top-1"], [["se_resnet", "22.28 ± 0.10"]], "Table 12")
+    assert "se\\_resnet & 22.28 $\\pm$ 0.10 \\\\" in tex and "$\\Delta$ top-1" in tex
+    assert "\\toprule" in tex and "\\caption{Table 12}" in tex
+
+
+def test_write_report(study_dir):
+    path = R.write_report(study_dir, "gate", n_boot=500)
+    text = path.read_text()
+    assert path == study_dir / "gate" / "report.md"
+    assert "| sigmoid (ref) | 9.00 ± 1.00 | 0.90 ± 0.10 | 3 | 1 |" in text
+    assert "22.28 / 6.03" in text and "Table 12" in text
+    assert "13 trials: 11 completed, 2 not (diverged: 2)" in text
+    for stem in ("pointplot", "edf_test_top1_err", "edf_test_top5_err"):
+        for ext in ("png", "pdf"):
+            assert (study_dir / "gate" / "figures" / f"{stem}.{ext}").is_file()
+        assert f"figures/{stem}.png" in text
+    assert (study_dir / "gate" / "table.tex").read_text().startswith("\\begin{table}")
+
+
+def test_point_plot_and_edf_panels():
+    ok = R.completed(_runs())
+    arms = ["sigmoid", "tanh", "relu", "softmax"]
+    fig = F.point_plot(ok, arms)
+    assert len(fig.axes) == 2
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == arms
+    fig = F.error_edf(ok, arms)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0] == "sigmoid [8.00, 9.00]" and len(fig.axes[0].lines) == 4
+
+
+def test_missing_study_is_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results for study 'nope'"):
+        R.load_study(tmp_path, "nope")
