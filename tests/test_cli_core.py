@@ -1,0 +1,97 @@
+"""`senet models` and `senet flops`: the interface the acceptance checks use."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from senet.cli import main
+
+G = 1e9
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _errors(err: str) -> list[str]:
+    """stderr lines other than plugin warnings (a missing optional package is not the user's error)."""
+    return [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("senet: warning")]
+
+
+def test_flops_json_totals(capsys):
+    rc, out, _ = _run(capsys, "flops", "se_resnet50", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    assert isinstance(d["params"], int) and isinstance(d["flops"], int)
+    assert d["params"] == 28_088_024
+    assert abs(d["flops"] / G - 3.87) <= 0.01
+    assert [b["name"] for b in d["blocks"]][:2] == ["SE_2_1", "SE_2_2"]
+
+
+@pytest.mark.parametrize("argv,gflops,params", [
+    (["resnet50", "--model.stride_in_1x1", "false"], 4.09, 25_557_032),
+    (["se_resnet50", "--se.squeeze", "none", "--se.bias", "false"], 4.27, None),
+    (["se_resnet50", "--se.stages", "4", "--se.bias=false", "--se.reduction", "16"], 3.86, None),
+    (["se_mobilenet_v1"], 0.572, None),
+])
+def test_flops_overrides(capsys, argv, gflops, params):
+    rc, out, _ = _run(capsys, "flops", *argv, "--json")
+    assert rc == 0
+    d = json.loads(out)
+    assert abs(d["flops"] / G - gflops) <= 0.01 * max(1, gflops)
+    if params is not None:
+        assert d["params"] == params
+
+
+def test_flops_table(capsys):
+    rc, out, _ = _run(capsys, "flops", "se_resnet20", "--input-size", "32")
+    assert rc == 0
+    assert "SE_4_3" in out and "total:" in out and "64→4" in out
+
+
+def test_models_lists_every_contract_name(capsys):
+    rc, out, _ = _run(capsys, "models", "--json")
+    assert rc == 0
+    names = {r["name"] for r in json.loads(out)}
+    for n in ("resnet20", "resnet164", "wrn16_8", "resnet152", "resnext101_32x4d", "bn_inception",
+              "mobilenet_v1", "se_resnet50", "se_bn_inception", "se_mobilenet_v1"):
+        assert n in names
+    rc, out, _ = _run(capsys, "models")
+    assert rc == 0 and "se_mobilenet_v1" in out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["se_resnet50", "--se.gate", "sigmod"], "choose one of: sigmoid"),
+    (["se_resnet50", "--se.reduction", "0"], "must be > 0"),
+    (["se_resnet20", "--se.stages", "5"], "stages are 2, 3, 4"),
+    (["se_bn_inception", "--se.placement", "pre"], "choose one of: standard"),
+    (["resnet50", "--se.gate", "tanh"], "has no SE blocks"),
+    (["se_resnet5O"], "unknown model"),
+    (["se_resnet50", "--lr", "0.1"], "--se.* and --model.*"),
+])
+def test_user_errors_exit_2_with_one_line(capsys, argv, match):
+    rc, out, err = _run(capsys, "flops", *argv)
+    assert rc == 2
+    lines = _errors(err)
+    assert len(lines) == 1 and lines[0].startswith("senet: error:") and match in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_console_entry_point_bad_gate():
+    """The real process: exit status 2 and one error line, no traceback."""
+    p = subprocess.run([sys.executable, "-m", "senet.cli", "flops", "se_resnet50", "--se.gate", "sigmod"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    lines = _errors(p.stderr)
+    assert len(lines) == 1 and "unknown gate 'sigmod'" in lines[0], p.stderr
