@@ -19,6 +19,11 @@ stage  resolution   blocks  widths
 6      7²           2       512 → 1024 (stride 2), 1024 → 1024
 =====  ===========  ======  ===================================
 
+Counting (:mod:`senet.complexity`): 568.7 MFLOPs and 4.23M parameters plain; with SE 574.6 MFLOPs
+and 4.72M. The SE's 5.9 MFLOPs are pooling (2.7M), FCs (0.5M) and scaling (2.7M); these blocks have
+no residual addition to fuse the scaling into, so it is charged. The paper's +3 MFLOPs (572) matches
+pooling and FCs alone, i.e. a scaling folded into the next depthwise conv's per-channel weights.
+
 Placements: ``standard`` puts SE on the block's output (after the pointwise conv, its BN and ReLU);
 ``inner`` puts it after the depthwise conv (+BN, ReLU), where MobileNet v3 and EfficientNet place it.
 """
