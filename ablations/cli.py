@@ -1,0 +1,104 @@
+"""``senet sweep``, ``senet collect`` and ``senet studies`` (registered through the senet.commands
+entry point; Ray is imported only when a sweep starts)."""
+from __future__ import annotations
+
+import json
+
+from senet.cli import Command, UserError, command
+
+from .studies import PRESETS, STUDIES
+
+
+@command
+class StudiesCommand(Command):
+    name = "studies"
+    help = "list the ablation studies (paper Tables 10-16), their arms and the presets"
+
+    def configure(self, p):
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    def run(self, args, overrides):
+        from .studies import base_config  # noqa: PLC0415
+
+        rows = []
+        for name, study in STUDIES.items():
+            arms = () if name == "custom" else study.resolve_arms(base_config(study, "quick"))
+            rows.append({"name": name, "title": study.title, "paper_table": study.paper_table,
+                         "axis": study.axis, "reference_arm": study.reference_arm,
+                         "fixed": dict(study.fixed), "arms": [a.to_dict() for a in arms]})
+        if args.json:
+            print(json.dumps({"studies": rows, "presets": {n: {"doc": p.doc, "seeds": p.seeds,
+                                                               "overrides": dict(p.overrides)}
+                                                           for n, p in PRESETS.items()}}, indent=1))
+            return 0
+        for r in rows:
+            table = f" ({r['paper_table']})" if r["paper_table"] else ""
+            print(f"{r['name']}: {r['title']}{table}; axis {r['axis']}, reference {r['reference_arm'] or '-'}")
+            for a in r["arms"]:
+                paper = (f"paper {a['paper_top1']:.2f} / {a['paper_top5']:.2f}"
+                         if a["paper_top1"] is not None else "")
+                over = ", ".join(f"{k}={v}" for k, v in a["overrides"].items())
+                print(f"  {a['arm']:<14} {over:<28} {paper}".rstrip())
+            if r["name"] == "custom":
+                print("  (arms from --spec FILE.yaml: axes as a grid or random samples)")
+        print("presets: " + "; ".join(f"{n} ({p.doc})" for n, p in PRESETS.items()))
+        return 0
+
+
+@command
+class SweepCommand(Command):
+    name = "sweep"
+    help = "train every arm × seed of a study on Ray Tune (local, or a cluster with --address)"
+    overrides = True
+
+    def configure(self, p):
+        p.add_argument("study", help="a study (see `senet studies`)")
+        p.add_argument("--preset", default="quick", help="smoke | quick | full (default: quick)")
+        p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the preset's)")
+        p.add_argument("--results", default="results", help="results folder (default: results)")
+        p.add_argument("--storage", default=None, help="Tune storage (default: <results>/<study>/ray); "
+                       "on a cluster, a path every node shares")
+        p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT or auto; "
+                       "default: $RAY_ADDRESS, else a local Ray on loopback)")
+        p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (= torch threads) per trial")
+        p.add_argument("--gpus-per-trial", type=float, default=None,
+                       help="GPUs per trial, fractions pack trials on one GPU (default: 1 if any, else 0)")
+        p.add_argument("--max-concurrent", type=int, default=0, help="at most K trials at once (0: no limit)")
+        p.add_argument("--max-failures", type=int, default=3, help="retries of a crashed trial (default 3)")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+        p.add_argument("--model", default=None, help="backbone (its se_ twin is used for every arm)")
+        p.add_argument("--spec", default=None, help="YAML file of the custom study")
+        p.epilog = "Config overrides: --key value, e.g. --optim.epochs 3 --data.subset 2000"
+
+    def run(self, args, overrides):
+        from .sweep import SweepOptions, run_sweep  # noqa: PLC0415
+
+        if args.max_concurrent < 0 or args.max_failures < 0:
+            raise UserError("--max-concurrent and --max-failures must be >= 0")
+        run_sweep(SweepOptions(
+            study=args.study, preset=args.preset, seeds=args.seeds, results=args.results,
+            storage=args.storage, address=args.address, cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+            max_failures=args.max_failures, resume=args.resume, model=args.model, spec=args.spec,
+            overrides=overrides))
+        return 0
+
+
+@command
+class CollectCommand(Command):
+    name = "collect"
+    help = "gather a study's trials into <results>/<study>/runs.parquet and runs.csv (no Ray needed)"
+
+    def configure(self, p):
+        p.add_argument("study", help="the study's name (its folder under --results)")
+        p.add_argument("--results", default="results", help="results folder (default: results)")
+        p.add_argument("--storage", default=None, help="Tune storage (default: <results>/<study>/ray)")
+
+    def run(self, args, overrides):
+        from .collect import collect  # noqa: PLC0415
+
+        df = collect(args.study, args.results, storage=args.storage)
+        counts = df["status"].value_counts().to_dict()
+        print(f"{len(df)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) -> "
+              f"{args.results}/{args.study}/runs.parquet, runs.csv")
+        return 0

@@ -1,0 +1,293 @@
+"""The paper's ablation studies (Hu et al., arXiv 1709.01507, §6, Tables 10-16) as a registry.
+
+A :class:`Study` is a named base configuration plus the one *scientific axis* it varies (its arms),
+the *nuisance* parameters that are swept identically for every arm, the baseline included (the seed
+always; a learning-rate grid if the user asks), and the parameters held *fixed* for every arm (the
+paper's ablations remove the FC biases of the excitation, so ``se.bias`` is off throughout).
+Each arm carries the paper's ImageNet top-1 / top-5 error for SE-ResNet-50 where the paper reports
+one, so a report can set the measured ordering beside the published one.
+
+Presets size the shared recipe: ``smoke`` (synthetic data, seconds, run by the tests), ``quick``
+(a Fashion-MNIST subset and a CIFAR-style SE-ResNet-20, minutes per study on two CPU cores) and
+``full`` (a paper-like GPU recipe: all of CIFAR-10 on SE-ResNet-56, or the user's backbone).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from senet import config as C
+from senet.registry import Registry
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One cell of an ablation table: a label, its flat config overrides and the paper's numbers."""
+
+    label: str
+    overrides: Mapping[str, Any]
+    paper_top1: float | None = None  # ImageNet top-1 error (%) of SE-ResNet-50 in the cited table
+    paper_top5: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arm": self.label, "overrides": dict(self.overrides),
+                "paper_top1": self.paper_top1, "paper_top5": self.paper_top5}
+
+
+#: The paper's baseline ResNet-50 (no SE), §6: 23.30 / 6.55.
+PAPER_BASELINE = (23.30, 6.55)
+#: The paper's default SE-ResNet-50 (r = 16, avg squeeze, sigmoid, standard, all stages): 22.28 / 6.03.
+PAPER_DEFAULT = (22.28, 6.03)
+#: ``se.stages = none`` on the SE twin is the plain backbone, built by the same code path, so the
+#: baseline differs from the SE arms in the SE blocks alone.
+BASELINE = Arm("baseline", {"se.stages": "none"}, *PAPER_BASELINE)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A named ablation: base config + one scientific axis (the arms) + nuisance + fixed parameters.
+
+    ``arms`` is a tuple, or a callable ``Config -> tuple[Arm, ...]`` when the arms depend on the
+    backbone (Table 13's stages are numbered from the network's own stages).
+    """
+
+    name: str
+    title: str
+    paper_table: str
+    axis: str  # the flat config key(s) the arms vary, e.g. "se.gate"
+    arms: tuple[Arm, ...] | Callable[[C.Config], tuple[Arm, ...]]
+    reference_arm: str  # the arm the others are compared with (the paper's default SE or the baseline)
+    fixed: Mapping[str, Any] = field(default_factory=lambda: {"se.bias": False})
+    nuisance: Mapping[str, tuple] = field(default_factory=dict)  # swept for every arm; seeds are added
+    doc: str = ""
+
+    def resolve_arms(self, base: C.Config) -> tuple[Arm, ...]:
+        arms = self.arms(base) if callable(self.arms) else self.arms
+        labels = [a.label for a in arms]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"study {self.name!r} has duplicate arm labels: {labels}")
+        if self.reference_arm not in labels:
+            raise ValueError(f"study {self.name!r}: reference arm {self.reference_arm!r} is not one of "
+                             f"its arms ({', '.join(labels)})")
+        return tuple(arms)
+
+
+STUDIES: Registry[Study] = Registry("study")
+
+
+def register_study(study: Study) -> Study:
+    STUDIES.add(study.name, study)
+    return study
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets: the recipe shared by every arm of a study.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    overrides: Mapping[str, Any]
+    seeds: int  # default number of seeds
+    doc: str = ""
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+PRESETS.add("smoke", Preset("smoke", {
+    "model.name": "se_resnet20", "data.name": "synthetic", "data.synthetic_train": 64,
+    "data.synthetic_test": 32, "data.val_fraction": 0.25, "data.augment": "none",
+    "optim.epochs": 1, "optim.batch_size": 32, "optim.warmup_epochs": 0.0, "run.progress": False,
+}, 1, "seconds: synthetic images, SE-ResNet-20, one epoch (what the tests run)"))
+PRESETS.add("quick", Preset("quick", {
+    "model.name": "se_resnet20", "data.name": "fashion-mnist", "data.subset": 2000,
+    "data.val_fraction": 0.02, "data.augment": "flip", "optim.epochs": 2, "optim.batch_size": 64,
+    "optim.lr": 0.1, "optim.schedule": "cosine", "optim.warmup_epochs": 0.25, "run.progress": False,
+}, 2, "minutes on 2 CPU cores: 2,000 Fashion-MNIST images, SE-ResNet-20, 2 epochs"))
+PRESETS.add("full", Preset("full", {
+    "model.name": "se_resnet56", "data.name": "cifar10", "data.subset": 0, "data.val_fraction": 0.1,
+    "data.augment": "crop_flip", "optim.epochs": 164, "optim.batch_size": 128, "optim.lr": 0.1,
+    "optim.weight_decay": 1e-4, "optim.schedule": "step", "optim.milestones": "82,123",
+    "optim.warmup_epochs": 1.0, "run.progress": False,
+}, 3, "GPU: all of CIFAR-10, SE-ResNet-56, He et al.'s 164-epoch step schedule (§5.1 recipe)"))
+
+
+def base_config(study: Study, preset: str, overrides: Mapping[str, Any] | None = None) -> C.Config:
+    """Config() <- preset <- study's fixed parameters <- the user's overrides (last wins)."""
+    p = PRESETS.get(preset)
+    user = {C.ALIASES.get(k, k): v for k, v in (overrides or {}).items()}
+    flat = {**p.overrides, **study.fixed, **user}
+    flat["model.name"] = se_twin(str(flat["model.name"]))
+    return C.from_flat(flat)
+
+
+def se_twin(name: str) -> str:
+    """Every arm, the baseline included, runs on the se_ twin (``se.stages=none`` is the plain net)."""
+    from senet.models import MODELS  # noqa: PLC0415
+
+    spec = MODELS.get(name)
+    if spec.se_default:
+        return name
+    twin = f"se_{name}"
+    if twin not in MODELS:
+        raise ValueError(f"model {name!r} has no SE twin to ablate; choose one of: "
+                         + ", ".join(n for n, s in MODELS.items() if s.se_default))
+    return twin
+
+
+def model_stages(cfg: C.Config) -> tuple[int, ...]:
+    """The paper-numbered stages (2 = conv2_x) of the configured backbone, read from its SE blocks."""
+    from senet.models import build_model, se_modules  # noqa: PLC0415
+    from senet.se import SEConfig  # noqa: PLC0415
+
+    model = build_model(cfg.model.name, num_classes=10, in_chans=3, se=SEConfig())
+    stages = sorted({int(n.split("_")[1]) for n in se_modules(model)})
+    return tuple(stages)
+
+
+# --------------------------------------------------------------------------------------------------
+# The studies of §6
+# --------------------------------------------------------------------------------------------------
+register_study(Study(
+    "reduction", "Reduction ratio r", "Table 10", "se.reduction",
+    (BASELINE,
+     Arm("r=2", {"se.reduction": 2}, 22.29, 6.00),
+     Arm("r=4", {"se.reduction": 4}, 22.25, 6.09),
+     Arm("r=8", {"se.reduction": 8}, 22.26, 5.99),
+     Arm("r=16", {"se.reduction": 16}, 22.28, 6.03),
+     Arm("r=32", {"se.reduction": 32}, 22.72, 6.20)),
+    "r=16", doc="capacity of the excitation bottleneck C → C/r → C; the paper finds r = 16 a good trade-off",
+))
+
+register_study(Study(
+    "squeeze", "Squeeze operator F_sq", "Tables 11, 16", "se.squeeze",
+    (Arm("avg", {"se.squeeze": "avg"}, 22.28, 6.03),
+     Arm("max", {"se.squeeze": "max"}, 22.57, 6.09),
+     Arm("avgmax", {"se.squeeze": "avgmax"}),
+     Arm("avgstd", {"se.squeeze": "avgstd"}),
+     Arm("none", {"se.squeeze": "none"}, 22.93, 6.39)),
+    "avg", doc="global pooling vs. max, CBAM's avg+max, SRM's mean+std and NoSqueeze (1×1 convs)",
+))
+
+register_study(Study(
+    "gate", "Excitation gate σ", "Table 12", "se.gate",
+    (Arm("sigmoid", {"se.gate": "sigmoid"}, 22.28, 6.03),
+     Arm("tanh", {"se.gate": "tanh"}, 23.00, 6.38),
+     Arm("relu", {"se.gate": "relu"}, 23.47, 6.98),
+     Arm("softmax", {"se.gate": "softmax"}),
+     Arm("softmax_c", {"se.gate": "softmax_c"}),
+     Arm("hard_sigmoid", {"se.gate": "hard_sigmoid"}),
+     Arm("identity", {"se.gate": "identity"})),
+    "sigmoid", doc="the non-linearity that turns the excitation into channel weights",
+))
+
+register_study(Study(
+    "placement", "Integration of the SE block", "Tables 14, 15", "se.placement",
+    (Arm("standard", {"se.placement": "standard"}, 22.28, 6.03),
+     Arm("pre", {"se.placement": "pre"}, 22.23, 6.00),
+     Arm("post", {"se.placement": "post"}, 22.78, 6.35),
+     Arm("identity", {"se.placement": "identity"}, 22.20, 6.15),
+     Arm("inner", {"se.placement": "inner"}, 22.48, 6.02)),
+    "standard", doc="where the block sits relative to the residual unit (Fig. 5)",
+))
+
+#: Table 13, keyed by paper stage number; conv5_x alone is not reported.
+_TABLE13 = {2: (23.03, 6.48), 3: (23.04, 6.32), 4: (22.68, 6.22)}
+
+
+def _stage_arms(base: C.Config) -> tuple[Arm, ...]:
+    arms = [Arm(f"stage{s}", {"se.stages": str(s)}, *_TABLE13.get(s, (None, None)))
+            for s in model_stages(base)]
+    arms.append(Arm("all", {"se.stages": "all"}, *PAPER_DEFAULT))
+    arms.append(Arm("none", {"se.stages": "none"}, *PAPER_BASELINE))
+    return tuple(arms)
+
+
+register_study(Study(
+    "stages", "SE in one stage alone, all stages, none", "Table 13", "se.stages", _stage_arms, "all",
+    doc="which depths benefit from recalibration; arms follow the backbone's own stages",
+))
+
+
+# --------------------------------------------------------------------------------------------------
+# custom: the user's own axes from a YAML file
+# --------------------------------------------------------------------------------------------------
+def _label(point: Mapping[str, Any]) -> str:
+    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
+
+
+def load_custom(path: str | Path) -> Study:
+    """A study from YAML.
+
+    ``axes`` maps flat config keys to lists of values; ``mode: grid`` (default) takes every
+    combination, ``mode: random`` draws ``samples`` distinct combinations with ``sample_seed``.
+    ``fixed`` holds keys applied to every arm, ``nuisance`` keys swept for every arm (like the seed),
+    ``reference`` names the reference arm (default: the first)::
+
+        name: gate_x_reduction
+        title: Gate against r
+        mode: grid
+        axes: {se.gate: [sigmoid, tanh], se.reduction: [4, 16]}
+        fixed: {se.bias: false}
+        nuisance: {optim.lr: [0.05, 0.1]}
+    """
+    import yaml  # noqa: PLC0415
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"custom study spec not found: {p}")
+    try:
+        spec = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot parse {p}: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("axes"), Mapping) or not spec["axes"]:
+        raise ValueError(f"{p}: a custom study needs 'axes', a mapping of config keys to lists of values")
+    known = {"name", "title", "paper_table", "mode", "axes", "samples", "sample_seed", "fixed",
+             "nuisance", "reference", "doc"}
+    extra = sorted(set(spec) - known)
+    if extra:
+        raise ValueError(f"{p}: unknown field(s) {', '.join(extra)}; valid: {', '.join(sorted(known))}")
+    axes = {str(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in spec["axes"].items()}
+    nuisance = {str(k): tuple(v) if isinstance(v, (list, tuple)) else (v,)
+                for k, v in (spec.get("nuisance") or {}).items()}
+    fixed = dict(spec.get("fixed") or {})
+    for key in [*axes, *nuisance, *fixed]:  # fail on typos before Ray starts
+        if key == "seed" and key in axes:
+            raise ValueError(f"{p}: seeds are an axis of every study; use --seeds, not axes.seed")
+        C.from_flat({key: (axes.get(key) or nuisance.get(key) or [fixed.get(key)])[0]})
+    points = [dict(zip(axes, vals, strict=True)) for vals in itertools.product(*axes.values())]
+    mode = spec.get("mode", "grid")
+    if mode == "random":
+        n = int(spec.get("samples", 8))
+        rng = random.Random(int(spec.get("sample_seed", 0)))
+        points = rng.sample(points, min(n, len(points)))
+    elif mode != "grid":
+        raise ValueError(f"{p}: unknown mode {mode!r}; choose one of: grid, random")
+    arms = tuple(Arm(_label(pt), pt) for pt in points)
+    name = str(spec.get("name", "custom"))
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"{p}: study name {name!r} may hold only letters, digits, '_', '-' and '.'")
+    return Study(name, str(spec.get("title", name)), str(spec.get("paper_table", "")), ",".join(axes),
+                 arms, str(spec.get("reference", arms[0].label)), fixed=fixed, nuisance=nuisance,
+                 doc=str(spec.get("doc", "")))
+
+
+register_study(Study(
+    "custom", "Your own axes from a YAML file (--spec FILE.yaml)", "", "(from --spec)", (), "",
+    doc="grid or random samples over any flat config keys; see ablations.studies.load_custom",
+))
+
+
+def get_study(name: str, spec: str | None = None) -> Study:
+    """The registered study, or for ``custom`` the one the YAML file ``spec`` describes."""
+    study = STUDIES.get(name)
+    if name == "custom":
+        if not spec:
+            raise ValueError("the custom study needs --spec FILE.yaml (axes, mode: grid|random, ...)")
+        return load_custom(spec)
+    if spec:
+        raise ValueError(f"--spec applies to the custom study only, not {name!r}")
+    return study

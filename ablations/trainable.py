@@ -1,0 +1,180 @@
+"""The Ray Tune trainable: one trial = one arm × one seed (× one nuisance setting) of a study.
+
+It wraps :func:`senet.train.fit` and nothing else: fit writes ``checkpoint.pt`` after every epoch
+and then calls ``report``, which copies the checkpoint into a scratch folder and hands it to Tune
+(``tune.report(..., checkpoint=tune.Checkpoint.from_directory(...))``). A trial that crashes is
+restarted by Tune (``FailureConfig``) and continues from ``tune.get_checkpoint()`` through
+``fit(resume=...)``, so an ablation cell is never trained from scratch twice.
+
+The last report of a trial carries ``final: True`` and fit's final dict (final-epoch and
+best-by-validation errors, params, FLOPs, SE widths, provenance), with a checkpoint folder that also
+holds ``config.json``, ``metrics.jsonl`` and ``final.json``: everything ``senet collect`` needs is
+in Tune's storage, readable without Ray.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from senet import config as C
+
+#: Environment switches for the fault-tolerance tests: raise once in every trial at this epoch
+#: (before its report, so the last recorded checkpoint is the previous epoch's). The flag files in
+#: ``SENET_FAIL_ONCE_DIR`` remember which trials already failed.
+FAIL_AT_ENV = "SENET_FAIL_ONCE_AT_EPOCH"
+FAIL_DIR_ENV = "SENET_FAIL_ONCE_DIR"
+SCRATCH_ENV = "SENET_SCRATCH"
+
+_DATASETS: dict[Any, Any] = {}  # one in-memory copy per data config and worker process
+_RUN_FILES = ("config.json", "metrics.jsonl", "final.json")
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by the fault-tolerance tests."""
+
+
+def scratch_root() -> Path:
+    """Node-local scratch for per-trial run folders and checkpoint copies (``$SENET_SCRATCH``).
+
+    A driver killed with SIGKILL leaves these behind; a known place makes them easy to clean.
+    """
+    return Path(os.environ.get(SCRATCH_ENV) or Path(tempfile.gettempdir()) / "senet-scratch")
+
+
+def trial_flat(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's flat config: base <- its arm's overrides <- nuisance values <- seed."""
+    flat = dict(params["base"])
+    flat.update(params["arms"][params["arm"]])
+    flat.update({k: params[k] for k in params.get("nuisance_keys", ())})
+    flat["seed"] = int(params["seed"])
+    return flat
+
+
+def datasets_for(data_cfg):
+    """Load the data once per worker: with ``reuse_actors`` later trials find it here."""
+    from senet.data import load_datasets  # noqa: PLC0415
+
+    if data_cfg not in _DATASETS:
+        _DATASETS.clear()  # keep one dataset per worker; a new study's data replaces the old
+        _DATASETS[data_cfg] = load_datasets(data_cfg)
+    return _DATASETS[data_cfg]
+
+
+def _device(requested: str) -> str:
+    """Ray leaves CUDA_VISIBLE_DEVICES alone on 0-GPU trials, so ask Ray which GPUs this trial owns."""
+    if requested != "auto":
+        return requested
+    import ray  # noqa: PLC0415
+
+    return "cuda" if ray.get_gpu_ids() else "cpu"
+
+
+def _clean(d: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-safe metrics (NaN/inf -> None), so result.json stays readable by every parser."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def _maybe_fail(trial_id: str, epoch: int) -> None:
+    at = os.environ.get(FAIL_AT_ENV)
+    if not at or int(at) != epoch:
+        return
+    flags = Path(os.environ.get(FAIL_DIR_ENV) or scratch_root() / "fail-once")
+    flags.mkdir(parents=True, exist_ok=True)
+    flag = flags / trial_id
+    if flag.exists():
+        return
+    flag.write_text(str(epoch))
+    raise InjectedFailure(f"injected failure at epoch {epoch} of trial {trial_id} ({FAIL_AT_ENV})")
+
+
+def senet_trial(params: dict) -> None:
+    """Train one cell of a study; every epoch reports metrics and a checkpoint to Tune."""
+    import ray  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+    from ray import tune  # noqa: PLC0415
+
+    from senet.train import fit  # noqa: PLC0415
+
+    # one "checkpoint created" line per epoch and trial would drown the sweep's progress table
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    work = scratch_root() / ctx.get_experiment_name() / trial_id
+    run_dir = work / "run"
+    flat = trial_flat(params)
+    threads = torch.get_num_threads()  # Tune sets it to the trial's CPUs
+    if not flat.get("run.threads"):
+        flat["run.threads"] = threads
+    flat["run.out"] = str(run_dir)
+    flat["run.progress"] = False
+    cfg = C.from_flat(flat)
+    cfg = C.from_flat({"run.device": _device(cfg.run.device)}, cfg)
+    node = {"node": os.uname().nodename, "node_id": ray.get_runtime_context().get_node_id()}
+    tag = {"arm": params["arm"], "seed": cfg.seed, **node}
+
+    resume = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            final = Path(d) / "final.json"
+            if final.exists():  # finished before the driver recorded it: report again, do not retrain
+                res = json.loads(final.read_text())
+                tune.report(_final_metrics(res, cfg, tag))
+                return
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            shutil.copy2(Path(d) / "checkpoint.pt", run_dir / "checkpoint.pt")
+        resume = run_dir / "checkpoint.pt"
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    def report(metrics: dict) -> None:
+        _maybe_fail(trial_id, int(metrics["epoch"]))
+        src = metrics.pop("checkpoint", None)
+        metrics = _clean({**metrics, **tag, "final": False})
+        if not src:  # a diverged epoch writes no checkpoint
+            tune.report(metrics)
+            return
+        copy = Path(tempfile.mkdtemp(prefix=f"e{metrics['epoch']}-", dir=work))
+        shutil.copy2(src, copy / "checkpoint.pt")
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(copy)))
+        shutil.rmtree(copy, ignore_errors=True)  # Tune has persisted it to storage by now
+
+    datasets = datasets_for(cfg.data)
+    result = fit(cfg, report, resume=resume, datasets=datasets)
+
+    final_dir = Path(tempfile.mkdtemp(prefix="final-", dir=work))
+    for name in ("checkpoint.pt", *_RUN_FILES):
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, final_dir / name)
+    tune.report(_final_metrics(result, cfg, tag), checkpoint=tune.Checkpoint.from_directory(str(final_dir)))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _final_metrics(result: Mapping[str, Any], cfg: C.Config, tag: Mapping[str, Any]) -> dict:
+    out = {k: v for k, v in result.items() if k != "checkpoint"}
+    out["epoch"] = out.get("epochs_run")
+    out["final"] = True
+    out["resolved"] = C.flatten(cfg)  # the config the trial really ran (threads, device included)
+    out.update(tag)
+    return _clean(out)
+
+
+def trial_dirname(trial) -> str:
+    """``<arm>_seed<k>_<trial id>``: readable folders that stay unique."""
+    cfg = trial.config
+    arm = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", str(cfg.get("arm", "trial")))[:60]
+    return f"{arm}_seed{cfg.get('seed', 0)}_{trial.trial_id}"
