@@ -74,24 +74,24 @@ def select_blocks(names: list[str], spec: str | None = None) -> list[str]:
     return sorted(dict.fromkeys(out), key=block_position)
 
 
-@dataclass
-class _BlockState:
-    lo: float
+@dataclass(frozen=True)
+class _Block:
+    start: int  # first column of the block on the accumulator's channel axis
+    channels: int
+    lo: float  # histogram range (the gate's output range)
     hi: float
-    count: torch.Tensor  # (K,) float64, images per class
-    mean: torch.Tensor  # (K, C) float64, running mean
-    m2: torch.Tensor  # (K, C) float64, sum of squared deviations (Chan et al.)
-    hist: torch.Tensor  # (K * C * bins,) int64
 
 
 class ExcitationAccumulator:
     """Running per-(class, channel) count, mean, M2 and histogram for several blocks.
 
-    Each batch is reduced on its device with ``index_add_`` (per-class sums and squared deviations
-    about the batch's class means) and merged into the running moments with Chan et al.'s parallel
-    formula in float64, which stays accurate where naive sums of squares cancel; the histogram is
-    one ``bincount`` per batch. No per-sample Python loop, and the state size is
-    ``K · C · (bins + 2)`` per block, independent of the number of images.
+    The channels of all blocks sit side by side on one axis, so a forward pass costs one fixed set
+    of small device operations whatever the number of blocks: per-class sums and squared deviations
+    about the batch's class means (two ``index_add_``), a merge into the running moments with Chan
+    et al.'s parallel formula in float64 (accurate where naive sums of squares cancel), and one
+    ``bincount`` for every histogram. No per-sample Python, no host synchronisation, and the state
+    size is ``K · W · (bins + 3)`` numbers for K classes and W channels in all, independent of the
+    number of images.
     """
 
     def __init__(self, num_classes: int, bins: int = 50):
@@ -99,71 +99,97 @@ class ExcitationAccumulator:
             raise ValueError(f"bins must be >= 1, got {bins}")
         self.num_classes = num_classes
         self.bins = bins
-        self.blocks: dict[str, _BlockState] = {}
+        self.blocks: dict[str, _Block] = {}
+        self.width = 0
+        self._state: dict[str, torch.Tensor] | None = None
 
     def add_block(self, name: str, channels: int, value_range: tuple[float, float],
                   device: torch.device | str = "cpu") -> None:
-        k, dev = self.num_classes, torch.device(device)
         lo, hi = map(float, value_range)
         if not hi > lo:
             raise ValueError(f"bad histogram range {value_range!r} for {name}")
-        self.blocks[name] = _BlockState(
-            lo, hi, torch.zeros(k, dtype=torch.float64, device=dev),
-            torch.zeros(k, channels, dtype=torch.float64, device=dev),
-            torch.zeros(k, channels, dtype=torch.float64, device=dev),
-            torch.zeros(k * channels * self.bins, dtype=torch.int64, device=dev))
+        if self._state is not None and self._state["count"].any():
+            raise ValueError("add every block before the first update")
+        self.blocks[name] = _Block(self.width, channels, lo, hi)
+        self.width += channels
+        k, w, dev = self.num_classes, self.width, torch.device(device)
+        lo_v = torch.cat([torch.full((b.channels,), b.lo, dtype=torch.float64) for b in self.blocks.values()])
+        hi_v = torch.cat([torch.full((b.channels,), b.hi, dtype=torch.float64) for b in self.blocks.values()])
+        self._state = {
+            "count": torch.zeros(k, w, dtype=torch.float64, device=dev),  # images per class (and column)
+            "mean": torch.zeros(k, w, dtype=torch.float64, device=dev),
+            "m2": torch.zeros(k, w, dtype=torch.float64, device=dev),  # sum of squared deviations
+            "hist": torch.zeros(k * w * self.bins, dtype=torch.int64, device=dev),
+            "lo": lo_v.to(dev), "scale": (self.bins / (hi_v - lo_v)).to(dev)}
+
+    @staticmethod
+    def _per_image(s: torch.Tensor) -> torch.Tensor:
+        if s.dim() == 4 and s.shape[2] * s.shape[3] > 1:  # NoSqueeze: one value per image and channel
+            s = s.mean((2, 3))
+        return s.reshape(s.shape[0], -1)
 
     def update(self, name: str, s: torch.Tensor, labels: torch.Tensor) -> None:
-        """Fold a batch of excitations ``s`` (N, C) or (N, C, H, W) with integer ``labels`` (N,)."""
-        st = self.blocks[name]
-        if s.dim() == 4:  # NoSqueeze: one value per image and channel
-            s = s.mean((2, 3))
+        """Fold one block's excitations ``s`` (N, C), (N, C, 1, 1) or (N, C, H, W) with labels (N,)."""
+        b = self.blocks[name]
+        self._fold(b.start, self._per_image(s), labels)
+
+    def update_all(self, excitations: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        """Fold one forward pass's excitations of every block at once (the cheap path)."""
+        if set(excitations) != set(self.blocks):
+            raise ValueError(f"update_all needs every block: got {sorted(excitations)}, "
+                             f"expected {list(self.blocks)}")
+        x = torch.cat([self._per_image(excitations[n]) for n in self.blocks], 1)
+        self._fold(0, x, labels)
+
+    def _fold(self, start: int, s: torch.Tensor, labels: torch.Tensor) -> None:
+        st = self._state
         x = s.detach().to(torch.float64)
         y = labels.to(x.device, torch.long)
-        k, c = st.mean.shape
-        n_b = torch.bincount(y, minlength=k).to(torch.float64)
+        k, c = self.num_classes, x.shape[1]
+        cols = slice(start, start + c)
+        n_b = torch.bincount(y, minlength=k).to(torch.float64).unsqueeze(1)  # (K, 1)
         sums = torch.zeros(k, c, dtype=torch.float64, device=x.device).index_add_(0, y, x)
-        mean_b = sums / n_b.clamp(min=1).unsqueeze(1)
+        mean_b = sums / n_b.clamp(min=1)
         dev = x - mean_b[y]
         m2_b = torch.zeros_like(sums).index_add_(0, y, dev * dev)
-        n_a = st.count
+        n_a = st["count"][:, cols]
         n = n_a + n_b
-        delta = mean_b - st.mean
-        w = (n_b / n.clamp(min=1)).unsqueeze(1)
-        st.mean += delta * w
-        st.m2 += m2_b + delta * delta * (n_a.unsqueeze(1) * w)
-        st.count = n
+        delta = mean_b - st["mean"][:, cols]
+        w = n_b / n.clamp(min=1)
+        st["mean"][:, cols] += delta * w
+        st["m2"][:, cols] += m2_b + delta * delta * n_a * w
+        st["count"][:, cols] = n
         # Histogram: values outside the gate's range land in the end bins.
-        b = ((x - st.lo) * (self.bins / (st.hi - st.lo))).floor().clamp_(0, self.bins - 1).long()
-        ch = torch.arange(c, device=x.device)
-        idx = (y.unsqueeze(1) * c + ch) * self.bins + b
-        st.hist += torch.bincount(idx.flatten(), minlength=st.hist.numel())
+        b = ((x - st["lo"][cols]) * st["scale"][cols]).floor_().clamp_(0, self.bins - 1).long()
+        ch = torch.arange(start, start + c, device=x.device)
+        idx = (y.unsqueeze(1) * self.width + ch) * self.bins + b
+        st["hist"] += torch.bincount(idx.flatten(), minlength=st["hist"].numel())
 
     def state_nbytes(self) -> int:
         """Bytes held by the running state (constant in the number of images)."""
-        return sum(t.numel() * t.element_size() for st in self.blocks.values()
-                   for t in (st.count, st.mean, st.m2, st.hist))
+        return sum(t.numel() * t.element_size() for t in (self._state or {}).values())
 
     def tables(self, class_names: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Tidy tables: statistics (one row per block, class, channel) and histograms (one row per
         block, class, channel, bin). ``std`` is the population standard deviation over images."""
         names = class_names or [str(i) for i in range(self.num_classes)]
+        st = {k: v.cpu().numpy() for k, v in self._state.items()}
+        hist_all = st["hist"].reshape(self.num_classes, self.width, self.bins)
         stats, hists = [], []
-        for block, st in self.blocks.items():
+        for block, bl in self.blocks.items():
             stage, index = block_position(block)
-            k, c = st.mean.shape
-            count = st.count.cpu().numpy()
-            mean = st.mean.cpu().numpy()
-            var = st.m2.cpu().numpy() / np.maximum(count, 1)[:, None]
+            k, c, cols = self.num_classes, bl.channels, slice(bl.start, bl.start + bl.channels)
+            count, mean = st["count"][:, cols], st["mean"][:, cols]
+            var = st["m2"][:, cols] / np.maximum(count, 1)
             cls = np.repeat(np.arange(k), c)
             chan = np.tile(np.arange(c), k)
             stats.append(pd.DataFrame({
                 "block": block, "stage": stage, "block_index": index,
                 "class": [names[i] for i in cls], "class_index": cls, "channel": chan,
-                "count": np.repeat(count, c).astype(np.int64), "mean": mean.ravel(),
-                "std": np.sqrt(np.maximum(var, 0)).ravel(), "range_lo": st.lo, "range_hi": st.hi}))
-            h = st.hist.cpu().numpy().reshape(k, c, self.bins)
-            edges = np.linspace(st.lo, st.hi, self.bins + 1)
+                "count": count.ravel().astype(np.int64), "mean": mean.ravel(),
+                "std": np.sqrt(np.maximum(var, 0)).ravel(), "range_lo": bl.lo, "range_hi": bl.hi}))
+            h = hist_all[:, cols]
+            edges = np.linspace(bl.lo, bl.hi, self.bins + 1)
             hists.append(pd.DataFrame({
                 "block": block, "stage": stage, "block_index": index,
                 "class": [names[i] for i in np.repeat(cls, self.bins)],
@@ -211,20 +237,31 @@ def autocast(device: torch.device):
 
 def attach(model: nn.Module, acc: ExcitationAccumulator, blocks: list[str],
            device: torch.device) -> tuple[list, dict]:
-    """Register a forward hook on each chosen block's gate; returns the handles and a mutable
-    ``{"labels": tensor}`` the caller fills before each forward pass."""
+    """Hook the chosen blocks' gates; returns the handles and a mutable ``{"labels": tensor}`` the
+    caller fills before each forward pass.
+
+    Each gate hook only keeps a reference to its output; a hook on the whole model then folds the
+    pass's excitations of all blocks in one :meth:`ExcitationAccumulator.update_all`.
+    """
     mods = se_modules(model)
-    ctx: dict = {"labels": None}
+    ctx: dict = {"labels": None, "pending": {}}
     handles = []
     for name in blocks:
         m = mods[name]
         rng = GATE_RANGES.get(getattr(m, "gate_name", ""), DEFAULT_RANGE)
         acc.add_block(name, m.channels, rng, device)
 
-        def hook(mod, inputs, out, _name=name):
-            acc.update(_name, out, ctx["labels"])
+        def keep(mod, inputs, out, _name=name):
+            ctx["pending"][_name] = out
 
-        handles.append(m.gate.register_forward_hook(hook))
+        handles.append(m.gate.register_forward_hook(keep))
+
+    def fold(mod, inputs, out):
+        if ctx["pending"]:
+            acc.update_all(ctx["pending"], ctx["labels"])
+            ctx["pending"] = {}
+
+    handles.append(model.register_forward_hook(fold))
     return handles, ctx
 
 

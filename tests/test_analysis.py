@@ -86,6 +86,24 @@ def test_nosqueeze_gates_are_averaged_over_positions():
                                per_image[y == 1].mean(0).numpy(), atol=1e-7)
 
 
+def test_update_all_equals_block_by_block():
+    g = torch.Generator().manual_seed(1)
+    one, many = ExcitationAccumulator(3, 8), ExcitationAccumulator(3, 8)
+    for acc in (one, many):
+        acc.add_block("SE_2_1", 4, (0.0, 1.0))
+        acc.add_block("SE_3_1", 6, (-1.0, 1.0))
+    for _ in range(3):
+        a, b = torch.rand(10, 4, 1, 1, generator=g), torch.rand(10, 6, 2, 2, generator=g) * 2 - 1
+        y = torch.randint(0, 3, (10,), generator=g)
+        one.update("SE_2_1", a, y)
+        one.update("SE_3_1", b, y)
+        many.update_all({"SE_3_1": b, "SE_2_1": a}, y)
+    for t1, t2 in zip(one.tables(), many.tables(), strict=True):
+        pd.testing.assert_frame_equal(t1, t2)
+    with pytest.raises(ValueError, match="needs every block"):
+        many.update_all({"SE_2_1": a}, y)
+
+
 def test_memory_is_flat_in_the_number_of_images():
     def run(batches):
         acc = ExcitationAccumulator(10, 50)
@@ -96,7 +114,8 @@ def test_memory_is_flat_in_the_number_of_images():
         return acc
 
     small, big = run(2), run(200)
-    assert small.state_nbytes() == big.state_nbytes() == 10 * 32 * (8 + 8 + 50 * 8) + 10 * 8
+    # float64 count, mean, M2 and int64 histograms per (class, channel); histogram range per channel.
+    assert small.state_nbytes() == big.state_nbytes() == 10 * 32 * (3 * 8 + 50 * 8) + 32 * 2 * 8
     assert len(small.tables()[0]) == len(big.tables()[0]) == 320
     t = big.tables()[0]
     assert t.loc[t["channel"] == 0, "count"].sum() == 200 * 64
