@@ -1,0 +1,114 @@
+"""Fault tolerance of a sweep, through the real ``senet sweep`` command in a subprocess:
+
+- a trial that raises once (at epoch 2, before its report) is retried from its epoch-1 checkpoint
+  and finishes, without training epoch 1 again;
+- a driver killed with SIGKILL mid-sweep is continued with ``--resume``: every trial finishes
+  exactly once and trials finished before the kill are not run again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp: Path, **extra) -> dict:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(SENET_SCRATCH=str(tmp / "scratch"), **extra)
+    return env
+
+
+def _senet(*args) -> list[str]:
+    return [sys.executable, "-c", "import sys; from senet.cli import main; sys.exit(main())", *args]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """The driver's own Ray processes (gcs, raylet, agents) share its process group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    rows = []
+    for line in (trial_dir / "result.json").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
+def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path):
+    spec = tmp_path / "one.yaml"
+    spec.write_text("name: retry\naxes: {se.gate: [sigmoid]}\n")
+    flags = tmp_path / "flags"
+    env = _env(tmp_path, SENET_FAIL_ONCE_AT_EPOCH="2", SENET_FAIL_ONCE_DIR=str(flags))
+    proc = subprocess.Popen(_senet("sweep", "custom", "--spec", str(spec), "--preset", "smoke", "--seeds", "1",
+                                   "--results", str(tmp_path), "--optim.epochs", "3"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 0, out
+    assert len(list(flags.iterdir())) == 1  # the failure really happened
+    df = pd.read_parquet(tmp_path / "retry" / "runs.parquet")
+    row = df.iloc[0]
+    assert row["status"] == "completed" and row["epochs_run"] == 3 and row["num_failures"] == 1
+    trial = next((tmp_path / "retry" / "ray" / "retry-smoke").glob("*_seed0_*"))
+    epochs = [r["epoch"] for r in _results(trial) if not r.get("final")]
+    assert epochs == [1, 2, 3]  # resumed at epoch 2 from the epoch-1 checkpoint, not from scratch
+    assert "retrying from its last checkpoint" in out
+
+
+def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    env = _env(tmp_path)
+    common = ("--preset", "smoke", "--seeds", "1", "--results", str(tmp_path), "--max-concurrent", "1",
+              "--optim.epochs", "2")
+    exp = tmp_path / "gate" / "ray" / "gate-smoke"
+
+    def finished() -> dict[str, str]:
+        done = {}
+        for d in exp.glob("*_seed*"):
+            if (d / "result.json").exists() and any(r.get("final") for r in _results(d)):
+                done[d.name] = (d / "result.json").read_text()
+        return done
+
+    first = subprocess.Popen(_senet("sweep", "gate", *common), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while len(finished()) < 2 and time.time() < deadline and first.poll() is None:
+            time.sleep(0.5)
+        time.sleep(1.5)  # let Tune's 1 s state snapshot record them
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    finally:
+        _kill_group(first)
+    before = finished()
+    assert 2 <= len(before) < 7, "the kill should land mid-sweep"
+
+    second = subprocess.run(_senet("sweep", "gate", *common, "--resume"), env=env, capture_output=True,
+                            text=True, timeout=400, start_new_session=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    after = finished()
+    assert len(after) == 7
+    for name, text in before.items():
+        assert after[name] == text, f"{name} was run again after --resume"
+    for d in exp.glob("*_seed*"):
+        assert sum(1 for r in _results(d) if r.get("final")) == 1, d.name  # finished exactly once
+    df = pd.read_parquet(tmp_path / "gate" / "runs.parquet")
+    assert len(df) == 7 and set(df["status"]) == {"completed"} and df["trial_id"].is_unique
