@@ -215,7 +215,11 @@ def set_rng_state(state: dict, order_gen: torch.Generator, aug_gen: torch.Genera
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     order_gen.set_state(state["order"])
-    aug_gen.set_state(state["augment"])
+    try:
+        aug_gen.set_state(state["augment"])
+    except RuntimeError:  # a CUDA generator's state does not fit a CPU one, and vice versa
+        raise ValueError("cannot resume exactly on another device type than the checkpoint's "
+                         "(the augmentation generator lives on the training device); set run.device") from None
 
 
 def seed_everything(seed: int) -> None:
