@@ -76,8 +76,10 @@ def summary_table(runs: pd.DataFrame, meta: dict) -> pd.DataFrame:
             v = c[m].dropna() if m in c else pd.Series(dtype=float)
             row[f"{m}_mean"] = float(v.mean()) if len(v) else np.nan
             row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
-        for k in ("params", "flops", "se_hidden"):
+        for k in ("params", "flops"):
             row[k] = float(a[k].dropna().iloc[0]) if k in a and a[k].notna().any() else np.nan
+        # Effective bottleneck widths per stage (a string such as "1,2,4"): recorded, not averaged.
+        row["se_hidden"] = str(a["se_hidden"].dropna().iloc[0]) if "se_hidden" in a and a["se_hidden"].notna().any() else ""
         p = paper.get(arm, {})
         row["paper_top1"] = p.get("paper_top1", np.nan) if p.get("paper_top1") is not None else np.nan
         row["paper_top5"] = p.get("paper_top5", np.nan) if p.get("paper_top5") is not None else np.nan
@@ -221,10 +223,10 @@ def write_report(results: str | Path, study: str, *, n_boot: int = 10000) -> Pat
     if meta.get("paper_table"):
         parts.append(f"Reproduces paper {meta['paper_table']}; scientific axis: "
                      f"`{meta.get('axis', '?')}`; reference arm: `{meta['reference_arm']}`.")
-    n_bad = int((runs["status"] != "completed").sum())
-    parts += [f"{len(runs)} trials: {len(ok)} completed, {n_bad} not "
-              f"({', '.join(f'{k}: {v}' for k, v in runs['status'].value_counts().items() if k != 'completed') or 'none'}); "
-              "only completed trials enter the statistics."
+    bad = {k: int(v) for k, v in runs["status"].value_counts().items() if k != "completed"}
+    parts += [f"{len(runs)} trials: {len(ok)} completed"
+              + (f", {sum(bad.values())} not ({', '.join(f'{k}: {v}' for k, v in bad.items())})" if bad else "")
+              + "; only completed trials enter the statistics."
               + (f" Preset `{meta['preset']}`." if meta.get("preset") else ""), "",
               "## Results", "", f"Test error in %, mean ± std over seeds. {caption}. The paper's numbers "
               "are ImageNet (ResNet-50), shown for the direction and size of each effect.", "",
