@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("senet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `senet models | head`
+        sys.stderr.close()
+        return 0
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         if debug:
             raise
