@@ -36,6 +36,7 @@ class DataConfig:
     root: str = ""  # where the files are; "" searches $SENET_DATA and known system locations
     subset: int = 0  # train on the first N training images of a fixed shuffle (0 = all)
     val_fraction: float = 0.1  # share of the training set held out for validation (0 = none)
+    test_subset: int = 0  # evaluate on N test images of a fixed shuffle (0 = all; quick sweeps)
     augment: str = "crop_flip"  # crop_flip (pad 4, random crop, horizontal flip) | flip | none
     image_size: int = 0  # resize image folders to this side (0 = the dataset's own)
     synthetic_train: int = 2048  # synthetic dataset: training images
@@ -207,7 +208,7 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"bad value for {key}: {flat[key]!r} (must be > 0)")
-    non_negative = ("optim.lr", "optim.weight_decay", "optim.warmup_epochs", "data.subset",
+    non_negative = ("optim.lr", "optim.weight_decay", "optim.warmup_epochs", "data.subset", "data.test_subset",
                     "run.threads", "optim.label_smoothing")
     for key in non_negative:
         if flat[key] < 0:

@@ -375,6 +375,8 @@ def load_datasets(data_cfg: DataConfig, seed: int = 0) -> Datasets:
 
     The validation split (``val_fraction`` of the training images) and the training ``subset`` are
     taken from one shuffle seeded with ``seed``; the test set is never touched by either.
+    ``test_subset`` evaluates on a fixed sample of the test set (quick sweeps, where evaluating
+    every test image each epoch would cost as much as training).
     """
     raw = DATASETS.get(data_cfg.name)(data_cfg)
     x, y = raw.train_x, raw.train_y
@@ -389,8 +391,14 @@ def load_datasets(data_cfg: DataConfig, seed: int = 0) -> Datasets:
         rest = rest[:data_cfg.subset]
     rest = rest.sort().values  # keep file order: indexing with sorted indices reads memory in order
     train_x, train_y = x[rest], y[rest]
+    test_x, test_y = raw.test_x, raw.test_y
+    if data_cfg.test_subset and data_cfg.test_subset < len(test_x):
+        # a fixed sample, the same for every seed and arm, so arms stay comparable
+        keep = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(seed))
+        keep = keep[:data_cfg.test_subset].sort().values
+        test_x, test_y = test_x[keep], test_y[keep]
     mean, std = channel_stats(train_x)
-    return Datasets(train_x, train_y, val_x, val_y, raw.test_x, raw.test_y, list(raw.classes),
+    return Datasets(train_x, train_y, val_x, val_y, test_x, test_y, list(raw.classes),
                     mean, std, data_cfg.name)
 
 

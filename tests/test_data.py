@@ -221,3 +221,14 @@ def test_real_fashion_mnist_fits_in_100_mb():
     assert ds.nbytes() <= 100e6
     # Fashion-MNIST's published training-set statistics: mean 0.286, std 0.353
     assert ds.mean[0] == pytest.approx(0.286, abs=0.002) and ds.std[0] == pytest.approx(0.353, abs=0.002)
+
+
+def test_test_subset_is_a_fixed_sample_of_the_test_set():
+    full = D.load_datasets(DataConfig(name="synthetic", synthetic_train=64, synthetic_test=100))
+    cfg = DataConfig(name="synthetic", synthetic_train=64, synthetic_test=100, test_subset=30)
+    a, b = D.load_datasets(cfg), D.load_datasets(cfg)
+    assert len(a.test_x) == 30 and torch.equal(a.test_x, b.test_x) and torch.equal(a.test_y, b.test_y)
+    # every kept image is one of the full test set's, and training data is untouched
+    flat = full.test_x.flatten(1)
+    assert all((flat == img.flatten()).all(1).any() for img in a.test_x)
+    assert torch.equal(a.train_x, full.train_x)
