@@ -5,8 +5,8 @@ The library imports neither Ray nor the analysis code.
 """
 from .complexity import Complexity, complexity
 from .models import MODELS, build_model, se_modules
-from .se import GATES, SQUEEZES, EXCITATIONS, ACTIVATIONS, SEConfig, SqueezeExcitation
 from .models.blocks import PLACEMENTS
+from .se import ACTIVATIONS, EXCITATIONS, GATES, SQUEEZES, SEConfig, SqueezeExcitation
 
 __version__ = "0.1.0"
 

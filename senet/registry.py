@@ -5,7 +5,8 @@ choices, so a typo on the command line becomes one readable line instead of a tr
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -19,7 +20,7 @@ class Registry(Generic[T]):
 
     def register(self, name: str | None = None, *, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
         def deco(obj: T) -> T:
-            key = name or getattr(obj, "__name__")
+            key = name or obj.__name__
             for k in (key, *aliases):
                 if k in self._entries:
                     raise ValueError(f"{self.kind} '{k}' is registered twice")

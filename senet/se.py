@@ -43,12 +43,11 @@ The module never knows where it sits: placement belongs to the residual block
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from .registry import Registry
 
