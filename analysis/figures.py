@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from . import stats as S
 from .style import ALL_COLOR, apply, colors, label
@@ -69,6 +70,7 @@ def excitation_means(stats: pd.DataFrame, classes: list[str], blocks: list[str] 
         d = allc[allc["block"] == block].sort_values("channel")
         ax.plot(d["channel"], d["mean"], color=ALL_COLOR, ls="--", label=label("all_classes"))
         ax.set_title(block)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(label("channel"))
         ax.set_ylabel(label("mean_excitation"))
     axes[0].legend(loc="best", frameon=True)
@@ -91,6 +93,7 @@ def excitation_bands(stats: pd.DataFrame, classes: list[str], blocks: list[str] 
             ax.fill_between(d["channel"], d["mean"] - d["std"], d["mean"] + d["std"], color=col,
                             alpha=0.25, lw=0)
         ax.set_title(block)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(label("channel"))
         ax.set_ylabel(label("excitation"))
     axes[0].legend(loc="best", frameon=True)
