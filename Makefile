@@ -20,9 +20,18 @@ data:
 	  command -v apt-get >/dev/null && { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } \
 	  || echo "note: install Debian's dataset-fashion-mnist or set SENET_DATA for Fashion-MNIST"; }
 
+# The main job: the gate ablation (Table 12 and more) over 2 seeds at the quick preset, its report,
+# then the excitation analysis of its best SE model. A finished sweep is not re-run (it resumes).
+RESULTS ?= results
 demo: install
-	$(BIN)/senet models
-	$(BIN)/senet flops se_resnet50
+	@if [ -d $(RESULTS)/gate/ray ]; then \
+	  $(BIN)/senet sweep gate --preset quick --seeds 2 --results $(RESULTS) --resume; \
+	else \
+	  $(BIN)/senet sweep gate --preset quick --seeds 2 --results $(RESULTS); fi
+	$(BIN)/senet report gate --results $(RESULTS)
+	$(BIN)/senet analyze --best gate --results $(RESULTS) --max-images 2000 --no-singles \
+	  --no-progress --out $(RESULTS)/gate/analysis
+	@echo "results: $(RESULTS)/gate/runs.parquet, $(RESULTS)/gate/report.md, $(RESULTS)/gate/analysis/summary.md"
 
 test: install
 	$(BIN)/pytest -q -m "not slow"

@@ -104,10 +104,10 @@ PRESETS.add("smoke", Preset("smoke", {
 }, 1, "seconds: synthetic images, SE-ResNet-20, one epoch (what the tests run)"))
 PRESETS.add("quick", Preset("quick", {
     "model.name": "se_resnet20", "data.name": "fashion-mnist", "data.subset": 3000,
-    "data.val_fraction": 0.02, "data.test_subset": 2000, "data.augment": "flip", "optim.epochs": 3,
+    "data.val_fraction": 0.01, "data.test_subset": 1000, "data.augment": "flip", "optim.epochs": 2,
     "optim.batch_size": 64, "optim.lr": 0.1, "optim.schedule": "cosine", "optim.warmup_epochs": 0.25,
     "run.progress": False,
-}, 2, "minutes on 2 CPU cores: 3,000 Fashion-MNIST images, SE-ResNet-20, 3 epochs, 2,000 test images"))
+}, 2, "minutes on 2 CPU cores: 3,000 Fashion-MNIST images, SE-ResNet-20, 2 epochs, 1,000 test images"))
 PRESETS.add("full", Preset("full", {
     "model.name": "se_resnet56", "data.name": "cifar10", "data.subset": 0, "data.val_fraction": 0.1,
     "data.augment": "crop_flip", "optim.epochs": 164, "optim.batch_size": 128, "optim.lr": 0.1,

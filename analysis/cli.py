@@ -14,7 +14,11 @@ class AnalyzeCommand(Command):
     overrides = True
 
     def configure(self, p):
-        p.add_argument("checkpoint", help="a suite checkpoint (checkpoint.pt or its run directory)")
+        p.add_argument("checkpoint", nargs="?", default="",
+                       help="a suite checkpoint (checkpoint.pt or its run directory)")
+        p.add_argument("--best", default="", metavar="STUDY",
+                       help="instead of CHECKPOINT: the best completed SE trial of a collected study")
+        p.add_argument("--results", default="results", help="results directory for --best")
         p.add_argument("--out", required=True, help="output directory for tables, figures, summary.md")
         p.add_argument("--split", default="test", help="train | val | test (default test)")
         p.add_argument("--classes", default="", help="class names or indices, comma separated "
@@ -41,7 +45,16 @@ class AnalyzeCommand(Command):
                              batch_size=args.batch_size, device=args.device,
                              attr_images=args.attr_images, singles=not args.no_singles,
                              progress=not args.no_progress)
-        res = run_analysis(args.checkpoint, args.out, overrides, opt)
+        if bool(args.checkpoint) == bool(args.best):
+            raise UserError("give either a CHECKPOINT or --best STUDY")
+        checkpoint = args.checkpoint
+        if args.best:
+            from .report import best_checkpoint  # noqa: PLC0415
+
+            checkpoint, row = best_checkpoint(args.results, args.best)
+            print(f"best SE trial of {args.best}: {row['arm']} seed {row['seed']} "
+                  f"({row['test_top1_err']:.2f}% test top-1 err) -> {checkpoint}")
+        res = run_analysis(checkpoint, args.out, overrides, opt)
         sel = res["selectivity"]
         print(f"{res['images']} images; per block: η² (class selectivity), saturated share")
         for r in sel.itertuples(index=False):

@@ -251,3 +251,17 @@ def write_report(results: str | Path, study: str, *, n_boot: int = 10000) -> Pat
     out = d / "report.md"
     out.write_text("\n".join(parts))
     return out
+
+
+def best_checkpoint(results: str | Path, study: str) -> tuple[str, dict]:
+    """The checkpoint of the completed trial with SE and the lowest final test top-1 error."""
+    runs, _ = load_study(results, study)
+    ok = runs[runs["status"] == "completed"]
+    if "se.stages" in ok.columns:
+        ok = ok[ok["se.stages"].astype(str) != "none"]
+    if "checkpoint" in ok.columns:
+        ok = ok[ok["checkpoint"].notna()]
+    if ok.empty:
+        raise ValueError(f"study {study!r} has no completed SE trial with a checkpoint")
+    row = ok.sort_values("test_top1_err").iloc[0].to_dict()
+    return str(row["checkpoint"]), row

@@ -186,3 +186,9 @@ def test_point_plot_and_edf_panels():
 def test_missing_study_is_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results for study 'nope'"):
         R.load_study(tmp_path, "nope")
+
+
+def test_best_checkpoint_is_the_lowest_completed_error(study_dir):
+    path, row = R.best_checkpoint(study_dir, "gate")
+    # relu seed 0 (7.0) beats everything; the diverged 'sigmoid_x' row (99.0) and NaNs never win
+    assert path == "/r/relu_0/checkpoint.pt" and row["arm"] == "relu" and row["test_top1_err"] == 7.0
