@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import figures as F
+from .stats import t_quantile
 from .style import label, save
 
 METRICS = ("test_top1_err", "test_top5_err")
@@ -98,8 +99,10 @@ def paired_bootstrap(runs: pd.DataFrame, meta: dict, metric: str = "test_top1_er
     """Each arm's difference from the reference arm, paired by seed (arm − reference, in points).
 
     Only seeds completed by both arms pair up. The CI is the percentile interval of the mean
-    difference over ``n_boot`` resamples of the pairs. Verdict (for an error metric): ``better`` if
-    the whole interval is below 0, ``worse`` if above, else ``inconclusive`` (always with < 2 pairs).
+    difference over ``n_boot`` resamples of the pairs. With a handful of seeds that interval is far
+    too narrow (two pairs give only three possible resampled means), so a Student-t interval of the
+    mean paired difference is computed beside it. Verdict (for an error metric): ``better`` if both
+    intervals lie below 0, ``worse`` if both lie above, else ``inconclusive`` (always with < 2 pairs).
     """
     ok = completed(runs).dropna(subset=[metric])
     ref = meta.get("reference_arm")
@@ -113,18 +116,22 @@ def paired_bootstrap(runs: pd.DataFrame, meta: dict, metric: str = "test_top1_er
         seeds = sorted(set(a.index) & set(base.index))
         d = (a.loc[seeds] - base.loc[seeds]).to_numpy(dtype=float)
         row = {"arm": arm, "reference": ref, "metric": metric, "pairs": len(d),
-               "mean_diff": float(d.mean()) if len(d) else np.nan, "ci_low": np.nan, "ci_high": np.nan}
+               "mean_diff": float(d.mean()) if len(d) else np.nan, "ci_low": np.nan, "ci_high": np.nan,
+               "t_low": np.nan, "t_high": np.nan}
         if len(d) >= 2:
             idx = rng.integers(0, len(d), size=(n_boot, len(d)))
             boots = d[idx].mean(1)
             lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
-            row.update(ci_low=float(lo), ci_high=float(hi))
-            row["verdict"] = "better" if hi < 0 else "worse" if lo > 0 else "inconclusive"
+            half = t_quantile(1 - (1 - level) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+            t_lo, t_hi = d.mean() - half, d.mean() + half
+            row.update(ci_low=float(lo), ci_high=float(hi), t_low=float(t_lo), t_high=float(t_hi))
+            row["verdict"] = ("better" if max(hi, t_hi) < 0 else "worse" if min(lo, t_lo) > 0
+                              else "inconclusive")
         else:
             row["verdict"] = "inconclusive"
         rows.append(row)
     return pd.DataFrame(rows, columns=["arm", "reference", "metric", "pairs", "mean_diff", "ci_low",
-                                       "ci_high", "verdict"])
+                                       "ci_high", "t_low", "t_high", "verdict"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,10 +206,13 @@ def latex(header: list[str], rows: list[list[str]], caption: str = "") -> str:
 
 
 def bootstrap_rows(b: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["arm", "vs", "pairs", "mean Δ (pp)", "95% CI", "verdict"]
-    rows = [[r.arm, r.reference, str(r.pairs), _signed(r.mean_diff),
-             "–" if np.isnan(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]", r.verdict]
-            for r in b.itertuples(index=False)]
+    header = ["arm", "vs", "pairs", "mean Δ (pp)", "bootstrap 95% CI", "t 95% CI", "verdict"]
+
+    def ci(lo, hi):
+        return "–" if np.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
+
+    rows = [[r.arm, r.reference, str(r.pairs), _signed(r.mean_diff), ci(r.ci_low, r.ci_high),
+             ci(r.t_low, r.t_high), r.verdict] for r in b.itertuples(index=False)]
     return header, rows
 
 
@@ -231,7 +241,7 @@ def write_report(results: str | Path, study: str, *, n_boot: int = 10000) -> Pat
               "## Results", "", f"Test error in %, mean ± std over seeds. {caption}. The paper's numbers "
               "are ImageNet (ResNet-50), shown for the direction and size of each effect.", "",
               markdown(HEADER, rows), "LaTeX: [table.tex](table.tex)", ""]
-    parts += ["## Differences from the reference arm (paired by seed, bootstrap 95% CI)", ""]
+    parts += ["## Differences from the reference arm (paired by seed: bootstrap and Student-t 95% CIs)", ""]
     for m in METRICS:
         if m not in runs:
             continue

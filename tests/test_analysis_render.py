@@ -192,3 +192,22 @@ def test_best_checkpoint_is_the_lowest_completed_error(study_dir):
     path, row = R.best_checkpoint(study_dir, "gate")
     # relu seed 0 (7.0) beats everything; the diverged 'sigmoid_x' row (99.0) and NaNs never win
     assert path == "/r/relu_0/checkpoint.pt" and row["arm"] == "relu" and row["test_top1_err"] == 7.0
+
+
+def test_t_quantile_matches_tables():
+    # two-sided 95% critical values of Student's t (any statistics table)
+    for df, t in [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042)]:
+        assert abs(S.t_quantile(0.975, df) - t) < 2e-3
+
+
+def test_two_noisy_seeds_get_no_verdict():
+    # Differences +1 and +9 points: the bootstrap interval [+1, +9] excludes 0, but two seeds this
+    # far apart prove nothing (t interval: 5 ± 12.706·5.657/√2 = [-45.8, +55.8]).
+    runs = pd.DataFrame([{"arm": a, "seed": s, "status": "completed", "test_top1_err": e}
+                         for a, s, e in [("sigmoid", 0, 10.0), ("sigmoid", 1, 10.0),
+                                         ("tanh", 0, 11.0), ("tanh", 1, 19.0)]])
+    meta = {"reference_arm": "sigmoid", "arms": [{"arm": "sigmoid"}, {"arm": "tanh"}]}
+    b = R.paired_bootstrap(runs, meta, "test_top1_err", n_boot=2000).set_index("arm")
+    assert b.loc["tanh", "ci_low"] > 0
+    assert abs(b.loc["tanh", "t_low"] + 45.8) < 0.1 and abs(b.loc["tanh", "t_high"] - 55.8) < 0.1
+    assert b.loc["tanh", "verdict"] == "inconclusive"
