@@ -230,7 +230,7 @@ def error_edf(runs: pd.DataFrame, arms: list[str], metric: str = "test_top1_err"
     """Empirical distribution function of the error per arm (as pycls draws them): for each error e,
     the share of the arm's runs with error ≤ e. The legend gives each arm's [min, mean]."""
     apply()
-    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    fig, ax = plt.subplots(figsize=(6.0, 3.0))
     for arm, col in zip(arms, colors(len(arms)), strict=False):
         e = np.sort(runs.loc[runs["arm"] == arm, metric].dropna().to_numpy())
         if not len(e):
@@ -242,6 +242,6 @@ def error_edf(runs: pd.DataFrame, arms: list[str], metric: str = "test_top1_err"
     ax.set_ylabel(label("edf"))
     ax.set_ylim(0, 1.02)
     ax.set_title(title or f"EDF of {label(metric)}")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)  # beside the steps, never over them
     fig.tight_layout()
     return fig

@@ -65,7 +65,7 @@ def save(fig, stem: str | Path, formats: tuple[str, ...] = FORMATS) -> list[Path
     out = []
     for fmt in formats:
         p = stem.with_suffix(f".{fmt}")
-        fig.savefig(p)
+        fig.savefig(p, bbox_inches="tight")  # legends placed beside the axes stay in the file
         out.append(p)
     plt.close(fig)
     return out
