@@ -18,10 +18,18 @@ from senet.models.resnet import ResNet
 from senet.train import SCHEDULES, evaluate, fit
 
 TINY = "tiny_test_resnet"
-if TINY not in MODELS:  # a 3-block CIFAR-style ResNet: the engine's tests need speed, not depth
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_model():
+    """A 3-block CIFAR-style ResNet: the engine's tests need speed, not depth. Registered only
+    while this module's tests run, so registry-wide tests elsewhere never see it."""
     register_model(TINY, lambda **kw: ResNet(BasicBlock, (1, 1, 1), (8, 16, 32), stem="cifar",
                                              stem_width=8, shortcut="pad", **kw),
                    family="test", input_size=28, num_classes=10, in_chans=1, doc="test network")
+    yield
+    MODELS.remove(TINY)
+    MODELS.remove(f"se_{TINY}")
 
 
 @pytest.fixture(autouse=True)
