@@ -75,6 +75,16 @@ class SESlot(nn.Module):
         return self.se(x) if self.se_site == site else x
 
 
+def init_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) convolutions, unit-scale BN: the initialisation every backbone shares."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def conv3x3(cin, cout, stride=1, groups=1):
     return nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False)
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..se import SEConfig, parse_stages
-from .blocks import SESlot
+from .blocks import SESlot, init_weights
 from .registry import register_model
 
 
@@ -130,9 +130,7 @@ class Inception(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(cin, num_classes)
         self.num_features = cin
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self)
 
     def forward_features(self, x):
         x = self.stem(x)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..se import SEConfig, parse_stages
-from .blocks import SESlot
+from .blocks import SESlot, init_weights
 from .registry import register_model
 
 
@@ -101,9 +101,7 @@ class MobileNetV1(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(cin, num_classes)
         self.num_features = cin
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self)
 
     def forward_features(self, x):
         x = self.relu(self.bn1(self.conv1(x)))

@@ -11,7 +11,15 @@ from functools import partial
 from torch import nn
 
 from ..se import SEConfig, parse_stages
-from .blocks import BasicBlock, Bottleneck, PadShortcut, PreActBasicBlock, PreActBottleneck, conv1x1
+from .blocks import (
+    BasicBlock,
+    Bottleneck,
+    PadShortcut,
+    PreActBasicBlock,
+    PreActBottleneck,
+    conv1x1,
+    init_weights,
+)
 from .registry import register_model
 
 
@@ -79,7 +87,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(inplanes, num_classes)
         self.num_features = inplanes
-        _init_weights(self)
+        init_weights(self)
 
     def forward_features(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -92,15 +100,6 @@ class ResNet(nn.Module):
     def forward(self, x):
         x = self.avgpool(self.forward_features(x)).flatten(1)
         return self.fc(x)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 # ---------------------------------------------------------------------------------------------
