@@ -159,7 +159,7 @@ def attribution_scatter(attr: pd.DataFrame, title: str = "Channel importance vs 
     fig, axes = _grid(len(blocks), sharey=False)
     classes = list(dict.fromkeys(attr["class"]))
     cols = dict(zip(classes, colors(len(classes)), strict=False))
-    for ax, block in zip(axes, blocks, strict=False):
+    for i, (ax, block) in enumerate(zip(axes, blocks, strict=False)):
         d = attr[attr["block"] == block]
         for cls in classes:
             e = d[d["class"] == cls]
@@ -167,7 +167,8 @@ def attribution_scatter(attr: pd.DataFrame, title: str = "Channel importance vs 
         rho = S.spearman(d["mean_excitation"], d["importance"])
         ax.set_title(f"{block}  ρ = {rho:.2f}")
         ax.set_xlabel(label("mean_excitation"))
-        ax.set_ylabel(label("importance"))
+        if i % 3 == 0:  # first column only: the long label would run into the neighbouring panel
+            ax.set_ylabel(label("importance"))
     axes[0].legend(loc="best", frameon=True)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

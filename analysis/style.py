@@ -23,7 +23,7 @@ LABELS: dict[str, str] = {
     "depth": "block (input → output)",
     "eta2": "class selectivity η² (between-class / total variance)",
     "saturated": "share of channels with $\\bar{s}_c$ > 0.9 or < 0.1",
-    "importance": "channel importance (Δ target logit, channel closed)",
+    "importance": "importance (Δ target logit\nwhen the channel is closed)",
     "test_top1_err": "top-1 error (%)",
     "test_top5_err": "top-5 error (%)",
     "best_val_top1_err": "best validation top-1 error (%)",
