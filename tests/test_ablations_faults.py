@@ -74,10 +74,24 @@ def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path):
     assert "retrying from its last checkpoint" in out
 
 
+def _recorded_terminated(exp: Path) -> set[str]:
+    """Trial folders whose trials the experiment state (what --resume reads) records as finished."""
+    states = sorted(exp.glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    try:
+        data = json.loads(states[-1].read_text())
+    except json.JSONDecodeError:  # caught mid-write
+        return set()
+    ids = {json.loads(t[0])["trial_id"] for t in data["trial_data"]
+           if json.loads(t[0]).get("status") == "TERMINATED"}
+    return {d.name for d in exp.glob("*_seed*") if any(d.name.endswith("_" + i) for i in ids)}
+
+
 def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path):
     env = _env(tmp_path)
     common = ("--preset", "smoke", "--seeds", "1", "--results", str(tmp_path), "--max-concurrent", "1",
-              "--optim.epochs", "2")
+              "--optim.epochs", "3")
     exp = tmp_path / "gate" / "ray" / "gate-smoke"
 
     def finished() -> dict[str, str]:
@@ -87,18 +101,27 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path):
                 done[d.name] = (d / "result.json").read_text()
         return done
 
+    def mid_training() -> bool:
+        """A trial has reported an epoch but not finished: the kill lands inside it."""
+        return any((d / "result.json").exists() and _results(d) and not any(r.get("final") for r in _results(d))
+                   for d in exp.glob("*_seed*"))
+
     first = subprocess.Popen(_senet("sweep", "gate", *common), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        # Kill once the experiment state records two finished trials (Tune snapshots it every
+        # second; what finished after the last snapshot is, by Tune's design, not known to
+        # --resume) and the next trial is in the middle of its training.
         deadline = time.time() + 240
-        while len(finished()) < 2 and time.time() < deadline and first.poll() is None:
-            time.sleep(0.5)
-        time.sleep(1.5)  # let Tune's 1 s state snapshot record them
+        while time.time() < deadline and first.poll() is None and not (
+                len(_recorded_terminated(exp)) >= 2 and mid_training()):
+            time.sleep(0.2)
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
     finally:
         _kill_group(first)
-    before = finished()
+    recorded = _recorded_terminated(exp)
+    before = {k: v for k, v in finished().items() if k in recorded}
     assert 2 <= len(before) < 7, "the kill should land mid-sweep"
 
     second = subprocess.run(_senet("sweep", "gate", *common, "--resume"), env=env, capture_output=True,
