@@ -85,6 +85,20 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+class ClassifierNet(nn.Module):
+    """Base of every backbone: ``forward_features`` (subclass) → global average pool → dropout → fc."""
+
+    def _add_head(self, features: int, num_classes: int, dropout: float = 0.0) -> None:
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.fc = nn.Linear(features, num_classes)
+        self.num_features = features
+
+    def forward(self, x):
+        x = self.avgpool(self.forward_features(x)).flatten(1)
+        return self.fc(self.dropout(x))
+
+
 def conv3x3(cin, cout, stride=1, groups=1):
     return nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False)
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..se import SEConfig, parse_stages
-from .blocks import SESlot, init_weights
+from .blocks import ClassifierNet, SESlot, init_weights
 from .registry import register_model
 
 
@@ -101,7 +101,7 @@ _BN_INCEPTION = {
 }
 
 
-class Inception(nn.Module):
+class Inception(ClassifierNet):
     """A stem, Inception modules grouped in stages 3-5, global average pooling and an FC layer.
 
     Modules are stored as ``inception<stage><letter>`` (``inception3a`` ... ``inception5b``), the
@@ -126,10 +126,7 @@ class Inception(nn.Module):
                               placement=placement, stage=stage, index=index)
                 self.add_module(f"inception{name}", m)
                 cin = m.out_channels
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.fc = nn.Linear(cin, num_classes)
-        self.num_features = cin
+        self._add_head(cin, num_classes, dropout)
         init_weights(self)
 
     def forward_features(self, x):
@@ -139,9 +136,6 @@ class Inception(nn.Module):
                 x = m(x)
         return x
 
-    def forward(self, x):
-        x = self.avgpool(self.forward_features(x)).flatten(1)
-        return self.fc(self.dropout(x))
 
 
 def _bn_inception(*, num_classes=1000, in_chans=3, se=None, dropout=0.0):

@@ -32,7 +32,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..se import SEConfig, parse_stages
-from .blocks import SESlot, init_weights
+from .blocks import ClassifierNet, SESlot, init_weights
 from .registry import register_model
 
 
@@ -69,7 +69,7 @@ _V1 = {
 }
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(ClassifierNet):
     """MobileNet v1 with width multiplier α (``width``); SE on the blocks of ``se.stages``."""
 
     stages = (2, 3, 4, 5, 6)
@@ -97,10 +97,7 @@ class MobileNetV1(nn.Module):
                                                  placement=placement, stage=stage, index=j))
                 cin = c(cout)
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.fc = nn.Linear(cin, num_classes)
-        self.num_features = cin
+        self._add_head(cin, num_classes, dropout)
         init_weights(self)
 
     def forward_features(self, x):
@@ -109,9 +106,6 @@ class MobileNetV1(nn.Module):
             x = getattr(self, f"layer{i + 1}")(x)
         return x
 
-    def forward(self, x):
-        x = self.avgpool(self.forward_features(x)).flatten(1)
-        return self.fc(self.dropout(x))
 
 
 register_model("mobilenet_v1", MobileNetV1, family="mobilenet", input_size=224, num_classes=1000,

@@ -14,6 +14,7 @@ from ..se import SEConfig, parse_stages
 from .blocks import (
     BasicBlock,
     Bottleneck,
+    ClassifierNet,
     PadShortcut,
     PreActBasicBlock,
     PreActBottleneck,
@@ -23,7 +24,7 @@ from .blocks import (
 from .registry import register_model
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierNet):
     """One builder for every residual network of the suite.
 
     Args:
@@ -84,9 +85,7 @@ class ResNet(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
 
         self.final_bn = nn.BatchNorm2d(inplanes) if self.preact else nn.Identity()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(inplanes, num_classes)
-        self.num_features = inplanes
+        self._add_head(inplanes, num_classes)
         init_weights(self)
 
     def forward_features(self, x):
@@ -97,9 +96,6 @@ class ResNet(nn.Module):
             x = nn.functional.relu(self.final_bn(x))
         return x
 
-    def forward(self, x):
-        x = self.avgpool(self.forward_features(x)).flatten(1)
-        return self.fc(x)
 
 
 # ---------------------------------------------------------------------------------------------
