@@ -69,14 +69,19 @@ def excitation_means(stats: pd.DataFrame, classes: list[str], blocks: list[str] 
             ax.plot(d["channel"], d["mean"], color=col, label=cls)
         d = allc[allc["block"] == block].sort_values("channel")
         ax.plot(d["channel"], d["mean"], color=ALL_COLOR, ls="--", label=label("all_classes"))
-        ax.set_title(block)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(label("channel"))
-        ax.set_ylabel(label("mean_excitation"))
+        _channel_axes(ax, block, "mean_excitation")
     axes[0].legend(loc="best", frameon=True)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _channel_axes(ax, block: str, ylabel: str) -> None:
+    """A per-block panel against channel index (Fig. 6 and Fig. 7 share it)."""
+    ax.set_title(block)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(label("channel"))
+    ax.set_ylabel(label(ylabel))
 
 
 def excitation_bands(stats: pd.DataFrame, classes: list[str], blocks: list[str] | None = None,
@@ -92,10 +97,7 @@ def excitation_bands(stats: pd.DataFrame, classes: list[str], blocks: list[str] 
             ax.plot(d["channel"], d["mean"], color=col, label=cls)
             ax.fill_between(d["channel"], d["mean"] - d["std"], d["mean"] + d["std"], color=col,
                             alpha=0.25, lw=0)
-        ax.set_title(block)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(label("channel"))
-        ax.set_ylabel(label("excitation"))
+        _channel_axes(ax, block, "excitation")
     axes[0].legend(loc="best", frameon=True)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -159,7 +161,7 @@ def attribution_scatter(attr: pd.DataFrame, title: str = "Channel importance vs 
     fig, axes = _grid(len(blocks), sharey=False)
     classes = list(dict.fromkeys(attr["class"]))
     cols = dict(zip(classes, colors(len(classes)), strict=False))
-    for i, (ax, block) in enumerate(zip(axes, blocks, strict=False)):
+    for ax, block in zip(axes, blocks, strict=False):
         d = attr[attr["block"] == block]
         for cls in classes:
             e = d[d["class"] == cls]
@@ -167,7 +169,7 @@ def attribution_scatter(attr: pd.DataFrame, title: str = "Channel importance vs 
         rho = S.spearman(d["mean_excitation"], d["importance"])
         ax.set_title(f"{block}  ρ = {rho:.2f}")
         ax.set_xlabel(label("mean_excitation"))
-        if i % 3 == 0:  # first column only: the long label would run into the neighbouring panel
+        if ax.get_subplotspec().is_first_col():  # the long label would run into the panel beside
             ax.set_ylabel(label("importance"))
     axes[0].legend(loc="best", frameon=True)
     fig.suptitle(title, fontsize=10)
