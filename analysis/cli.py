@@ -1,4 +1,5 @@
-"""``senet analyze`` and ``senet report`` (registered through the ``senet.commands`` entry point)."""
+"""``senet analyze``, ``senet report`` and ``senet curves`` (registered through the
+``senet.commands`` entry point)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -81,4 +82,39 @@ class ReportCommand(Command):
         path = write_report(args.results, args.study, n_boot=args.n_boot)
         print(path.read_text().split("## Differences")[0].rstrip())
         print(f"\nwrote {path}")
+        return 0
+
+
+@command
+class CurvesCommand(Command):
+    name = "curves"
+    help = "training curves and a summary table of run directories side by side (metrics.jsonl)"
+
+    def configure(self, p):
+        p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by senet train --out")
+        p.add_argument("--out", required=True, help="output directory for curves.csv, summary.md and "
+                       "training_curves.png/.pdf")
+        p.add_argument("--labels", default="", help="names of the runs, comma separated (default: "
+                       "the directory names)")
+        p.add_argument("--metrics", default="", help="metrics to draw, comma separated (default: "
+                       "train_loss, val_top1_err, test_top1_err: those logged)")
+        p.add_argument("--title", default="Training curves")
+
+    def run(self, args, overrides):
+        from . import curves  # noqa: PLC0415
+        from .report import markdown  # noqa: PLC0415
+        from .style import save  # noqa: PLC0415
+
+        split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+        history = curves.load_history(args.runs, split(args.labels) if args.labels else None)
+        summary = curves.run_summary(args.runs, history)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        fig = curves.training_curves(history, split(args.metrics) or None, title=args.title)
+        figs = save(fig, out / "training_curves")
+        history.to_csv(out / "curves.csv", index=False)
+        table = markdown(curves.SUMMARY_HEADER, curves.summary_rows(summary))
+        (out / "summary.md").write_text(f"# {args.title}\n\n{table}\n![curves](training_curves.png)\n")
+        print(table.rstrip())
+        print(f"\nwrote {out / 'summary.md'}, {out / 'curves.csv'}, {', '.join(str(f) for f in figs)}")
         return 0

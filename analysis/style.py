@@ -33,6 +33,14 @@ LABELS: dict[str, str] = {
     "all_classes": "all classes",
     "gradcam_input": "input",
     "delta_top1": "Δ top-1 error (pp)",
+    "train_loss": "training loss",
+    "test_loss": "test loss",
+    "val_loss": "validation loss",
+    "train_top1_err": "training top-1 error (%)",
+    "val_top1_err": "validation top-1 error (%)",
+    "val_top5_err": "validation top-5 error (%)",
+    "lr": "learning rate",
+    "images_per_s": "training images/s",
 }
 
 #: Colours: classes / arms in a qualitative palette, the all-class mean in black.

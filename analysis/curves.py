@@ -1,0 +1,198 @@
+"""Training curves of one or more runs side by side (``senet curves``).
+
+Each run directory written by ``senet train`` (or by a sweep trial) holds ``metrics.jsonl``, one JSON
+object per epoch, and, once the run has ended, ``final.json``. :func:`load_history` turns a set of run
+directories into one tidy table (a row per run and epoch), :func:`run_summary` into one row per run
+(final and best error, status, wall time, throughput) and :func:`training_curves` draws the metrics
+against the epoch, one panel per metric and one line per run, the way the paper compares ResNet-50
+with SE-ResNet-50 over training.
+
+Only files are read: no checkpoint is loaded and torch is never imported.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from .style import apply, colors, label
+
+#: Panels drawn when the caller names none (those with no finite value in any run are left out).
+DEFAULT_METRICS = ("train_loss", "val_top1_err", "test_top1_err")
+
+
+def _run_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name == "metrics.jsonl":
+        p = p.parent
+    if not p.is_dir():
+        raise FileNotFoundError(f"run directory not found: {path}")
+    if not (p / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {path} (is it a `senet train --out` directory?)")
+    return p
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):  # a line cut short by a run killed while writing it
+                break
+            raise ValueError(f"{path}:{i} is not a JSON object") from None
+    return rows
+
+
+def _default_labels(dirs: list[Path]) -> list[str]:
+    names = [d.name for d in dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{d.parent.name}/{d.name}" for d in dirs]
+
+
+def load_history(runs: list[str | Path], labels: list[str] | None = None) -> pd.DataFrame:
+    """One row per run and epoch: ``run`` (its label), ``epoch`` and every logged metric.
+
+    ``labels`` name the runs in the same order (default: the directory names). An epoch logged twice
+    (a resumed run) keeps its last line.
+    """
+    if not runs:
+        raise ValueError("no run directories given")
+    dirs = [_run_dir(r) for r in runs]
+    if labels is not None and len(labels) != len(dirs):
+        raise ValueError(f"{len(labels)} labels for {len(dirs)} runs")
+    labels = list(labels) if labels is not None else _default_labels(dirs)
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"run labels must differ: {', '.join(labels)}")
+    frames = []
+    for d, name in zip(dirs, labels, strict=True):
+        rows = _read_metrics(d / "metrics.jsonl")
+        if not rows:
+            raise ValueError(f"{d / 'metrics.jsonl'} has no epoch yet")
+        f = pd.DataFrame(rows).drop_duplicates("epoch", keep="last").sort_values("epoch")
+        f.insert(0, "run", name)
+        frames.append(f)
+    out = pd.concat(frames, ignore_index=True)
+    out["run"] = pd.Categorical(out["run"], categories=labels, ordered=True)
+    return out
+
+
+def _final(d: Path) -> dict:
+    p = d / "final.json"
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _model(d: Path) -> str:
+    try:
+        return json.loads((d / "config.json").read_text())["model"]["name"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return ""
+
+
+def run_summary(runs: list[str | Path], history: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: model, epochs, status, last and best test error (with its epoch), wall time
+    (from ``final.json``; the summed epoch times while the run is still going) and median images/s."""
+    rows = []
+    for d, (name, h) in zip([_run_dir(r) for r in runs], history.groupby("run", observed=True, sort=True),
+                            strict=True):
+        fin = _final(d)
+        last = h.iloc[-1]
+        test = h["test_top1_err"].astype(float)
+        best_i = test.idxmin() if test.notna().any() else None
+        wall = fin.get("wall_time_s")
+        rows.append({
+            "run": name,
+            "model": _model(d),
+            "epochs": int(last["epoch"]),
+            "status": fin.get("status", last.get("status", "running")),
+            "test_top1_err": float(last["test_top1_err"]) if pd.notna(last["test_top1_err"]) else math.nan,
+            "test_top5_err": float(last["test_top5_err"]) if pd.notna(last["test_top5_err"]) else math.nan,
+            "best_test_top1_err": float(test[best_i]) if best_i is not None else math.nan,
+            "best_epoch": int(h.loc[best_i, "epoch"]) if best_i is not None else None,
+            "wall_time_s": float(wall) if wall is not None else float(h["epoch_time_s"].sum()),
+            "images_per_s": float(np.nanmedian(h["images_per_s"].astype(float))),
+        })
+    return pd.DataFrame(rows)
+
+
+def available_metrics(history: pd.DataFrame, metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS) -> list[str]:
+    """The metrics among ``metrics`` that some run logged with a finite value."""
+    return [m for m in metrics
+            if m in history.columns and np.isfinite(pd.to_numeric(history[m], errors="coerce")).any()]
+
+
+def training_curves(history: pd.DataFrame, metrics: list[str] | None = None,
+                    title: str = "Training curves"):
+    """One panel per metric against the epoch, one line per run; the error panels mark each run's
+    lowest value."""
+    metrics = available_metrics(history) if metrics is None else list(metrics)
+    unknown = [m for m in metrics if m not in history.columns]
+    if unknown:
+        have = [c for c in history.columns if c not in ("run", "epoch", "status", "checkpoint")]
+        raise ValueError(f"metric {unknown[0]!r} was not logged; choose from: {', '.join(have)}")
+    if not metrics:
+        raise ValueError("none of the metrics has a finite value yet")
+    apply()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 2.7), squeeze=False)
+    runs = list(history["run"].cat.categories) if hasattr(history["run"], "cat") else list(
+        dict.fromkeys(history["run"]))
+    for ax, metric in zip(axes.ravel(), metrics, strict=True):
+        for run, col in zip(runs, colors(len(runs)), strict=True):
+            h = history[history["run"] == run]
+            y = pd.to_numeric(h[metric], errors="coerce").to_numpy(dtype=float)
+            x = h["epoch"].to_numpy()
+            ax.plot(x, y, marker="o", markersize=2.5, color=col, label=str(run))
+            if metric.endswith("_err") and np.isfinite(y).any():
+                i = int(np.nanargmin(y))
+                ax.annotate(f"{y[i]:.2f}", (x[i], y[i]), textcoords="offset points", xytext=(0, -9),
+                            ha="center", fontsize=6, color=col)
+        ax.set_xlabel("epoch")
+        name = label(metric)
+        if metric.startswith("test_") and not name.startswith("test"):  # the shared label omits the split
+            name = f"test {name}"
+        ax.set_ylabel(name)
+        ax.set_title(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if metric.endswith("_err"):  # the early epochs would flatten the differences that matter
+            y = pd.to_numeric(history[metric], errors="coerce").to_numpy(dtype=float)
+            y = y[np.isfinite(y)]
+            if len(y) > 3:
+                ax.set_ylim(max(0.0, y.min() - 0.5), np.percentile(y, 90) + 0.5)
+    axes.ravel()[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+SUMMARY_HEADER = ["run", "model", "epochs", "status", "top-1 err (%)", "top-5 err (%)",
+                  "best top-1 (epoch)", "wall time", "images/s"]
+
+
+def _duration(s: float) -> str:
+    if not math.isfinite(s):
+        return "–"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}"
+
+
+def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
+    """The per-run summary as strings, in :data:`SUMMARY_HEADER` order."""
+    num = lambda v: "–" if not math.isfinite(v) else f"{v:.2f}"  # noqa: E731
+    return [[str(r.run), r.model, str(r.epochs), str(r.status), num(r.test_top1_err), num(r.test_top5_err),
+             "–" if r.best_epoch is None or pd.isna(r.best_epoch)
+             else f"{r.best_test_top1_err:.2f} ({int(r.best_epoch)})",
+             _duration(r.wall_time_s), f"{r.images_per_s:.0f}" if math.isfinite(r.images_per_s) else "–"]
+            for r in summary.itertuples(index=False)]
