@@ -559,16 +559,19 @@ class TrainCommand(Command):
             raise UserError(f"run.out {cfg.run.out!r} exists and is not a folder")
 
         def show(m):
+            val = "" if _fmt(m["val_top1_err"]) == "-" else f"val err {_fmt(m['val_top1_err'])}%  "
             print(f"epoch {m['epoch']:>3}/{cfg.optim.epochs}  loss {_fmt(m['train_loss'], '.4f')}  "
-                  f"train err {_fmt(m['train_top1_err'])}%  val err {_fmt(m['val_top1_err'])}%  "
+                  f"train err {_fmt(m['train_top1_err'])}%  {val}"
                   f"test err {_fmt(m['test_top1_err'])}% / {_fmt(m['test_top5_err'])}%  "
                   f"{_fmt(m['images_per_s'], '.0f')} img/s  {_fmt(m['epoch_time_s'], '.1f')} s  "
                   f"lr {m['lr']:.4g}", flush=True)
 
         r = fit(cfg, show, resume=args.resume)
+        best = ("" if r["best_val_epoch"] is None else
+                f", best val err {_fmt(r['best_val_top1_err'])}% at epoch {r['best_val_epoch']}")
         print(f"{cfg.model.name} on {r['dataset']}: status {r['status']}, {r['epochs_run']} epochs, "
               f"test top-1 err {_fmt(r['test_top1_err'])}% (acc {_fmt(100 - r['test_top1_err'])}%), "
-              f"top-5 err {_fmt(r['test_top5_err'])}%, best val err {_fmt(r['best_val_top1_err'])}% "
-              f"at epoch {r['best_val_epoch']}, train {r['train_time_s']:.0f} s, wall {r['wall_time_s']:.0f} s"
+              f"top-5 err {_fmt(r['test_top5_err'])}%{best}, "
+              f"train {r['train_time_s']:.0f} s, wall {r['wall_time_s']:.0f} s"
               + (f", out {cfg.run.out}" if cfg.run.out else ""))
         return 0
