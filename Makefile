@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data demo test test-slow lint bench clean
+.PHONY: install data demo reference test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,20 @@ demo: install
 	$(BIN)/senet analyze --best gate --results $(RESULTS) --max-images 2000 --no-singles \
 	  --no-progress --out $(RESULTS)/gate/analysis
 	@echo "results: $(RESULTS)/gate/runs.parquet, $(RESULTS)/gate/report.md, $(RESULTS)/gate/analysis/summary.md"
+
+# The training engine's reference pair: SE-ResNet-20 and ResNet-20 on the full Fashion-MNIST training
+# set, 15 epochs, seed 0, run side by side with one CPU thread each (about 2 h 15 min on two cores),
+# then their curves and summary. results/reference holds the pair as it was last run.
+REF ?= $(RESULTS)/reference
+REF_ARGS := --data.name fashion-mnist --data.val_fraction 0 --epochs 15 --seed 0 --run.threads 1 \
+  --run.progress false --overwrite
+reference: install
+	mkdir -p $(REF)
+	$(BIN)/senet train --model se_resnet20 $(REF_ARGS) --out $(REF)/se_resnet20 > $(REF)/se_resnet20.log 2>&1 & \
+	pid=$$!; $(BIN)/senet train --model resnet20 $(REF_ARGS) --out $(REF)/resnet20 > $(REF)/resnet20.log 2>&1; \
+	rc=$$?; wait $$pid && exit $$rc
+	$(BIN)/senet curves $(REF)/se_resnet20 $(REF)/resnet20 --labels SE-ResNet-20,ResNet-20 \
+	  --title "Fashion-MNIST, 15 epochs, seed 0" --out $(REF)
 
 test: install
 	$(BIN)/pytest -q -m "not slow"

@@ -544,6 +544,8 @@ class TrainCommand(Command):
     def configure(self, p):
         p.add_argument("--config", metavar="FILE", help="JSON or YAML config (nested or flat keys)")
         p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or run folder")
+        p.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an --out folder that already holds a run")
         p.epilog = ("config keys as options: --model NAME --data.name fashion-mnist|cifar10|cifar100|"
                     "imagefolder|synthetic --data.root DIR --data.subset N --epochs E --lr LR --seed S "
                     "--se.gate G ... --out DIR (all keys: " + ", ".join(C.keys()) + ")")
@@ -557,6 +559,10 @@ class TrainCommand(Command):
         cfg = C.from_flat(overrides, base)
         if cfg.run.out and Path(cfg.run.out).exists() and not Path(cfg.run.out).is_dir():
             raise UserError(f"run.out {cfg.run.out!r} exists and is not a folder")
+        if (cfg.run.out and not args.resume and not args.overwrite
+                and any((Path(cfg.run.out) / f).exists() for f in ("metrics.jsonl", "checkpoint.pt"))):
+            raise UserError(f"run.out {cfg.run.out!r} already holds a run; continue it with --resume "
+                            f"{cfg.run.out}, or pass --overwrite to start over")
 
         def show(m):
             val = "" if _fmt(m["val_top1_err"]) == "-" else f"val err {_fmt(m['val_top1_err'])}%  "

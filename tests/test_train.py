@@ -202,3 +202,20 @@ def test_cli_train_writes_run_folder(capsys, tmp_path):
     code, out, err = run_cli(capsys, "--resume", str(tmp_path / "out"), "--epochs", "2")
     assert code == 0, err
     assert [json.loads(x)["epoch"] for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_cli_train_keeps_an_existing_run(capsys, tmp_path):
+    args = ["--model", TINY, "--data.name", "synthetic", "--data.synthetic_train", "32",
+            "--data.synthetic_test", "16", "--data.val_fraction", "0", "--epochs", "1", "--optim.batch_size", "16",
+            "--run.threads", "1", "--out", str(tmp_path / "out")]
+    assert run_cli(capsys, *args)[0] == 0
+    before = (tmp_path / "out" / "metrics.jsonl").read_text()
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and "already holds a run" in err and "--resume" in err
+    assert (tmp_path / "out" / "metrics.jsonl").read_text() == before  # nothing lost
+    code, out, err = run_cli(capsys, *args, "--overwrite", "--seed", "3")
+    assert code == 0, err
+    assert C.load(tmp_path / "out" / "config.json").seed == 3
+    epoch_line, final_line = out.splitlines()[-2:]  # no validation split: no validation error shown
+    assert epoch_line.startswith("epoch") and "val err" not in epoch_line and "-%" not in epoch_line
+    assert "status completed" in final_line and "best val" not in final_line
