@@ -135,8 +135,8 @@ def available_metrics(history: pd.DataFrame, metrics: tuple[str, ...] | list[str
 
 def training_curves(history: pd.DataFrame, metrics: list[str] | None = None,
                     title: str = "Training curves"):
-    """One panel per metric against the epoch, one line per run; the error panels mark each run's
-    lowest value."""
+    """One panel per metric against the epoch, one line per run; the error panels give each run's
+    lowest value and its epoch in their upper right corner, in the run's colour."""
     metrics = available_metrics(history) if metrics is None else list(metrics)
     unknown = [m for m in metrics if m not in history.columns]
     if unknown:
@@ -154,10 +154,10 @@ def training_curves(history: pd.DataFrame, metrics: list[str] | None = None,
             y = pd.to_numeric(h[metric], errors="coerce").to_numpy(dtype=float)
             x = h["epoch"].to_numpy()
             ax.plot(x, y, marker="o", markersize=2.5, color=col, label=str(run))
-            if metric.endswith("_err") and np.isfinite(y).any():
-                i = int(np.nanargmin(y))
-                ax.annotate(f"{y[i]:.2f}", (x[i], y[i]), textcoords="offset points", xytext=(0, -9),
-                            ha="center", fontsize=6, color=col)
+            if metric.endswith("_err") and np.isfinite(y).any():  # each run's lowest value, stacked
+                i = int(np.nanargmin(y))                          # in the corner the late epochs leave free
+                ax.text(0.97, 0.95 - 0.08 * len(ax.texts), f"min {y[i]:.2f} (epoch {int(x[i])})",
+                        transform=ax.transAxes, ha="right", va="top", fontsize=6, color=col)
         ax.set_xlabel("epoch")
         name = label(metric)
         if metric.startswith("test_") and not name.startswith("test"):  # the shared label omits the split
