@@ -107,7 +107,7 @@ class CurvesCommand(Command):
 
         split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
         history = curves.load_history(args.runs, split(args.labels) if args.labels else None)
-        summary = curves.run_summary(args.runs, history)
+        summary = curves.run_summary(history)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         fig = curves.training_curves(history, split(args.metrics) or None, title=args.title)

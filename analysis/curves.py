@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from .report import _num
 from .style import apply, colors, label
 
 #: Panels drawn when the caller names none (those with no finite value in any run are left out).
@@ -83,38 +84,34 @@ def load_history(runs: list[str | Path], labels: list[str] | None = None) -> pd.
         frames.append(f)
     out = pd.concat(frames, ignore_index=True)
     out["run"] = pd.Categorical(out["run"], categories=labels, ordered=True)
+    out.attrs["run_dirs"] = {name: str(d) for name, d in zip(labels, dirs, strict=True)}
     return out
 
 
-def _final(d: Path) -> dict:
-    p = d / "final.json"
+def _read_json(path: Path) -> dict:
+    """A run's JSON file, or {} while it is missing or being written."""
     try:
-        return json.loads(p.read_text()) if p.is_file() else {}
-    except json.JSONDecodeError:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
         return {}
 
 
-def _model(d: Path) -> str:
-    try:
-        return json.loads((d / "config.json").read_text())["model"]["name"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
-        return ""
-
-
-def run_summary(runs: list[str | Path], history: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: model, epochs, status, last and best test error (with its epoch), wall time
-    (from ``final.json``; the summed epoch times while the run is still going) and median images/s."""
+def run_summary(history: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of a :func:`load_history` table: model, epochs, status, last and best test
+    error (with its epoch), wall time (from ``final.json``; the summed epoch times while the run is
+    still going) and median images/s."""
     rows = []
-    for d, (name, h) in zip([_run_dir(r) for r in runs], history.groupby("run", observed=True, sort=True),
-                            strict=True):
-        fin = _final(d)
+    for name, h in history.groupby("run", observed=True, sort=True):
+        d = Path(history.attrs["run_dirs"][name])
+        fin = _read_json(d / "final.json")
+        model = _read_json(d / "config.json").get("model") or {}
         last = h.iloc[-1]
         test = h["test_top1_err"].astype(float)
         best_i = test.idxmin() if test.notna().any() else None
         wall = fin.get("wall_time_s")
         rows.append({
             "run": name,
-            "model": _model(d),
+            "model": model.get("name", ""),
             "epochs": int(last["epoch"]),
             "status": fin.get("status", last.get("status", "running")),
             "test_top1_err": float(last["test_top1_err"]) if pd.notna(last["test_top1_err"]) else math.nan,
@@ -190,9 +187,8 @@ def _duration(s: float) -> str:
 
 def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
     """The per-run summary as strings, in :data:`SUMMARY_HEADER` order."""
-    num = lambda v: "–" if not math.isfinite(v) else f"{v:.2f}"  # noqa: E731
-    return [[str(r.run), r.model, str(r.epochs), str(r.status), num(r.test_top1_err), num(r.test_top5_err),
+    return [[str(r.run), r.model, str(r.epochs), str(r.status), _num(r.test_top1_err), _num(r.test_top5_err),
              "–" if r.best_epoch is None or pd.isna(r.best_epoch)
              else f"{r.best_test_top1_err:.2f} ({int(r.best_epoch)})",
-             _duration(r.wall_time_s), f"{r.images_per_s:.0f}" if math.isfinite(r.images_per_s) else "–"]
+             _duration(r.wall_time_s), _num(r.images_per_s, "{:.0f}")]
             for r in summary.itertuples(index=False)]

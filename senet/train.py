@@ -565,7 +565,8 @@ class TrainCommand(Command):
                             f"{cfg.run.out}, or pass --overwrite to start over")
 
         def show(m):
-            val = "" if _fmt(m["val_top1_err"]) == "-" else f"val err {_fmt(m['val_top1_err'])}%  "
+            val = _fmt(m["val_top1_err"])
+            val = "" if val == "-" else f"val err {val}%  "
             print(f"epoch {m['epoch']:>3}/{cfg.optim.epochs}  loss {_fmt(m['train_loss'], '.4f')}  "
                   f"train err {_fmt(m['train_top1_err'])}%  {val}"
                   f"test err {_fmt(m['test_top1_err'])}% / {_fmt(m['test_top5_err'])}%  "

@@ -40,7 +40,7 @@ def test_history_and_summary(two_runs):
     h = curves.load_history([se, plain / "metrics.jsonl"])
     assert list(h["run"].cat.categories) == ["se", "plain"]
     assert h.groupby("run", observed=True).size().to_dict() == {"se": 4, "plain": 3}
-    s = curves.run_summary([se, plain], h).set_index("run")
+    s = curves.run_summary(h).set_index("run")
     assert s.loc["se", ["model", "epochs", "status"]].tolist() == ["se_resnet20", 4, "completed"]
     assert s.loc["se", "test_top1_err"] == 8.0 and s.loc["se", "best_epoch"] == 4
     assert s.loc["se", "wall_time_s"] == pytest.approx(3723.4)
