@@ -15,11 +15,12 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .errors import UserValueError
 from .se import SEConfig
 
 
-class ConfigError(ValueError):
-    """A bad key or value; the message names both."""
+class ConfigError(UserValueError):
+    """A bad key or value; the message names both. (A ValueError too, for older callers.)"""
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,11 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | imagefolder | synthetic
-    root: str = ""  # where the files are; "" searches $SENET_DATA and known system locations
-    subset: int = 0  # train on the first N training images of a fixed shuffle (0 = all)
-    val_fraction: float = 0.1  # share of the training set held out for validation (0 = none)
+    root: str = ""  # the only folder searched when given (missing = error); "" searches $SENET_DATA and system locations
+    subset: int = 0  # train on N images of the fixed shuffle, after the validation split (0 = all the rest)
+    val_fraction: float = 0.1  # validation split: this share of the training images, or of data.subset when set (0 = none)
     test_subset: int = 0  # evaluate on N test images of a fixed shuffle (0 = all; quick sweeps)
+    split_seed: int = 0  # seeds the val/subset/test_subset shuffles; part of the data, so never the run's seed
     augment: str = "crop_flip"  # crop_flip (pad 4, random crop, horizontal flip) | flip | none
     image_size: int = 0  # resize image folders to this side (0 = the dataset's own)
     synthetic_train: int = 2048  # synthetic dataset: training images
@@ -209,7 +211,7 @@ def validate(cfg: Config) -> None:
         if flat[key] <= 0:
             raise ConfigError(f"bad value for {key}: {flat[key]!r} (must be > 0)")
     non_negative = ("optim.lr", "optim.weight_decay", "optim.warmup_epochs", "data.subset", "data.test_subset",
-                    "run.threads", "optim.label_smoothing")
+                    "data.split_seed", "run.threads", "optim.label_smoothing")
     for key in non_negative:
         if flat[key] < 0:
             raise ConfigError(f"bad value for {key}: {flat[key]!r} (must be >= 0)")

@@ -7,14 +7,16 @@ whole batch at once. No per-image PIL transforms and no DataLoader workers: for 
 those, not the network, would bound the images per second.
 
 Each loader is registered in :data:`DATASETS` and returns the raw train/test splits and the class
-names; :func:`load_datasets` holds a validation split out of the training images (a fixed seeded
-shuffle, so every arm and seed of a study selects models on the same images), limits the training
+names; :func:`load_datasets` holds a validation split out of the training images (a shuffle seeded
+with ``data.split_seed``, a property of the data config and never of a run's seed, so training,
+every arm and seed of a study and a later analysis all see the same images), limits the training
 set to ``data.subset`` images and computes the per-channel mean and standard deviation.
 
-Where the files are looked for: ``data.root``, ``$SENET_DATA`` (and its ``<dataset>`` subfolder),
-then the system locations (Debian's ``dataset-fashion-mnist`` package installs the gzipped IDX files
-in ``/usr/share/datasets/fashion-mnist``). torchvision's download is used only with
-``data.download true``.
+Where the files are looked for: ``data.root`` alone when it is given (a missing or unreadable folder
+is an error: falling back to another copy would train on data nobody named); otherwise
+``$SENET_DATA`` (and its ``<dataset>`` subfolder), then the system locations (Debian's
+``dataset-fashion-mnist`` package installs the gzipped IDX files in ``/usr/share/datasets/fashion-mnist``).
+torchvision's download is used only with ``data.download true``.
 """
 from __future__ import annotations
 
@@ -30,13 +32,14 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .errors import UserValueError
 from .registry import Registry
 
 #: System-wide dataset folders (Debian's dataset-* packages).
 SYSTEM_ROOTS = (Path("/usr/share/datasets"),)
 
 
-class DatasetNotFoundError(ValueError):
+class DatasetNotFoundError(UserValueError):
     """A dataset's files are missing; the message says where they were looked for and how to get them."""
 
 
@@ -103,11 +106,30 @@ DATASETS: Registry[Loader] = Registry("dataset")
 # ---------------------------------------------------------------------------------------------
 # Finding files
 # ---------------------------------------------------------------------------------------------
+def given_root(cfg: DataConfig) -> Path | None:
+    """``data.root`` as a folder, None when it is not given; raise if it is missing or unreadable.
+
+    With ``data.download true`` a missing root is where the download will create the files.
+    """
+    if not cfg.root:
+        return None
+    p = Path(cfg.root).expanduser()
+    if cfg.download and not p.exists():
+        return p
+    if not p.is_dir():
+        why = "is not a folder" if p.exists() else "does not exist"
+        raise DatasetNotFoundError(f"data.root {cfg.root!r} {why}")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise DatasetNotFoundError(f"data.root {cfg.root!r} is not readable")
+    return p
+
+
 def candidate_roots(cfg: DataConfig, subdir: str) -> list[Path]:
-    """Folders to search, in order: data.root, $SENET_DATA(/subdir), system locations(/subdir)."""
+    """Folders to search: data.root(/subdir) alone when given, else $SENET_DATA(/subdir), system locations."""
+    root = given_root(cfg)
+    if root is not None:
+        return [root, root / subdir]
     out: list[Path] = []
-    if cfg.root:
-        out += [Path(cfg.root).expanduser(), Path(cfg.root).expanduser() / subdir]
     env = os.environ.get("SENET_DATA")
     if env:
         out += [Path(env).expanduser(), Path(env).expanduser() / subdir]
@@ -149,12 +171,12 @@ def read_idx(path: str | Path) -> torch.Tensor:
     p = Path(path)
     raw = gzip.open(p, "rb").read() if p.suffix == ".gz" else p.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"not an IDX file of unsigned bytes: {p}")
+        raise UserValueError(f"not an IDX file of unsigned bytes: {p}")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     start = 4 + 4 * ndim
     if len(raw) - start != math.prod(dims):
-        raise ValueError(f"truncated IDX file {p}: header says {dims}, {len(raw) - start} bytes of data")
+        raise UserValueError(f"truncated IDX file {p}: header says {dims}, {len(raw) - start} bytes of data")
     return torch.frombuffer(bytearray(raw[start:]), dtype=torch.uint8).reshape(dims)
 
 
@@ -283,7 +305,7 @@ def _decode_folder(folder: Path, classes: list[str], size: int) -> tuple[torch.T
             ys.append(label)
     shapes = {tuple(x.shape) for x in xs}
     if len(shapes) > 1:
-        raise ValueError(f"images in {folder} differ in size ({sorted(shapes)[:3]}...); set --data.image_size")
+        raise UserValueError(f"images in {folder} differ in size ({sorted(shapes)[:3]}...); set --data.image_size")
     if not xs:
         raise DatasetNotFoundError(f"no .png/.jpg images under {folder}/<class>/")
     return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
@@ -296,8 +318,9 @@ def load_imagefolder(cfg: DataConfig) -> RawDataset:
     With both ``val/`` and ``test/`` present, ``val/`` is the validation split and no images are held
     out of ``train/``; with one of them, it is the test set.
     """
-    roots = [Path(cfg.root).expanduser()] if cfg.root else []
-    if os.environ.get("SENET_DATA"):
+    root = given_root(cfg)
+    roots = [root] if root is not None else []
+    if root is None and os.environ.get("SENET_DATA"):
         roots.append(Path(os.environ["SENET_DATA"]).expanduser())
     root = next((r for r in roots if (r / "train").is_dir() and
                  ((r / "val").is_dir() or (r / "test").is_dir())), None)
@@ -370,21 +393,31 @@ def channel_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...]
     return tuple((mean / 255).tolist()), tuple((std / 255).clamp_min(1e-3).tolist())
 
 
-def load_datasets(data_cfg: DataConfig, seed: int = 0) -> Datasets:
+def load_datasets(data_cfg: DataConfig) -> Datasets:
     """Load ``data_cfg.name`` and split it.
 
-    The validation split (``val_fraction`` of the training images) and the training ``subset`` are
-    taken from one shuffle seeded with ``seed``; the test set is never touched by either.
-    ``test_subset`` evaluates on a fixed sample of the test set (quick sweeps, where evaluating
-    every test image each epoch would cost as much as training).
+    The splits depend on the data config alone: one shuffle of the training images seeded with
+    ``data_cfg.split_seed`` (never a run's seed, so training, sweeps and analysis agree). Its first
+    ``n_val`` images are the validation split and the training images follow:
+
+    - without ``subset``: ``n_val = round(val_fraction * N)`` of the N training images, training
+      gets the rest;
+    - with ``subset`` S: ``n_val = round(val_fraction * min(S, N))`` (sized from the subset, not from
+      the whole file), training gets the next S images.
+
+    A dataset with its own validation split (image folders with ``val/`` and ``test/``) keeps it and
+    holds nothing out. The test set is never touched by either; ``test_subset`` evaluates on a
+    fixed sample of it drawn with the same ``split_seed`` (quick sweeps, where evaluating every test
+    image each epoch would cost as much as training).
     """
     raw = DATASETS.get(data_cfg.name)(data_cfg)
     x, y = raw.train_x, raw.train_y
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(data_cfg.split_seed))
     if raw.val_x is not None:
         val_x, val_y, rest = raw.val_x, raw.val_y, perm
     else:
-        n_val = int(round(data_cfg.val_fraction * len(x)))
+        used = min(data_cfg.subset, len(x)) if data_cfg.subset else len(x)
+        n_val = int(round(data_cfg.val_fraction * used))
         val_idx, rest = perm[:n_val].sort().values, perm[n_val:]
         val_x, val_y = x[val_idx], y[val_idx]
     if data_cfg.subset:
@@ -394,7 +427,7 @@ def load_datasets(data_cfg: DataConfig, seed: int = 0) -> Datasets:
     test_x, test_y = raw.test_x, raw.test_y
     if data_cfg.test_subset and data_cfg.test_subset < len(test_x):
         # a fixed sample, the same for every seed and arm, so arms stay comparable
-        keep = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(seed))
+        keep = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(data_cfg.split_seed))
         keep = keep[:data_cfg.test_subset].sort().values
         test_x, test_y = test_x[keep], test_y[keep]
     mean, std = channel_stats(train_x)

@@ -72,7 +72,8 @@ def test_fashion_mnist_found_through_senet_data(tmp_path, monkeypatch, no_system
 def test_split_is_fixed_and_seeded(tmp_path, no_system):
     make_fashion(tmp_path)
     cfg = DataConfig(name="fashion-mnist", root=str(tmp_path), val_fraction=0.2)
-    a, b, c = D.load_datasets(cfg), D.load_datasets(cfg), D.load_datasets(cfg, seed=1)
+    other = DataConfig(name="fashion-mnist", root=str(tmp_path), val_fraction=0.2, split_seed=1)
+    a, b, c = D.load_datasets(cfg), D.load_datasets(cfg), D.load_datasets(other)
     assert torch.equal(a.val_x, b.val_x) and not torch.equal(a.val_x, c.val_x)
 
 
