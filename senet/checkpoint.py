@@ -2,7 +2,8 @@
 
 Contents: ``model`` (state dict), ``optimizer``, ``schedule``, ``rng`` (every random number generator
 the run uses, the data-order and augmentation generators included), ``epoch``, ``best`` (best-so-far
-validation results), ``config`` (the resolved config as a plain dict), ``data`` (class names,
+validation results), ``phases`` (the run's schedule phases: an extended run has more than one),
+``config`` (the resolved config as a plain dict), ``data`` (class names,
 normalisation and input shape), ``provenance``. Files are written atomically and read with
 ``torch.load(weights_only=True)``, so a checkpoint can never execute code when opened.
 """
@@ -14,8 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import UserValueError
+
 FORMAT = "senet-checkpoint"
 VERSION = 1
+
+
+class CheckpointError(UserValueError):
+    """A file that is not a suite checkpoint this version can read (a ValueError too)."""
 
 
 def save_checkpoint(path: str | Path, **state) -> Path:
@@ -40,7 +47,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Read a suite checkpoint with ``weights_only=True``.
 
     A directory means ``<dir>/checkpoint.pt``. Anything that is not a suite checkpoint (another
-    program's file, a pickle that needs code to load) is refused with a one-line ValueError.
+    program's file, a pickle that needs code to load) is refused with a one-line CheckpointError.
     """
     path = Path(path)
     if path.is_dir():
@@ -53,11 +60,11 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
         # torch's weights-only refusal is a paragraph; its "WeightsUnpickler error" line says why
         why = next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0])
-        raise ValueError(f"not a senet checkpoint: {path} ({why[:200]})") from None
+        raise CheckpointError(f"not a senet checkpoint: {path} ({why[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"not a senet checkpoint: {path} (no '{FORMAT}' marker)")
+        raise CheckpointError(f"not a senet checkpoint: {path} (no '{FORMAT}' marker)")
     if ckpt.get("version", 0) > VERSION:
-        raise ValueError(f"not a senet checkpoint this version can read: {path} "
+        raise CheckpointError(f"not a senet checkpoint this version can read: {path} "
                          f"(format version {ckpt['version']} > {VERSION})")
     return ckpt
 

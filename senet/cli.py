@@ -4,8 +4,10 @@ The library's own commands live here (``models``, ``flops``) and in :mod:`senet.
 Other packages add theirs through the ``senet.commands`` entry-point group (each entry point names a
 module whose import registers commands), so ``senet`` never imports the sweep or analysis code.
 
-User errors (bad keys, unknown names, missing files) print one line on stderr and exit with 2;
-set ``SENET_DEBUG=1`` to see the traceback.
+User errors (:class:`senet.errors.UserError`: bad keys, unknown names, bad values; and a missing or
+unreadable file the user named) print one line on stderr and exit with 2; set ``SENET_DEBUG=1`` to see
+the traceback. Any other exception is a bug and keeps its traceback, so it cannot pass for a typo.
+No parser accepts abbreviated options (``--seed`` is not ``--seeds``).
 """
 from __future__ import annotations
 
@@ -17,11 +19,8 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
+from .errors import UserError, UserValueError  # noqa: F401 - re-exported: commands import them from here
 from .registry import Registry
-
-
-class UserError(Exception):
-    """An error in what the user asked for; the CLI prints its message alone."""
 
 
 class Command:
@@ -40,7 +39,7 @@ class Command:
 
 COMMANDS: Registry[Command] = Registry("command")
 #: Modules of this package whose import registers more commands.
-_OWN_COMMANDS: tuple[str, ...] = ("senet.train",)
+_OWN_COMMANDS: tuple[str, ...] = ("senet.train", "senet.config_cmd")
 
 
 def command(cls: type[Command]) -> type[Command]:
@@ -75,15 +74,24 @@ def _load_plugins() -> None:
             print(f"senet: warning: commands from {ep.name} unavailable ({e})", file=sys.stderr)
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that never expands abbreviations: argparse would take ``--seed 3`` for
+    ``--seeds 3``. Subparsers (a command's own too) are of this class, so none can turn it back on."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     for mod in _OWN_COMMANDS:
         import_module(mod)
     _load_plugins()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="senet", description="Squeeze-and-Excitation networks: models, training, ablations, analysis.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, cmd in COMMANDS.items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False)
         cmd.configure(p)
     return parser
 
@@ -107,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `senet models | head`
         sys.stderr.close()
         return 0
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    # a missing or unreadable path is almost always one the user named; a ValueError, KeyError, ...
+    # that is not a UserError is a bug and must keep its traceback
+    except (UserError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         if debug:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -148,34 +158,52 @@ class FlopsCommand(Command):
 
     def configure(self, p):
         p.add_argument("model", help="a registered model (see `senet models`)")
-        p.add_argument("--input-size", type=int, default=0, help="input side (default: the model's)")
-        p.add_argument("--num-classes", type=int, default=0, help="classes (default: the model's)")
+        p.add_argument("--input-size", type=int, default=None, help="input side (default: the model's)")
+        p.add_argument("--num-classes", type=int, default=0,
+                       help="classes (default: the model's); the same as --model.num_classes")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.epilog = "SE and model options: --se.reduction R --se.squeeze S --se.gate G " \
-                   "--se.placement P --se.stages 2,3,4,5 --se.bias true|false --model.stride_in_1x1 true|false"
+                   "--se.placement P --se.stages 2,3,4,5 --se.bias true|false --model.stride_in_1x1 true|false " \
+                   "--model.num_classes N --model.in_chans C (the model is the positional argument)"
 
     def run(self, args, overrides):
+        import warnings  # noqa: PLC0415
+
         from . import config as C  # noqa: PLC0415
-        from .complexity import complexity  # noqa: PLC0415
+        from .complexity import UncountedWorkWarning, complexity  # noqa: PLC0415
         from .models import MODELS, build_model  # noqa: PLC0415
 
         bad = [k for k in overrides if not (k.startswith("se.") or k.startswith("model."))]
         if bad:
             raise UserError(f"flops takes --se.* and --model.* options, not --{bad[0]}")
-        spec = MODELS.get(args.model)
+        if "model.name" in overrides:
+            raise UserError("flops takes the model as its argument (senet flops MODEL), not --model.name")
+        if args.input_size is not None and args.input_size <= 0:
+            raise UserError(f"--input-size must be a positive number of pixels, got {args.input_size}")
+        MODELS.get(args.model)  # an unknown name is the first thing to report
         cfg = C.from_flat({"model.name": args.model, **overrides})
+        if args.num_classes and cfg.model.num_classes and args.num_classes != cfg.model.num_classes:
+            raise UserError(f"--num-classes {args.num_classes} and --model.num_classes "
+                            f"{cfg.model.num_classes} disagree; give one")
+        num_classes = args.num_classes or cfg.model.num_classes
+        for opt, v in (("--num-classes", num_classes), ("--model.in_chans", cfg.model.in_chans)):
+            if v < 0:
+                raise UserError(f"{opt} must be a positive number (0: the model's), got {v}")
         se = C.se_for(cfg)
         kw = {} if cfg.model.stride_in_1x1 is None else {"stride_in_1x1": cfg.model.stride_in_1x1}
-        model = build_model(args.model, num_classes=args.num_classes or None,
+        model = build_model(args.model, num_classes=num_classes or None,
                             in_chans=cfg.model.in_chans or None, se=se, **kw)
-        size = args.input_size or spec.input_size
-        c = complexity(model, size)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UncountedWorkWarning)
+            c = complexity(model, args.input_size)  # None: the model's own input size
+        for w in caught:  # one line each, not Python's file:line and source-line form
+            print(f"senet: warning: {w.message}", file=sys.stderr)
         if args.json:
             d = c.to_dict()
             d.update(model=args.model, gflops=c.flops / 1e9, se=None if se is None else C.flatten(se))
             print(json.dumps(d))
             return 0
-        print(f"{args.model} at {size}×{size}")
+        print(f"{args.model} at {c.input_size[0]}×{c.input_size[1]}")
         print(f"{'block':<12} {'SE':<8} {'params':>11} {'MFLOPs':>9} {'SE params':>10} {'SE MFLOPs':>9} {'C→C/r':>10}")
         for b in c.blocks:
             width = f"{b.se_channels}→{b.se_hidden}" if b.name else ""

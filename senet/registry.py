@@ -1,12 +1,15 @@
 """Named registries: every choice in the suite (gate, squeeze, backbone, study...) is looked up here.
 
-A registry maps a name to a builder. Unknown names raise a ``ValueError`` that lists the valid
-choices, so a typo on the command line becomes one readable line instead of a traceback.
+A registry maps a name to a builder. Unknown names raise a :class:`~senet.errors.UserValueError`
+(a ``ValueError``) that lists the valid choices, so a typo on the command line becomes one readable
+line instead of a traceback.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
+
+from .errors import UserValueError
 
 T = TypeVar("T")
 
@@ -40,7 +43,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise ValueError(
+            raise UserValueError(
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
             ) from None
 

@@ -16,12 +16,21 @@ forward pass runs under bf16 autocast with channels_last tensors (``run.precisio
 
 A loss that turns NaN or infinite (ReLU and identity gates, Table 12, can diverge) ends the run with
 status ``diverged``: it is recorded in ``metrics.jsonl`` and ``final.json``, not raised.
+
+A run is one or more schedule *phases*. Resuming with the epochs it was planned for continues it
+exactly. Resuming a finished run with more epochs (``--epochs N``) adds a phase over the extra
+epochs: cosine and step schedules, whose learning rate depends on the run's length, start afresh
+(warm-up, then their shape over the new epochs) instead of jumping to wherever the old formula would
+put the longer run; constant and plateau schedules simply go on. Each metrics line names its
+``phase`` and the checkpoint and ``final.json`` list the phases. A run is never shortened.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -38,6 +47,7 @@ from .checkpoint import build_from_config, load_checkpoint, save_checkpoint
 from .cli import Command, UserError, command
 from .config import Config, OptimConfig
 from .data import Datasets, augment, load_datasets, normalize
+from .errors import UserValueError
 from .models import se_modules
 from .provenance import provenance
 from .registry import Registry
@@ -52,14 +62,20 @@ clock = time.perf_counter
 # Keys that must agree between a checkpoint and the config that resumes it (the rest may change,
 # e.g. more epochs, another output folder or device).
 _RESUME_FIXED = ("model.", "se.", "data.name", "data.subset", "data.val_fraction", "data.augment",
-                 "data.image_size", "data.synthetic_", "optim.batch_size", "seed")
+                 "data.split_seed", "data.image_size", "data.synthetic_", "optim.batch_size", "seed")
 
 
 # ---------------------------------------------------------------------------------------------
 # Learning-rate schedules (per step, except plateau's per-epoch decision)
 # ---------------------------------------------------------------------------------------------
 class Schedule:
-    """``lr(step)`` for every SGD step; ``epoch_end(metric)`` after each epoch (plateau uses it)."""
+    """``lr(step)`` for every SGD step; ``epoch_end(metric)`` after each epoch (plateau uses it).
+
+    ``step`` and ``cfg.epochs`` count from the start of the schedule's phase (see :func:`plan_phases`).
+    """
+
+    #: The learning rate depends on the phase's length, so extending a finished run needs a new phase.
+    follows_length = False
 
     def __init__(self, cfg: OptimConfig, steps_per_epoch: int):
         self.peak = cfg.lr
@@ -101,6 +117,7 @@ class CosineSchedule(Schedule):
     """Linear warm-up, then half a cosine from the peak to 0 at the last step (Loshchilov & Hutter)."""
 
     uses_warmup = True
+    follows_length = True
 
     def after_warmup(self, step):
         span = max(1, self.total - self.warmup)
@@ -110,9 +127,11 @@ class CosineSchedule(Schedule):
 
 @SCHEDULES.register("step")
 class StepSchedule(Schedule):
-    """Linear warm-up, then ÷10 at each epoch of ``optim.milestones`` (default: 50% and 75%)."""
+    """Linear warm-up, then ÷10 at each epoch of ``optim.milestones`` (default: 50% and 75%; both
+    count from the first epoch of the schedule's phase)."""
 
     uses_warmup = True
+    follows_length = True
 
     def __init__(self, cfg, steps_per_epoch):
         super().__init__(cfg, steps_per_epoch)
@@ -218,7 +237,7 @@ def set_rng_state(state: dict, order_gen: torch.Generator, aug_gen: torch.Genera
     try:
         aug_gen.set_state(state["augment"])
     except RuntimeError:  # a CUDA generator's state does not fit a CPU one, and vice versa
-        raise ValueError("cannot resume exactly on another device type than the checkpoint's "
+        raise ResumeError("cannot resume exactly on another device type than the checkpoint's "
                          "(the augmentation generator lives on the training device); set run.device") from None
 
 
@@ -310,12 +329,66 @@ def se_hidden_summary(model: nn.Module) -> str:
                     for n, m in se_modules(model).items())
 
 
+class ResumeError(UserValueError):
+    """A checkpoint that cannot be continued as asked (another model, fewer epochs, ...)."""
+
+
 def _check_resume(cfg: Config, saved: dict) -> None:
     now, then = C.flatten(cfg), C.flatten(C.from_dict(saved))
     bad = [k for k in now if k.startswith(_RESUME_FIXED) and now[k] != then[k]]
     if bad:
-        raise ValueError("cannot resume: the config differs from the checkpoint's in "
-                         + ", ".join(f"{k} ({then[k]!r} -> {now[k]!r})" for k in bad))
+        raise ResumeError("cannot resume: the config differs from the checkpoint's in "
+                          + ", ".join(f"{k} ({then[k]!r} -> {now[k]!r})" for k in bad))
+
+
+def _new_phase(number: int, start: int, end: int, cfg: Config) -> dict:
+    return {"phase": number, "start_epoch": start, "end_epoch": end, "schedule": cfg.optim.schedule,
+            "lr": cfg.optim.lr, "warmup_epochs": cfg.optim.warmup_epochs}
+
+
+def saved_phases(ckpt: dict) -> list[dict]:
+    """The phases a checkpoint's run was planned with (one, for checkpoints that predate phases)."""
+    if ckpt.get("phases"):
+        return [dict(p) for p in ckpt["phases"]]
+    optim = C.from_dict(ckpt["config"]).optim
+    return [{"phase": 1, "start_epoch": 0, "end_epoch": optim.epochs, "schedule": optim.schedule,
+             "lr": optim.lr, "warmup_epochs": optim.warmup_epochs}]
+
+
+def plan_phases(cfg: Config, ckpt: dict | None) -> list[dict]:
+    """The run's schedule phases once ``fit(cfg, resume=ckpt)`` has trained ``cfg.optim.epochs``.
+
+    A fresh run has one phase over all its epochs. A resumed run keeps its phases; asking for more
+    epochs than it was planned for extends its last phase when the schedule does not depend on the
+    length (constant, plateau) and stays the same, and otherwise adds a phase over the extra epochs.
+    Raises ResumeError for fewer epochs than were trained, or fewer than an unfinished run was
+    planned for (that would change its schedule midway).
+    """
+    want = cfg.optim.epochs
+    if ckpt is None:
+        return [_new_phase(1, 0, want, cfg)]
+    done = int(ckpt["epoch"])
+    phases = saved_phases(ckpt)
+    planned = phases[-1]["end_epoch"]
+    if want < done:
+        raise ResumeError(f"the run has already trained {done} epochs; --epochs {want} would shorten it "
+                          f"(give {done} or more)")
+    if done < planned and want < planned:
+        raise ResumeError(f"the run stopped at epoch {done} of the {planned} it was planned for; resume it "
+                          f"with --epochs {planned} (or more, to add a phase after epoch {planned})")
+    if want > planned:
+        last = phases[-1]
+        if SCHEDULES.get(last["schedule"]).follows_length or cfg.optim.schedule != last["schedule"]:
+            phases.append(_new_phase(last["phase"] + 1, planned, want, cfg))
+        else:
+            last["end_epoch"] = want
+    return phases
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: str | Path | None = None,
@@ -325,16 +398,21 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
     After each epoch (checkpoint first, then ``metrics.jsonl``, then ``report(metrics)``) the
     metrics hold ``epoch``, ``train_loss``, ``train_top1_err``, ``val_top1_err``, ``val_top5_err``,
     ``test_top1_err``, ``test_top5_err`` (errors in %, NaN without a validation split),
-    ``images_per_s``, ``epoch_time_s``, ``train_time_s``, ``lr``, ``status`` and ``checkpoint``.
+    ``images_per_s``, ``epoch_time_s``, ``train_time_s``, ``lr``, ``phase``, ``status`` and
+    ``checkpoint``.
 
     The returned dict (also ``final.json``) has ``status`` (``completed`` | ``diverged``),
     ``epochs_run``, the last epoch's test errors, the best validation error with its epoch and the
     test errors at that epoch, ``params``, ``flops`` (1 multiply-add = 1 FLOP, at the data's input
-    size), ``se_hidden``, ``wall_time_s``, ``train_time_s`` and ``provenance``.
+    size), ``se_hidden``, ``wall_time_s``, ``train_time_s``, ``phases`` and ``provenance``.
 
-    ``resume`` (a checkpoint file or a run folder) continues the run exactly: model, optimizer,
-    schedule, every RNG, epoch and best-so-far come from the checkpoint. ``datasets`` skips loading
-    (a sweep worker that reuses one in-memory copy across trials).
+    ``resume`` (a checkpoint file or a run folder) continues the run: model, optimizer, schedule,
+    every RNG, epoch and best-so-far come from the checkpoint; with the epochs the run was planned
+    for it continues exactly, with more it adds a schedule phase (:func:`plan_phases`). The outputs go
+    to ``cfg.run.out`` alone, whatever folder the checkpoint names. A resumed run's files there are
+    rewritten only once its first new epoch is done (until then a finished run stays as it was), and
+    a call with no epoch left to train only adds the run files ``cfg.run.out`` lacks. ``datasets``
+    skips loading (a sweep worker that reuses one in-memory copy across trials).
     """
     wall0 = time.perf_counter()
     C.validate(cfg)
@@ -343,6 +421,7 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
     ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
         _check_resume(cfg, ckpt["config"])
+    phases = plan_phases(cfg, ckpt)
     out = Path(cfg.run.out) if cfg.run.out else None
 
     with _determinism(cfg.run.deterministic, cfg.run.threads):
@@ -364,10 +443,9 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
                               fused=device.type == "cuda" or None)
         n_train = len(ds.train_x)
         if n_train == 0:
-            raise ValueError(f"dataset {ds.name!r} has no training images left (data.subset, data.val_fraction)")
+            raise C.ConfigError(f"dataset {ds.name!r} has no training images left (data.subset, data.val_fraction)")
         bs = min(cfg.optim.batch_size, n_train)
         steps_per_epoch = n_train // bs  # the ragged last batch is dropped (BN on a few images is noise)
-        schedule = SCHEDULES.get(cfg.optim.schedule)(cfg.optim, steps_per_epoch)
         order_gen = torch.Generator().manual_seed(cfg.seed + 1)
         aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
         prov = provenance(device, precision)
@@ -379,28 +457,54 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
         best = {"val_top1_err": math.inf, "epoch": None, "test_top1_err": math.nan,
                 "test_top5_err": math.nan}
         history: list[dict] = []
+        ckpt_phase = 0  # the phase whose schedule state the checkpoint holds
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
-            schedule.load_state_dict(ckpt["schedule"])
             set_rng_state(ckpt["rng"], order_gen, aug_gen)
             start_epoch, step = ckpt["epoch"], ckpt["step"]
             train_time, prev_wall = ckpt["train_time_s"], ckpt["wall_time_s"]
-            best, history = dict(ckpt["best"]), list(ckpt["metrics"])
+            best, history = dict(ckpt["best"]), [dict(h) for h in ckpt["metrics"]]
+            ckpt_phase = len(saved_phases(ckpt))
         net = torch.compile(model) if cfg.run.compile else model
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        to_train = cfg.optim.epochs - start_epoch
+        if to_train > 0:
+            for h in history:  # epochs from before this call: the run goes on past them
+                h.setdefault("phase", 1)
+                if h.get("status") == "completed":
+                    h["status"] = "running"
+                # the run's one checkpoint lives in out now; it was written at the resumed epoch
+                # (whose line the checkpoint saved before it knew the file's name)
+                if out is not None and (h.get("checkpoint") or h.get("epoch") == start_epoch):
+                    h["checkpoint"] = str(out / "checkpoint.pt")
 
-        if out is not None:
+        # A fresh run writes its config and an empty history now (an interrupted first epoch leaves
+        # a folder that says what it was). A resumed run rewrites its files from the checkpoint's
+        # history with its first new epoch (no orphan epochs of a run killed after its last
+        # checkpoint survive), so a finished run stays as it was until there is something new.
+        rewrite = True
+        if out is not None and ckpt is None:
             out.mkdir(parents=True, exist_ok=True)
+            for stale in ("checkpoint.pt", "final.json"):  # left by the run --overwrite replaces
+                (out / stale).unlink(missing_ok=True)
             C.save(cfg, out / "config.json")
-            # rewritten from the checkpoint's history: a run killed after its last checkpoint leaves
-            # no duplicate or orphan epochs behind
-            (out / "metrics.jsonl").write_text("".join(_json_line(h) + "\n" for h in history))
+            (out / "metrics.jsonl").write_text("")
+            rewrite = False
 
-        status = "completed"
+        status = history[-1]["status"] if history and to_train <= 0 else "completed"
         epoch = start_epoch
         show = cfg.run.progress and sys.stderr.isatty()  # no bar in logs and Ray workers
+        phase, schedule, phase_step0 = None, None, 0
         for epoch in range(start_epoch + 1, cfg.optim.epochs + 1):
+            if phase is None or epoch > phase["end_epoch"]:
+                phase = next(p for p in phases if p["start_epoch"] < epoch <= p["end_epoch"])
+                length = phase["end_epoch"] - phase["start_epoch"]
+                schedule = SCHEDULES.get(cfg.optim.schedule)(
+                    dataclasses.replace(cfg.optim, epochs=length), steps_per_epoch)
+                if phase["phase"] == ckpt_phase and phase["schedule"] == cfg.optim.schedule:
+                    schedule.load_state_dict(ckpt["schedule"])  # (another schedule starts from its own)
+                phase_step0 = phase["start_epoch"] * steps_per_epoch
             # ---- train one epoch ----
             model.train()
             t0 = clock()
@@ -416,7 +520,7 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
                 if channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 yb = ds.train_y[idx]
-                lr = schedule.lr(step)
+                lr = schedule.lr(step - phase_step0)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 with autocast(device, precision):
@@ -473,7 +577,7 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
                 "test_loss": test["loss"], "test_top1_err": test["top1_err"],
                 "test_top5_err": test["top5_err"], "images_per_s": seen / t_train if t_train else math.nan,
                 "epoch_time_s": t_train + t_eval, "train_time_s": train_time, "lr": lr,
-                "status": status if last else "running", "checkpoint": None,
+                "phase": phase["phase"], "status": status if last else "running", "checkpoint": None,
             }
             history.append(metrics)
             # ---- checkpoint, then the metrics line, then the report ----
@@ -481,10 +585,16 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
                 metrics["checkpoint"] = str(save_checkpoint(
                     out / "checkpoint.pt", model=model.state_dict(), optimizer=opt.state_dict(),
                     schedule=schedule.state_dict(), rng=rng_state(order_gen, aug_gen), epoch=epoch,
-                    step=step, best=best, metrics=history, train_time_s=train_time,
+                    step=step, best=best, metrics=history, phases=phases, train_time_s=train_time,
                     wall_time_s=prev_wall + time.perf_counter() - wall0, config=C.to_dict(cfg),
                     data=data_meta, provenance=prov))
-            if out is not None:
+            if out is not None and rewrite:
+                out.mkdir(parents=True, exist_ok=True)
+                C.save(cfg, out / "config.json")
+                _write_atomic(out / "metrics.jsonl", "".join(_json_line(h) + "\n" for h in history))
+                (out / "final.json").unlink(missing_ok=True)  # the run is running again
+                rewrite = False
+            elif out is not None:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(_json_line(metrics) + "\n")
             if report is not None:
@@ -511,11 +621,23 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
         "se_hidden": se_hidden,
         "dataset": data_meta["name"],
         "num_train": n_train,
+        "num_test": data_meta["num_test"],  # sets the resolution of a test error: 100/N points
         "checkpoint": str(out / "checkpoint.pt") if out is not None and (out / "checkpoint.pt").exists() else None,
+        "phases": phases,
         "provenance": prov,
     }
-    if out is not None:
-        (out / "final.json").write_text(json.dumps({k: _finite(v) for k, v in result.items()}, indent=1) + "\n")
+    final = json.dumps({k: _finite(v) for k, v in result.items()}, indent=1) + "\n"
+    if out is not None and to_train > 0:
+        (out / "final.json").write_text(final)
+    elif out is not None:
+        # nothing trained: a finished run's folder stays byte-identical, but a bare one (a sweep
+        # trial restored from only its last checkpoint) gets the files every run folder has
+        out.mkdir(parents=True, exist_ok=True)
+        files = {"config.json": lambda f: C.save(cfg, f), "final.json": lambda f: f.write_text(final),
+                 "metrics.jsonl": lambda f: f.write_text("".join(_json_line(h) + "\n" for h in history))}
+        for name, write in files.items():
+            if not (out / name).exists():
+                write(out / name)
     return result
 
 
@@ -535,6 +657,45 @@ def _fmt(v, spec=".2f"):
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
+def _run_files(folder: Path) -> str | None:
+    """Why ``folder`` cannot take a fresh run: a message naming what it holds, or None."""
+    if (folder / "checkpoint.pt").is_file():
+        return (f"{folder} already holds a run; continue it with --resume {folder}, "
+                "or pass --overwrite to start over")
+    metrics = folder / "metrics.jsonl"
+    if metrics.is_file():
+        n = sum(1 for ln in metrics.read_text().splitlines() if ln.strip())
+        when = ("before its first epoch ended" if n == 0
+                else f"after {n} epoch{'s' if n > 1 else ''}, before its first checkpoint")
+        again = (f"senet train --config {folder / 'config.json'} --out {folder} --overwrite"
+                 if (folder / "config.json").is_file() else f"senet train --out {folder} --overwrite ...")
+        return (f"{folder} holds a run but no checkpoint (it was interrupted {when}), so it cannot "
+                f"be continued; start it again with `{again}`")
+    return None
+
+
+def _fresh_run_folder(model: str) -> tuple[Path, list[Path]]:
+    """Claim ``runs/<model>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken); also return the
+    folders this created, so a run that fails before writing anything leaves none behind."""
+    base = Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    made = [] if base.parent.exists() else [base.parent]
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        folder = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            folder.mkdir()  # atomic: two runs started in the same second get different folders
+        except FileExistsError:
+            continue
+        return folder, [folder, *made]
+    raise UserError(f"no free run folder next to {base}; pass --out DIR")
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for f in folders:
+        with contextlib.suppress(OSError):
+            f.rmdir()  # only succeeds on an empty folder
+
+
 @command
 class TrainCommand(Command):
     name = "train"
@@ -543,27 +704,81 @@ class TrainCommand(Command):
 
     def configure(self, p):
         p.add_argument("--config", metavar="FILE", help="JSON or YAML config (nested or flat keys)")
-        p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or run folder")
+        p.add_argument("--resume", metavar="PATH",
+                       help="continue the run in this folder (or the folder of this checkpoint file), "
+                            "writing there and nowhere else; --epochs N beyond a finished run adds a "
+                            "new schedule phase; --out NEW continues it in NEW instead")
         p.add_argument("--overwrite", action="store_true",
                        help="start afresh in an --out folder that already holds a run")
         p.epilog = ("config keys as options: --model NAME --data.name fashion-mnist|cifar10|cifar100|"
                     "imagefolder|synthetic --data.root DIR --data.subset N --epochs E --lr LR --seed S "
-                    "--se.gate G ... --out DIR (all keys: " + ", ".join(C.keys()) + ")")
+                    "--se.gate G ... --out DIR (default: a new runs/<model>-<time>). "
+                    "`senet config [--key value ...]` prints every key with its value, default, choices "
+                    "and meaning.")
 
     def run(self, args, overrides):
-        base = None
-        if args.config:
-            base = C.load(args.config)
-        elif args.resume:
-            base = C.from_dict(load_checkpoint(args.resume)["config"])
-        cfg = C.from_flat(overrides, base)
-        if cfg.run.out and Path(cfg.run.out).exists() and not Path(cfg.run.out).is_dir():
+        if args.resume:
+            return self._resume(args, overrides)
+        cfg = C.from_flat(overrides, C.load(args.config) if args.config else None)
+        made: list[Path] = []
+        if not cfg.run.out:
+            folder, made = _fresh_run_folder(cfg.model.name)
+            cfg = C.from_flat({"run.out": str(folder)}, cfg)
+            print(f"run folder: {folder} (pass --out DIR to choose one)", flush=True)
+        out = Path(cfg.run.out)
+        if out.exists() and not out.is_dir():
             raise UserError(f"run.out {cfg.run.out!r} exists and is not a folder")
-        if (cfg.run.out and not args.resume and not args.overwrite
-                and any((Path(cfg.run.out) / f).exists() for f in ("metrics.jsonl", "checkpoint.pt"))):
-            raise UserError(f"run.out {cfg.run.out!r} already holds a run; continue it with --resume "
-                            f"{cfg.run.out}, or pass --overwrite to start over")
+        if not args.overwrite and (held := _run_files(out)):
+            raise UserError(held)
+        try:
+            return self._train(cfg, None)
+        finally:
+            _remove_if_empty(made)
 
+    def _resume(self, args, overrides):
+        src = Path(args.resume)
+        if src.is_dir():
+            folder, path = src, src / "checkpoint.pt"
+        elif src.exists():
+            folder, path = src.parent, src
+        else:
+            raise UserError(f"nothing to resume: {src} does not exist")
+        if not path.is_file():
+            raise UserError(_run_files(folder) or f"nothing to resume: {folder} holds no checkpoint.pt")
+        ckpt = load_checkpoint(path)
+        # the run lives where the user pointed, never at the run.out its checkpoint or a config file
+        # recorded (relative to wherever it started): only an explicit --out continues it elsewhere
+        given = overrides.get("run.out", overrides.get("out"))
+        target = Path(given) if given else folder
+        cfg = C.from_flat({**overrides, "run.out": str(target)},
+                          C.load(args.config) if args.config else C.from_dict(ckpt["config"]))
+        if target.resolve() != folder.resolve():
+            if target.exists() and not target.is_dir():
+                raise UserError(f"run.out {str(target)!r} exists and is not a folder")
+            if not args.overwrite and (held := _run_files(target)):
+                raise UserError(held)
+        elif args.overwrite:
+            raise UserError("--resume continues a run and --overwrite starts one over; pass one of them")
+        _check_resume(cfg, ckpt["config"])
+        phases = plan_phases(cfg, ckpt)
+        done = int(ckpt["epoch"])
+        if cfg.optim.epochs == done:
+            print(f"{folder}: the run has already completed its {done} epochs; nothing to do "
+                  f"(--epochs N with N > {done} extends it)")
+            return 0
+        before = saved_phases(ckpt)
+        for ph in phases[len(before):]:
+            prev = phases[ph["phase"] - 2]
+            warm = f", {ph['warmup_epochs']:g}-epoch warm-up" if SCHEDULES.get(ph["schedule"]).uses_warmup else ""
+            print(f"phase {ph['phase']}: epochs {ph['start_epoch'] + 1}-{ph['end_epoch']} train on a fresh "
+                  f"{ph['schedule']} schedule (peak lr {ph['lr']:g}{warm}); the {prev['schedule']} schedule of "
+                  f"phase {prev['phase']} ended at epoch {prev['end_epoch']} (--lr and --optim.* set the new one)",
+                  flush=True)
+        where = "" if target.resolve() == folder.resolve() else f" in {target}"
+        print(f"resuming {path} at epoch {done} of {cfg.optim.epochs}{where}", flush=True)
+        return self._train(cfg, path)
+
+    def _train(self, cfg: Config, resume: Path | None) -> int:
         def show(m):
             val = _fmt(m["val_top1_err"])
             val = "" if val == "-" else f"val err {val}%  "
@@ -573,12 +788,21 @@ class TrainCommand(Command):
                   f"{_fmt(m['images_per_s'], '.0f')} img/s  {_fmt(m['epoch_time_s'], '.1f')} s  "
                   f"lr {m['lr']:.4g}", flush=True)
 
-        r = fit(cfg, show, resume=args.resume)
+        try:
+            r = fit(cfg, show, resume=resume)
+        except KeyboardInterrupt:
+            out = Path(cfg.run.out)
+            held = _run_files(out)
+            if (out / "checkpoint.pt").is_file():
+                held = f"continue it with `senet train --resume {out} --epochs {cfg.optim.epochs}`"
+            if held:
+                print(f"senet train: {held}", file=sys.stderr)
+            raise
         best = ("" if r["best_val_epoch"] is None else
                 f", best val err {_fmt(r['best_val_top1_err'])}% at epoch {r['best_val_epoch']}")
         print(f"{cfg.model.name} on {r['dataset']}: status {r['status']}, {r['epochs_run']} epochs, "
               f"test top-1 err {_fmt(r['test_top1_err'])}% (acc {_fmt(100 - r['test_top1_err'])}%), "
               f"top-5 err {_fmt(r['test_top5_err'])}%{best}, "
               f"train {r['train_time_s']:.0f} s, wall {r['wall_time_s']:.0f} s"
-              + (f", out {cfg.run.out}" if cfg.run.out else ""))
+              + f", out {cfg.run.out}")
         return 0

@@ -95,3 +95,96 @@ def test_console_entry_point_bad_gate():
     assert p.returncode == 2
     lines = _errors(p.stderr)
     assert len(lines) == 1 and "unknown gate 'sigmod'" in lines[0], p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Only the suite's own user errors become one line; bugs keep their traceback (issue 9, item 8)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def raising_command():
+    """A temporary `senet boom` command whose run raises the exception the test puts in `raises`."""
+    from senet.cli import COMMANDS, Command
+
+    class Boom(Command):
+        name = "boom"
+        raises: BaseException = ValueError("an internal bug")
+
+        def run(self, args, overrides):
+            raise self.raises
+
+    cmd = Boom()
+    COMMANDS.add("boom", cmd)
+    yield cmd
+    COMMANDS.remove("boom")
+
+
+def test_an_internal_value_error_keeps_its_traceback(capsys, raising_command):
+    for exc in (ValueError("an internal bug"), KeyError("x"), IndexError("y")):
+        raising_command.raises = exc
+        with pytest.raises(type(exc)):
+            main(["boom"])
+
+
+def test_a_user_error_is_one_line_and_exit_2(capsys, raising_command):
+    from senet.cli import UserError
+    from senet.errors import UserValueError
+
+    for exc in (UserError("bad thing\nsecond line"), UserValueError("bad value"),
+                FileNotFoundError("no such file: x")):
+        raising_command.raises = exc
+        rc, out, err = _run(capsys, "boom")
+        assert rc == 2 and len(_errors(err)) == 1 and "Traceback" not in err
+        assert _errors(err)[0] == f"senet: error: {str(exc).splitlines()[0]}"
+
+
+def test_the_process_prints_a_traceback_for_a_bug():
+    code = ("import sys; from senet import cli\n"
+            "class Boom(cli.Command):\n"
+            "    name = 'boom'\n"
+            "    def run(self, args, overrides):\n"
+            "        raise ValueError('an internal bug')\n"
+            "cli.COMMANDS.add('boom', Boom())\n"
+            "sys.exit(cli.main(['boom']))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" in p.stderr and "ValueError: an internal bug" in p.stderr
+
+
+def test_the_library_user_errors_are_value_errors_too():
+    from senet import checkpoint, config, data, train
+    from senet.cli import UserError
+    from senet.errors import UserValueError
+    from senet.se import GATES
+
+    for cls in (config.ConfigError, data.DatasetNotFoundError, checkpoint.CheckpointError, train.ResumeError):
+        assert issubclass(cls, UserError) and issubclass(cls, ValueError)
+    with pytest.raises(UserValueError, match="unknown gate"):
+        GATES.get("sigmod")
+
+
+# ---------------------------------------------------------------------------------------------
+# No option is abbreviated (issue 10, item 3)
+# ---------------------------------------------------------------------------------------------
+def test_no_parser_accepts_abbreviations(capsys):
+    from senet.cli import build_parser
+
+    parser = build_parser()
+    assert parser.allow_abbrev is False
+    sub = next(a for a in parser._actions if a.choices and "flops" in a.choices)
+    for name, p in sub.choices.items():
+        assert p.allow_abbrev is False, name
+    nested = sub.choices["models"].add_subparsers().add_parser("x")  # a command's own subcommands
+    assert nested.allow_abbrev is False
+    rc, out, err = _run(capsys, "models", "--js")  # --js is not --json
+    assert rc == 2 and "unrecognized arguments: --js" in err and out == ""
+
+
+def test_sweep_seed_is_not_seeds(capsys, monkeypatch):
+    sweep = pytest.importorskip("ablations.sweep")
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray must not start")
+
+    monkeypatch.setattr(sweep, "connect", no_ray)
+    rc, out, err = _run(capsys, "sweep", "gate", "--seed", "3", "--preset", "smoke")
+    lines = _errors(err)
+    assert rc == 2 and len(lines) == 1 and "--seed " in lines[0] and "--seeds N" in lines[0], err

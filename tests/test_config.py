@@ -87,3 +87,67 @@ def test_configs_are_frozen():
     cfg = C.Config()
     with pytest.raises(AttributeError):
         cfg.seed = 3  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------
+# senet config: every key's value, default, choices and meaning (issue 10, "Confusing")
+# ---------------------------------------------------------------------------------------------
+def _config_cli(capsys, *argv):
+    from senet.cli import main
+
+    rc = main(["config", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_every_key_has_its_meaning_from_the_field_comment():
+    from senet.config_cmd import describe, field_docs
+    from senet.models import MODELS
+    from senet.se import GATES
+
+    rows = {r["key"]: r for r in describe(C.Config())}
+    assert list(rows) == C.keys()
+    assert all(r["help"] for r in rows.values()), [k for k, r in rows.items() if not r["help"]]
+    assert rows["se.gate"]["help"] == field_docs(SEConfig)["gate"] and rows["se.gate"]["help"].startswith("σ")
+    assert rows["optim.lr"]["help"] == "peak learning rate" and rows["optim.lr"]["alias"] == "lr"
+    assert rows["se.gate"]["choices"] == GATES.names() and rows["model.name"]["choices"] == MODELS.names()
+    assert sorted(rows["optim.schedule"]["choices"]) == ["constant", "cosine", "plateau", "step"]
+    assert rows["run.deterministic"]["choices"] == ["true", "false"]
+    assert rows["model.stride_in_1x1"]["choices"] == ["true", "false", "none"]
+    assert rows["optim.lr"]["choices"] is None
+
+
+def test_config_command_resolves_overrides(capsys):
+    rc, out, err = _config_cli(capsys, "--lr", "0.05", "--se.gate", "tanh", "--json")
+    assert rc == 0, err
+    rows = {r["key"]: r for r in json.loads(out)}
+    assert rows["optim.lr"]["value"] == 0.05 and rows["optim.lr"]["default"] == 0.1
+    assert rows["se.gate"]["value"] == "tanh" and rows["se.gate"]["default"] == "sigmoid"
+    rc, out, err = _config_cli(capsys, "--se.gate", "tanh")
+    line = next(ln for ln in out.splitlines() if ln.startswith("se.gate"))
+    assert "*" in line and "tanh" in line and "σ" in line
+    assert "default sigmoid" in out and "choices: sigmoid, tanh" in out
+    rc, out, err = _config_cli(capsys, "--se.gat", "tanh")
+    assert rc == 2 and err.count("\n") == 1 and "unknown config key 'se.gat'" in err
+
+
+def test_config_command_shows_a_study_and_preset(capsys):
+    pytest.importorskip("ablations.config_cmd")
+    rc, out, err = _config_cli(capsys, "--study", "gate", "--preset", "smoke", "--json")
+    assert rc == 0, err
+    rows = {r["key"]: r for r in json.loads(out)}
+    assert rows["data.name"]["value"] == "synthetic" and rows["se.bias"]["value"] is False
+    assert rows["se.gate"]["note"].startswith("swept by the gate study: sigmoid, tanh")
+    assert "--seeds" in rows["seed"]["note"]
+    rc, out, err = _config_cli(capsys, "--study", "gaet")
+    assert rc == 2 and err.count("\n") == 1 and "unknown study 'gaet'" in err
+
+
+def test_train_and_sweep_help_point_to_senet_config():
+    from senet.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and "train" in a.choices)
+    assert "senet config" in sub.choices["train"].format_help()
+    if "sweep" in sub.choices:
+        assert "senet config --study" in sub.choices["sweep"].format_help()

@@ -219,3 +219,230 @@ def test_cli_train_keeps_an_existing_run(capsys, tmp_path):
     epoch_line, final_line = out.splitlines()[-2:]  # no validation split: no validation error shown
     assert epoch_line.startswith("epoch") and "val err" not in epoch_line and "-%" not in epoch_line
     assert "status completed" in final_line and "best val" not in final_line
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume writes to the folder it is given, and nowhere else (issue 10, item 1)
+# ---------------------------------------------------------------------------------------------
+def _hashes(folder) -> dict[str, str]:
+    import hashlib  # noqa: PLC0415
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _cli_args(out, epochs=1, *extra):
+    return ["--model", TINY, "--data.name", "synthetic", "--data.synthetic_train", "64", "--data.synthetic_test",
+            "16", "--optim.batch_size", "16", "--epochs", str(epochs), "--run.threads", "1", "--seed", "1",
+            "--run.deterministic", "true", "--out", str(out), *extra]
+
+
+def _epochs(folder):
+    return [json.loads(x)["epoch"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_of_a_copied_run_leaves_the_original_byte_identical(capsys, tmp_path, monkeypatch):
+    import shutil  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(capsys, *_cli_args("runs/int"))[0] == 0  # run.out recorded relative: "runs/int"
+    shutil.copytree("runs/int", "runs/int_copy")
+    before = _hashes(tmp_path / "runs/int")
+    code, out, err = run_cli(capsys, "--resume", "runs/int_copy", "--epochs", "2")
+    assert code == 0, err
+    assert _hashes(tmp_path / "runs/int") == before
+    assert _epochs(tmp_path / "runs/int_copy") == [1, 2]
+    assert load_checkpoint(tmp_path / "runs/int_copy")["epoch"] == 2
+    assert C.load(tmp_path / "runs/int_copy/config.json").run.out == "runs/int_copy"
+
+
+def test_resume_from_another_directory_leaves_a_same_named_run_there_alone(capsys, tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    assert run_cli(capsys, *_cli_args("runs/x"))[0] == 0
+    monkeypatch.chdir(tmp_path / "b")
+    assert run_cli(capsys, *_cli_args("runs/x", 1, "--seed", "5"))[0] == 0  # an unrelated run, same name
+    before = _hashes(tmp_path / "b/runs/x")
+    code, out, err = run_cli(capsys, "--resume", str(tmp_path / "a/runs/x"), "--epochs", "2")
+    assert code == 0, err
+    assert _hashes(tmp_path / "b/runs/x") == before
+    assert _epochs(tmp_path / "a/runs/x") == [1, 2]
+
+
+def test_resume_of_a_checkpoint_file_writes_beside_it(capsys, tmp_path, monkeypatch):
+    """A sweep trial's layout: the run trained in a scratch folder, its checkpoint was copied into
+    the trial's checkpoint folder. Resuming that file continues the run in that folder."""
+    import shutil  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(capsys, *_cli_args(tmp_path / "scratch/trial/run"))[0] == 0
+    trial = tmp_path / "results/gate/ray/exp/trial_0/checkpoint_000000"
+    trial.mkdir(parents=True)
+    shutil.copy2(tmp_path / "scratch/trial/run/checkpoint.pt", trial / "checkpoint.pt")
+    before = _hashes(tmp_path / "scratch")
+    code, out, err = run_cli(capsys, "--resume", str(trial / "checkpoint.pt"), "--epochs", "2")
+    assert code == 0, err
+    assert _hashes(tmp_path / "scratch") == before
+    assert _epochs(trial) == [1, 2] and load_checkpoint(trial)["epoch"] == 2
+    assert {p.name for p in trial.iterdir()} >= {"config.json", "metrics.jsonl", "final.json"}
+
+
+def test_resume_with_out_continues_in_a_new_folder_only(capsys, tmp_path):
+    assert run_cli(capsys, *_cli_args(tmp_path / "src"))[0] == 0
+    before = _hashes(tmp_path / "src")
+    code, out, err = run_cli(capsys, "--resume", str(tmp_path / "src"), "--epochs", "2", "--out", str(tmp_path / "new"))
+    assert code == 0, err
+    assert _hashes(tmp_path / "src") == before and _epochs(tmp_path / "new") == [1, 2]
+    code, out, err = run_cli(capsys, "--resume", str(tmp_path / "src"), "--epochs", "2", "--out", str(tmp_path / "new"))
+    assert code == 2 and "already holds a run" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Extending a finished run: a new schedule phase, never a shorter run (issue 10, item 2)
+# ---------------------------------------------------------------------------------------------
+def _lines(folder):
+    return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_extending_a_finished_cosine_run_adds_a_phase(capsys, tmp_path):
+    run = tmp_path / "flat"
+    assert run_cli(capsys, *_cli_args(run, 2, "--lr", "0.08", "--optim.warmup_epochs", "0"))[0] == 0
+    end_lr = _lines(run)[-1]["lr"]
+    code, out, err = run_cli(capsys, "--resume", str(run), "--epochs", "4")
+    assert code == 0, err
+    assert "phase 2: epochs 3-4" in out and "fresh cosine schedule" in out
+    lines = _lines(run)
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4] and [m["phase"] for m in lines] == [1, 1, 2, 2]
+    assert [m["status"] for m in lines] == ["running"] * 3 + ["completed"]  # no "completed" mid-history
+    # phase 2 is a fresh 2-epoch cosine over the new epochs (steps counted from its start), not the
+    # old 2-epoch formula stretched to 4 epochs
+    spe = 3  # 64 images, 1/10 held out -> 58 training images, batches of 16
+    fresh = SCHEDULES.get("cosine")(C.OptimConfig(lr=0.08, epochs=2, warmup_epochs=0), spe)
+    assert lines[2]["lr"] == pytest.approx(fresh.lr(spe - 1)) and lines[3]["lr"] == pytest.approx(fresh.lr(2 * spe - 1))
+    stretched = SCHEDULES.get("cosine")(C.OptimConfig(lr=0.08, epochs=4, warmup_epochs=0), spe)
+    assert lines[2]["lr"] != pytest.approx(stretched.lr(3 * spe - 1)) and end_lr < lines[2]["lr"]
+    assert C.load(run / "config.json").optim.epochs == 4
+    final = json.loads((run / "final.json").read_text())
+    assert final["status"] == "completed" and final["epochs_run"] == 4
+    assert [(p["phase"], p["start_epoch"], p["end_epoch"]) for p in final["phases"]] == [(1, 0, 2), (2, 2, 4)]
+    assert [p["phase"] for p in load_checkpoint(run)["phases"]] == [1, 2]
+
+
+def test_resume_never_shortens_and_a_complete_run_is_left_alone(capsys, tmp_path):
+    run = tmp_path / "r"
+    assert run_cli(capsys, *_cli_args(run, 2))[0] == 0
+    before = _hashes(run)
+    code, out, err = run_cli(capsys, "--resume", str(run), "--epochs", "1")
+    assert code == 2 and err.count("\n") == 1 and "already trained 2 epochs" in err
+    code, out, err = run_cli(capsys, "--resume", str(run), "--epochs", "2")
+    assert code == 0 and "already completed its 2 epochs; nothing to do" in out
+    code, out, err = run_cli(capsys, "--resume", str(run))
+    assert code == 0 and "nothing to do" in out
+    assert _hashes(run) == before
+
+
+def test_an_unfinished_run_keeps_its_plan(tmp_path):
+    cfg = tiny_cfg(**{"optim.epochs": 3, "run.out": str(tmp_path)})
+
+    def stop(m):
+        raise _Preempted
+
+    with pytest.raises(_Preempted):
+        fit(cfg, stop)
+    with pytest.raises(ValueError, match="stopped at epoch 1 of the 3") as e:
+        fit(C.from_flat({"optim.epochs": 2}, cfg), resume=tmp_path)
+    assert isinstance(e.value, cli.UserError)
+
+
+def test_extension_is_the_same_whether_or_not_the_run_was_interrupted(tmp_path):
+    """A run extended past its plan in one call (phase 1 finishes, phase 2 starts) trains exactly as
+    the finished run extended afterwards."""
+    cfg = tiny_cfg(**{"run.deterministic": True, "optim.warmup_epochs": 0.5, "optim.epochs": 2})
+    a, b = C.from_flat({"run.out": str(tmp_path / "a")}, cfg), C.from_flat({"run.out": str(tmp_path / "b")}, cfg)
+    fit(a)
+    fit(C.from_flat({"optim.epochs": 3}, a), resume=tmp_path / "a")
+
+    def stop_after_first(m):
+        if m["epoch"] == 1:
+            raise _Preempted
+
+    with pytest.raises(_Preempted):
+        fit(b, stop_after_first)
+    fit(C.from_flat({"optim.epochs": 3}, b), resume=tmp_path / "b")
+    ca, cb = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    la, lb = _lines(tmp_path / "a"), _lines(tmp_path / "b")
+    assert [(m["phase"], m["lr"], m["train_loss"]) for m in la] == [(m["phase"], m["lr"], m["train_loss"]) for m in lb]
+    assert [m["phase"] for m in la] == [1, 1, 2]
+
+
+def test_extending_a_plateau_run_continues_its_schedule(tmp_path):
+    cfg = tiny_cfg(**{"optim.schedule": "plateau", "optim.plateau_patience": 0, "run.out": str(tmp_path)})
+    fit(cfg)
+    scale = load_checkpoint(tmp_path)["schedule"]["scale"]
+    r = fit(C.from_flat({"optim.epochs": 3}, cfg), resume=tmp_path)
+    assert [(p["phase"], p["end_epoch"]) for p in r["phases"]] == [(1, 3)]  # no restart of the lr
+    assert [m["phase"] for m in _lines(tmp_path)] == [1, 1, 1]
+    assert load_checkpoint(tmp_path)["schedule"]["scale"] <= scale
+
+
+def test_a_finished_checkpoint_alone_gets_its_run_files_and_nothing_is_retrained(tmp_path):
+    """A sweep trial restored from its last checkpoint into a bare folder: fit trains nothing, fills
+    in the folder's files, and a second call leaves them byte-identical."""
+    import shutil  # noqa: PLC0415
+
+    cfg = tiny_cfg(**{"optim.epochs": 1, "run.out": str(tmp_path / "a")})
+    first = fit(cfg)
+    (tmp_path / "bare").mkdir()
+    shutil.copy2(tmp_path / "a/checkpoint.pt", tmp_path / "bare/checkpoint.pt")
+    bare = C.from_flat({"run.out": str(tmp_path / "bare")}, cfg)
+    r = fit(bare, resume=tmp_path / "bare/checkpoint.pt")
+    assert r["status"] == "completed" and r["epochs_run"] == 1 and r["test_top1_err"] == first["test_top1_err"]
+    assert {p.name for p in (tmp_path / "bare").iterdir()} == {"checkpoint.pt", "config.json", "metrics.jsonl",
+                                                             "final.json"}
+    assert _epochs(tmp_path / "bare") == [1]
+    before = _hashes(tmp_path / "bare")
+    fit(bare, resume=tmp_path / "bare")
+    assert _hashes(tmp_path / "bare") == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupted runs and default run folders (issue 10, "Confusing")
+# ---------------------------------------------------------------------------------------------
+def test_a_run_interrupted_in_its_first_epoch_says_what_is_there(capsys, tmp_path, monkeypatch):
+    import senet.train as T  # noqa: PLC0415
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "cut"
+    monkeypatch.setattr(T, "evaluate", interrupted)  # the first epoch never ends
+    code, out, err = run_cli(capsys, *_cli_args(run))
+    assert code == 130 and "no checkpoint" in err
+    monkeypatch.undo()
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl"}
+    for argv in (_cli_args(run), ["--resume", str(run)]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "no checkpoint" in err and "interrupted before its first epoch ended" in err and "--overwrite" in err
+    assert run_cli(capsys, *_cli_args(run), "--overwrite")[0] == 0
+
+
+def test_train_without_out_makes_a_named_run_folder(capsys, tmp_path, monkeypatch):
+    import time  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20250102-030405")
+    args = [a for a in _cli_args("x") if a not in ("--out", "x")]
+    for name in (f"{TINY}-20250102-030405", f"{TINY}-20250102-030405-2"):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 0, err
+        assert out.splitlines()[0].startswith(f"run folder: runs/{name}")
+        assert {"config.json", "metrics.jsonl", "checkpoint.pt", "final.json"} <= {
+            p.name for p in (tmp_path / "runs" / name).iterdir()}
+        assert C.load(tmp_path / "runs" / name / "config.json").run.out == f"runs/{name}"
+    code, out, err = run_cli(capsys, *args, "--data.name", "mnist")
+    assert code == 2 and sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        f"{TINY}-20250102-030405", f"{TINY}-20250102-030405-2"]  # a failed start leaves no folder

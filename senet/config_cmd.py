@@ -1,0 +1,174 @@
+"""``senet config``: every config key with its resolved value, default, choices and meaning.
+
+The meanings are the comments on the dataclass fields of :mod:`senet.config` and :class:`senet.se.SEConfig`,
+read from their source, so the comment beside a field stays the one place its meaning is written.
+The choices come from the registries (a newly registered gate or backbone shows up by itself) and
+from the fixed lists the config validates against.
+
+Other packages can offer named base configs through :data:`CONFIG_SOURCES` (the ablations package
+adds ``--study`` and ``--preset``), so this module never imports them.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import io
+import json
+import textwrap
+import tokenize
+import types
+import typing
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from . import config as C
+from .cli import Command, UserError, command
+from .registry import Registry
+
+
+class ConfigSource:
+    """A base config that another package names on ``senet config``'s command line.
+
+    ``configure`` adds its options; ``base`` returns ``(config with the overrides applied, a title
+    such as "study gate, preset quick", {key: note})`` when its options were given, else None.
+    """
+
+    def configure(self, p) -> None:
+        pass
+
+    def base(self, args, overrides: dict[str, str]) -> tuple[C.Config, str, dict[str, str]] | None:
+        return None
+
+
+CONFIG_SOURCES: Registry[ConfigSource] = Registry("config source")
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: comment}`` from the ``name: type = default  # comment`` lines of a dataclass."""
+    src = textwrap.dedent(inspect.getsource(cls))
+    body = ast.parse(src).body[0].body
+    at_line = {n.lineno: n.target.id for n in body
+               if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    docs: dict[str, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT and tok.start[0] in at_line:
+            docs[at_line[tok.start[0]]] = tok.string.lstrip("#").strip()
+    return docs
+
+
+def _flat_fields(cls: type, prefix: str = "") -> dict[str, tuple[type, str, Any]]:
+    """``{dotted key: (owning dataclass, field name, field type)}`` in declaration order."""
+    out: dict[str, tuple[type, str, Any]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        typ = hints[f.name]
+        if is_dataclass(typ):
+            out.update(_flat_fields(typ, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = (cls, f.name, typ)
+    return out
+
+
+def _choices() -> dict[str, list[str]]:
+    """Keys whose value is one of a list of names."""
+    from .data import DATASETS  # noqa: PLC0415
+    from .models import MODELS  # noqa: PLC0415
+    from .models.blocks import PLACEMENTS  # noqa: PLC0415
+    from .se import ACTIVATIONS, EXCITATIONS, GATES, SQUEEZES  # noqa: PLC0415
+    from .train import SCHEDULES  # noqa: PLC0415
+
+    out = {k: list(v) for k, v in C._CHOICES.items()}
+    out.update({"model.name": MODELS.names(), "se.squeeze": SQUEEZES.names(),
+                "se.excitation": EXCITATIONS.names(), "se.act": ACTIVATIONS.names(),
+                "se.gate": GATES.names(), "se.placement": PLACEMENTS.names(),
+                "data.name": DATASETS.names(), "optim.schedule": SCHEDULES.names()})
+    return out
+
+
+def _type_choices(typ: Any) -> list[str] | None:
+    if typ is bool:
+        return ["true", "false"]
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        inner = _type_choices(args[0]) if len(args) == 1 else None
+        return None if inner is None else [*inner, "none"]
+    return None
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        return " | ".join("none" if a is type(None) else a.__name__ for a in typing.get_args(typ))
+    return typ.__name__
+
+
+def describe(cfg: C.Config) -> list[dict[str, Any]]:
+    """One dict per flat key: ``key``, ``value``, ``default``, ``type``, ``choices`` (or None),
+    ``help`` (the field's comment) and ``alias`` (its short CLI spelling, or None)."""
+    values, defaults = C.flatten(cfg), C.flatten(C.Config())
+    named = _choices()
+    aliases = {v: k for k, v in C.ALIASES.items()}
+    rows = []
+    for key, (owner, name, typ) in _flat_fields(C.Config).items():
+        rows.append({"key": key, "value": values[key], "default": defaults[key], "type": _type_name(typ),
+                     "choices": named.get(key) or _type_choices(typ),
+                     "help": field_docs(owner).get(name, ""), "alias": aliases.get(key)})
+    return rows
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v).lower()
+    return repr(v) if v == "" else str(v)
+
+
+@command
+class ConfigCommand(Command):
+    name = "config"
+    help = "print the resolved config: every key's value, default, choices and meaning"
+    overrides = True
+
+    def configure(self, p):
+        p.add_argument("--config", metavar="FILE", help="start from a JSON or YAML config (as senet train does)")
+        p.add_argument("--json", action="store_true", help="print one JSON list of {key, value, default, ...}")
+        for source in CONFIG_SOURCES.items():
+            source[1].configure(p)
+        p.epilog = ("Overrides are the options of senet train: --key value (--se.gate tanh --optim.lr 0.05); "
+                    "* marks a value that differs from the default.")
+
+    def run(self, args, overrides):
+        picked = [(n, r) for n, s in CONFIG_SOURCES.items() if (r := s.base(args, overrides)) is not None]
+        if len(picked) > 1:
+            raise UserError("give the options of one config source: " + ", ".join(n for n, _ in picked))
+        if picked and args.config:
+            raise UserError("--config and the options of " + picked[0][0] + " each give a base config; pass one")
+        if picked:
+            cfg, title, notes = picked[0][1]
+        else:
+            cfg = C.from_flat(overrides, C.load(args.config) if args.config else None)
+            title, notes = (f"from {args.config}" if args.config else "defaults") + (
+                " with overrides" if overrides else ""), {}
+        rows = describe(cfg)
+        for r in rows:
+            r["note"] = notes.get(r["key"])
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        label = {r["key"]: r["key"] + (f" (--{r['alias']})" if r["alias"] else "") for r in rows}
+        w_key = max(map(len, label.values()))
+        w_val = min(24, max(len(_show(r["value"])) for r in rows))
+        print(f"senet config ({title}); * = differs from the default")
+        pad = " " * (w_key + 1 + 1 + w_val + 2)
+        for r in rows:
+            star = "*" if r["value"] != r["default"] else " "
+            print(f"{label[r['key']]:<{w_key}}{star} {_show(r['value']):<{w_val}}  {r['help']}".rstrip())
+            extra = [f"default {_show(r['default'])}"] if star == "*" else []
+            if r["choices"]:
+                extra.append("choices: " + ", ".join(r["choices"]))
+            if r["note"]:
+                extra.append(r["note"])
+            for line in extra:  # long registries (the backbones) wrap under the value column
+                print(textwrap.fill(line, width=max(100, len(pad) + 40), initial_indent=pad,
+                                    subsequent_indent=pad + "  ", break_on_hyphens=False))
+        return 0
