@@ -1,29 +1,56 @@
 """Parameters and FLOPs in the paper's convention: one multiply-add is one FLOP.
 
-Counted: convolutions (``N_out · C_in/groups · K²`` per output element), fully connected layers,
-and the SE block's own elementwise work (its squeeze pooling and its channel scaling), which is
-where most of SE's 0.26% overhead on ResNet-50 comes from (paper §4). BatchNorm, ReLU, the
-network's pooling layers and the gate nonlinearity are not counted, as in the paper's tables.
+Counted: convolutions (``N_out · C_in/groups · K²`` per output element, transposed ones
+``N_in · C_out/groups · K²``), fully connected layers and matrix products, and the SE block's own
+elementwise work (its squeeze pooling and its channel scaling), which is where most of SE's 0.26%
+overhead on ResNet-50 comes from (paper §4), and the residual additions (an SE scaling that feeds the
+addition directly is one multiply-add). BatchNorm, ReLU, the network's pooling layers and the gate
+nonlinearity are not counted, as in the paper's tables.
 
-Counting is done with forward hooks on one image, so any registered network, SE variant or custom
-module is counted the same way; a new module type gets a counter with ``@register_flops(Type)``.
+Convolutions and matrix products are counted by :class:`torch.utils.flop_counter.FlopCounterMode`,
+which sees every aten op, so ``F.conv2d``, ``x @ W`` and ``ConvTranspose2d`` inside any module count
+as well as ``nn.Conv2d`` (it charges 2 FLOPs per multiply-add; this module halves). The SE-specific
+work has no matrix product to see and is charged by forward hooks on its module types, attributed
+to the block that runs it; a new module type gets a counter with ``@register_flops(Type)``.
+
+A module with its own parameters that ran, but did no counted work and has no counter, raises an
+:class:`UncountedWorkWarning` naming it: its cost would otherwise be a silent zero.
 """
 from __future__ import annotations
 
+import copy
+import itertools
+import operator
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import UserValueError
 from .models.blocks import SESlot
 from .se import Squeeze, SqueezeExcitation
 
 FlopFn = Callable[[nn.Module, tuple, torch.Tensor], float]
 FLOP_COUNTERS: dict[type, FlopFn] = {}
 
+#: Input side assumed for a model that does not record its own (``build_model`` records it).
+FALLBACK_INPUT_SIZE = 224
+
+
+class UncountedWorkWarning(UserWarning):
+    """A module with parameters ran, but nothing counted its work."""
+
+
+class InputSizeError(UserValueError):
+    """The input size is not positive, or too small for the network's downsampling."""
+
 
 def register_flops(*types: type) -> Callable[[FlopFn], FlopFn]:
+    """Register a counter ``fn(module, inputs, output) -> FLOPs`` for work that
+    ``FlopCounterMode`` does not see (elementwise ops); it adds to what that sees."""
     def deco(fn: FlopFn) -> FlopFn:
         for t in types:
             FLOP_COUNTERS[t] = fn
@@ -32,17 +59,14 @@ def register_flops(*types: type) -> Callable[[FlopFn], FlopFn]:
     return deco
 
 
-@register_flops(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def _conv(m, inputs, out):
-    k = 1
-    for s in m.kernel_size:
-        k *= s
-    return out.numel() * (m.in_channels // m.groups) * k
+def no_flops(m, inputs, out) -> float:
+    """Counter of modules whose parameters do no counted work (the paper leaves BN out)."""
+    return 0.0
 
 
-@register_flops(nn.Linear)
-def _linear(m, inputs, out):
-    return out.numel() * m.in_features
+register_flops(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
+               nn.LayerNorm, nn.RMSNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+               nn.PReLU, nn.Embedding)(no_flops)
 
 
 @register_flops(Squeeze)
@@ -68,6 +92,20 @@ def _counter_for(m: nn.Module) -> FlopFn | None:
         if cls in FLOP_COUNTERS:
             return FLOP_COUNTERS[cls]
     return None
+
+
+# FlopCounterMode leaves out matrix-vector and vector-vector products (``W @ v``, ``v @ v``);
+# counted here in its convention (2 per multiply-add), like the products it knows.
+def _mv_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a_shape[0] * a_shape[1]
+
+
+def _dot_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a_shape[0]
+
+
+_EXTRA_FORMULAS = {torch.ops.aten.mv: _mv_flop, torch.ops.aten.dot: _dot_flop,
+                   torch.ops.aten.vdot: _dot_flop}
 
 
 @dataclass
@@ -105,40 +143,148 @@ def _is_block(m: nn.Module) -> bool:
     return hasattr(m, "stage") and hasattr(m, "index")
 
 
-def complexity(model: nn.Module, input_size: int | tuple = 224, in_chans: int | None = None) -> Complexity:
+def _own_params(m: nn.Module) -> bool:
+    return next(m.parameters(recurse=False), None) is not None
+
+
+def _side_pair(size) -> tuple[int, int]:
+    try:
+        h, w = (size, size) if not isinstance(size, (tuple, list)) else size
+        h, w = operator.index(h), operator.index(w)
+    except (TypeError, ValueError):
+        h = w = 0
+    if h <= 0 or w <= 0 or isinstance(size, bool):
+        raise InputSizeError(f"input size must be a positive number of pixels (side or (H, W)), got {size!r}")
+    return h, w
+
+
+def _forward(model: nn.Module, in_chans: int, size: tuple[int, int]) -> None:
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, in_chans, *size, device=p.device if p is not None else "cpu")
+    with torch.no_grad():
+        model(x)
+
+
+def _runs(model: nn.Module, in_chans: int, size: tuple[int, int]) -> bool:
+    try:
+        _forward(model, in_chans, size)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _meta_twin(model: nn.Module) -> nn.Module | None:
+    """A copy of ``model`` on the meta device (shapes only: no arithmetic, no copied weights), or
+    None if it cannot be copied."""
+    memo: dict[int, torch.Tensor] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        meta = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    try:
+        return copy.deepcopy(model, memo).eval()
+    except Exception:  # noqa: BLE001 - an uncopyable attribute: probe the model itself
+        return None
+
+
+#: How many square sides above a failing size are tried to name one that runs.
+_SIZE_SCAN = 64
+
+
+def _size_error(model: nn.Module, in_chans: int, size: tuple[int, int], error: RuntimeError) -> None:
+    """After the forward pass failed at ``size``: raise InputSizeError naming the nearest square
+    size that runs if the model runs at its own size, else re-raise ``error`` (not the size's fault).
+
+    Downsampling and concatenated branches do not fit every size (BN-Inception's Caffe layout runs
+    at 31-38, 63-70 ... px, not in between), so sizes are tried upwards rather than bisected.
+    """
+    own = getattr(model, "default_input_size", None) or FALLBACK_INPUT_SIZE
+    probe = _meta_twin(model) or model
+    if size == (own, own) or not _runs(probe, in_chans, (own, own)):
+        raise error
+    start = min(size)
+    nearest = next((s for s in range(start, start + _SIZE_SCAN)
+                    if (s, s) != size and _runs(probe, in_chans, (s, s))), None)
+    hint = (f"the nearest size up that runs is {nearest}×{nearest}" if nearest
+            else f"it runs at {own}×{own}")
+    name = getattr(model, "senet_name", type(model).__name__)
+    raise InputSizeError(f"input size {size[0]}×{size[1]} does not fit {name} (too small for its "
+                         f"downsampling, or its branches disagree in size); {hint}") from None
+
+
+def complexity(model: nn.Module, input_size: int | tuple | None = None,
+               in_chans: int | None = None) -> Complexity:
     """Count parameters and FLOPs of ``model`` for one image of ``input_size`` (side or (H, W)).
 
-    Returns totals and one row per block (every module with ``stage`` and ``index`` attributes).
+    ``input_size=None`` takes the side the model was built for (``model.default_input_size``,
+    recorded by :func:`senet.build_model`; 224 for other models). Returns totals and one row per
+    block (every module with ``stage`` and ``index`` attributes). A size that is not positive, or
+    that the network cannot take, raises :class:`InputSizeError` (a ValueError).
     """
-    if isinstance(input_size, int):
-        input_size = (input_size, input_size)
+    if input_size is None:
+        input_size = getattr(model, "default_input_size", None) or FALLBACK_INPUT_SIZE
+    input_size = _side_pair(input_size)
     if in_chans is None:
         first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
         in_chans = first.in_channels if isinstance(first, nn.Conv2d) else 3
 
-    flops: dict[str, float] = {}
+    # FlopCounterMode sees the convolutions and matrix products; hooks read its running total on
+    # entry and exit of each watched module, so each call's own work (its total less its watched
+    # submodules') goes to the module that did it, whichever path it is called by; unwatched
+    # modules' work goes to their nearest watched caller. Watched: the root, the blocks and SE
+    # blocks (the rows), modules with a counter and modules with parameters (for the warning).
+    # The registered counters add the work FlopCounterMode cannot see.
+    fcm = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     names = {m: n for n, m in model.named_modules()}
-    handles = []
-
-    def hook(m, inputs, out):
+    counters: dict[nn.Module, FlopFn | None] = {}  # the watched modules and their counters
+    for m, path in names.items():
         fn = _counter_for(m)
-        if fn is not None:
-            flops[names[m]] = flops.get(names[m], 0.0) + float(fn(m, inputs, out))
+        if (fn not in (None, no_flops) or (fn is None and _own_params(m)) or not path or _is_block(m)
+                or isinstance(m, SqueezeExcitation)):
+            counters[m] = fn
+    flops: dict[str, float] = {}  # by module path: the module's own work
+    ran: set[str] = set()  # modules with parameters and no counter that ran
+    stack: list[list[int]] = []  # per running watched module: the total on entry, submodules' work
 
-    for m in model.modules():
-        if _counter_for(m) is not None:
-            handles.append(m.register_forward_hook(hook))
+    def enter(m, inputs):
+        stack.append([fcm.get_total_flops(), 0])
+
+    def leave(m, inputs, out):
+        entry, inner = stack.pop()
+        total = fcm.get_total_flops() - entry
+        if stack:
+            stack[-1][1] += total
+        own = (total - inner) / 2  # FlopCounterMode charges 2 per multiply-add
+        fn = counters[m]
+        if fn is not None:
+            own += float(fn(m, inputs, out))
+        elif own == 0 and _own_params(m):
+            ran.add(names[m])
+        if own:
+            flops[names[m]] = flops.get(names[m], 0.0) + own
+
+    handles = [h for m in counters for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     was_training = model.training
     model.eval()
     try:
-        p = next(model.parameters(), None)
-        x = torch.zeros(1, in_chans, *input_size, device=p.device if p is not None else "cpu")
-        with torch.no_grad():
-            model(x)
+        try:
+            with fcm:
+                _forward(model, in_chans, input_size)
+        finally:
+            for h in handles:
+                h.remove()
+    except RuntimeError as e:
+        _size_error(model, in_chans, input_size, e)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
+
+    uncounted = sorted(p for p in ran if p not in flops)  # a shared module may count on another call
+    if uncounted:
+        listed = ", ".join(f"{p or '<model>'} ({type(model.get_submodule(p)).__name__})"
+                           for p in uncounted[:5])
+        more = f" and {len(uncounted) - 5} more" if len(uncounted) > 5 else ""
+        warnings.warn(f"FLOPs not counted for modules with parameters: {listed}{more}; "
+                      f"register a counter with senet.complexity.register_flops(Type)",
+                      UncountedWorkWarning, stacklevel=2)
 
     def under(prefix: str, d: dict[str, float]) -> float:
         return sum(v for k, v in d.items() if k == prefix or k.startswith(prefix + "."))

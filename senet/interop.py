@@ -70,10 +70,11 @@ def _listing(keys: list[str], limit: int = 8) -> str:
 def map_state_dict(model: nn.Module, state_dict: StateDict, source: str = "timm") -> dict:
     """Rename ``state_dict`` for ``model`` and check every key and shape; return the new dict.
 
-    Raises ValueError listing the missing keys, the unexpected keys and the shape mismatches.
+    Raises ValueError listing the missing keys, the unexpected keys and the shape mismatches; only
+    when every key and shape fits, the source's structural check (the stride convention) follows,
+    since a dict of another network would otherwise be blamed on the stride.
     """
     src = SOURCES.get(source)
-    src.check(model)
     sd = dict(state_dict)
     if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
         sd = {k[len("module."):]: v for k, v in sd.items()}
@@ -93,6 +94,7 @@ def map_state_dict(model: nn.Module, state_dict: StateDict, source: str = "timm"
     if problems:
         name = getattr(model, "senet_name", type(model).__name__)
         raise ValueError(f"cannot load the {source} state dict into {name}: " + "; ".join(problems))
+    src.check(model)
     return mapped
 
 
@@ -102,7 +104,7 @@ def load_external(model: nn.Module, state_dict: StateDict | str | os.PathLike,
 
     Files are read with ``torch.load(..., weights_only=True)``. Keys are renamed by the registered
     ``source`` (:data:`SOURCES`); any missing or unexpected key or any shape mismatch raises a
-    ValueError that lists them.
+    ValueError that lists them, before the source's structural check (the stride convention).
     """
     if isinstance(state_dict, (str, os.PathLike)):
         state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)

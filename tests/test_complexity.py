@@ -193,3 +193,252 @@ def test_register_flops_extends_the_counter():
     register_flops(Scale)(lambda m, inputs, out: out.numel())
     c = complexity(nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), Scale()), 5)
     assert c.flops == 25 * 3 * 4 + 25 * 4
+
+
+# --------------------------------------------------------------------------------------------
+# Work the counter sees through FlopCounterMode: functional ops, matrix products, transposed
+# convolutions; a parameterised module whose work nobody counts warns (issue 9, item 6)
+# --------------------------------------------------------------------------------------------
+class FunctionalConv(nn.Module):
+    """A convolution with its own weight, through F.conv2d (no nn.Conv2d for a hook to find)."""
+
+    def __init__(self, cin, cout, k):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, k, k))
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight, padding=self.weight.shape[-1] // 2)
+
+
+class MatmulHead(nn.Module):
+    """Flatten, ``x @ W`` and a matrix-vector product ``W2 @ v`` per image."""
+
+    def __init__(self, features, hidden):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(features, hidden))
+        self.w2 = nn.Parameter(torch.randn(hidden, hidden))
+
+    def forward(self, x):
+        h = x.flatten(1) @ self.w1
+        return torch.stack([self.w2 @ v for v in h])
+
+
+class ChannelScale(nn.Module):
+    """A learned per-channel scale: elementwise work that FlopCounterMode does not see."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, c, 1, 1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def _no_warnings():
+    import warnings  # noqa: PLC0415
+
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.simplefilter("error")
+    return ctx
+
+
+def test_functional_conv_with_its_own_weight_is_counted():
+    ctx = _no_warnings()
+    try:
+        c = complexity(FunctionalConv(6, 8, 3), 10, in_chans=6)
+    finally:
+        ctx.__exit__(None, None, None)
+    assert c.flops == 10 * 10 * 8 * 6 * 9 and c.params == 8 * 6 * 9
+
+
+def test_matmul_and_matrix_vector_products_are_counted():
+    c = complexity(nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), MatmulHead(4 * 5 * 5, 7)), 5)
+    assert c.flops == 25 * 3 * 4 + 100 * 7 + 7 * 7
+
+
+@pytest.mark.parametrize("groups,stride", [(1, 2), (2, 1)])
+def test_conv_transpose_is_counted(groups, stride):
+    """A transposed convolution spreads each input element over C_out/groups · K² outputs."""
+    m = nn.ConvTranspose2d(4, 6, 3, stride=stride, groups=groups, bias=False)
+    c = complexity(m, 5, in_chans=4)
+    assert c.flops == 5 * 5 * 4 * (6 // groups) * 9
+
+
+def test_functional_work_is_attributed_to_its_block():
+    class Block(nn.Module):
+        stage, index = 2, 1
+
+        def __init__(self):
+            super().__init__()
+            self.conv = FunctionalConv(4, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), Block())
+    c = complexity(model, 6)
+    assert [(b.module, b.flops) for b in c.blocks] == [("1", 6 * 6 * 4 * 4 * 9)]
+    assert c.flops == 6 * 6 * 3 * 4 + 6 * 6 * 4 * 4 * 9
+
+
+def test_parameterised_module_whose_work_nobody_counts_warns():
+    from senet.complexity import UncountedWorkWarning  # noqa: PLC0415
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), ChannelScale(4))
+    with pytest.warns(UncountedWorkWarning, match=r"^FLOPs not counted for modules with parameters: "
+                                                  r"2 \(ChannelScale\);") as record:
+        c = complexity(model, 5)
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    assert c.flops == 25 * 3 * 4  # the conv; BN is left out on purpose and does not warn
+    register_flops(ChannelScale)(lambda m, inputs, out: out.numel())
+    try:
+        ctx = _no_warnings()
+        try:
+            assert complexity(model, 5).flops == 25 * 3 * 4 + 25 * 4
+        finally:
+            ctx.__exit__(None, None, None)
+    finally:
+        from senet.complexity import FLOP_COUNTERS  # noqa: PLC0415
+
+        FLOP_COUNTERS.pop(ChannelScale)
+
+
+def test_a_module_shared_by_two_parents_counts_on_every_call():
+    conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+    ctx = _no_warnings()
+    try:
+        c = complexity(nn.Sequential(nn.Sequential(conv), nn.Sequential(conv)), 4)
+    finally:
+        ctx.__exit__(None, None, None)
+    assert c.flops == 2 * 4 * 4 * 3 * 9 * 3 and c.params == 3 * 9 * 3
+
+
+@pytest.mark.parametrize("name", ["se_resnet20", "se_wrn16_8", "se_resnet164", "se_inception_small",
+                                  "se_resnext50_32x4d", "se_bn_inception", "se_mobilenet_v1"])
+def test_registered_backbones_count_without_warnings(name):
+    with torch.device("meta"):
+        model = build_model(name, se=SEConfig(squeeze="avgstd", excitation="eca"))
+    ctx = _no_warnings()
+    try:
+        assert complexity(model).flops > 0
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------------------------
+# The input size: the model's own by default (issue 10, item 4); bad sizes are one clear error
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,kw,side", [("se_resnet20", {}, 32), ("se_resnet20", {"in_chans": 1}, 32),
+                                          ("se_inception_small", {}, 32), ("se_resnet50", {}, 224)])
+def test_default_input_size_is_the_models_own(name, kw, side):
+    with torch.device("meta"):
+        model = build_model(name, **kw)
+    assert model.default_input_size == side
+    c = complexity(model)
+    assert c.input_size == (side, side) and c.flops == complexity(model, side).flops
+
+
+def test_default_input_size_of_a_model_from_elsewhere_is_224():
+    assert complexity(nn.Conv2d(3, 2, 1, bias=False)).flops == 224 * 224 * 3 * 2
+
+
+def test_se_resnet20_default_is_cifar_size_not_224():
+    """Issue 10: 1.98 GFLOPs at an assumed 224 px; 0.04 at the network's 32 px."""
+    with torch.device("meta"):
+        c = complexity(build_model("se_resnet20"))
+    assert c.flops / G < 0.05
+
+
+@pytest.mark.parametrize("size", [-3, 0, (0, 4), (4, -1), 2.5, True])
+def test_input_size_must_be_positive_pixels(size):
+    from senet.complexity import InputSizeError  # noqa: PLC0415
+
+    with pytest.raises(InputSizeError, match="input size must be a positive number of pixels"):
+        complexity(nn.Conv2d(3, 2, 1), size)
+
+
+def test_too_small_input_names_the_failing_size_and_one_that_runs():
+    from senet.complexity import InputSizeError  # noqa: PLC0415
+
+    with torch.device("meta"):
+        model = build_model("se_bn_inception")
+    with pytest.raises(InputSizeError, match=r"input size 16×16 does not fit se_bn_inception .*"
+                                             r"the nearest size up that runs is 31×31"):
+        complexity(model, 16)
+    assert complexity(model, 31).flops > 0 and model.training  # the model's mode is restored
+
+
+def test_a_failure_that_is_not_the_sizes_keeps_its_error():
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("a bug in the model")
+
+    with pytest.raises(RuntimeError, match="a bug in the model"):
+        complexity(Broken(), 8)
+
+
+# --------------------------------------------------------------------------------------------
+# senet flops: every option acts or is refused; bad input is one line (issue 10)
+# --------------------------------------------------------------------------------------------
+def _flops_cli(capsys, *argv):
+    import json  # noqa: PLC0415
+
+    from senet.cli import main  # noqa: PLC0415
+
+    rc = main(["flops", *argv])
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out) if rc == 0 and "--json" in argv else out), err
+
+
+def test_flops_cli_model_num_classes_acts(capsys):
+    rc, by_key, _ = _flops_cli(capsys, "se_resnet20", "--model.num_classes", "7", "--json")
+    assert rc == 0
+    rc, by_flag, _ = _flops_cli(capsys, "se_resnet20", "--num-classes", "7", "--json")
+    assert rc == 0
+    expected = complexity(build_model("se_resnet20", num_classes=7))
+    assert by_key["params"] == by_flag["params"] == expected.params
+    assert by_key["flops"] == expected.flops and by_key["input_size"] == [32, 32]
+    rc, both, _ = _flops_cli(capsys, "se_resnet20", "--num-classes", "7", "--model.num_classes", "7",
+                             "--json")
+    assert rc == 0 and both["params"] == expected.params
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("se_resnet20", "--num-classes", "5", "--model.num_classes", "7"),
+     "--num-classes 5 and --model.num_classes 7 disagree"),
+    (("se_resnet20", "--model.name", "resnet50"), "not --model.name"),
+    (("se_bn_inception", "--input-size", "16"), "input size 16×16 does not fit se_bn_inception"),
+    (("se_bn_inception", "--input-size", "-3"), "--input-size must be a positive number of pixels, got -3"),
+    (("se_resnet20", "--input-size", "0"), "--input-size must be a positive number of pixels, got 0"),
+    (("mobilenet_v1", "--model.stride_in_1x1", "true"), "unexpected keyword argument(s) stride_in_1x1"),
+])
+def test_flops_cli_bad_input_is_one_line(capsys, argv, message):
+    rc, out, err = _flops_cli(capsys, *argv)
+    assert rc != 0 and out == ""
+    assert err.count("\n") == 1 and err.startswith("senet: error: ") and message in err
+
+
+def test_flops_cli_shows_an_uncounted_module_as_one_warning_line(capsys):
+    from senet.models.blocks import ClassifierNet  # noqa: PLC0415
+    from senet.models.registry import MODELS, register_model  # noqa: PLC0415
+
+    class Tiny(ClassifierNet):
+        def __init__(self, *, num_classes=10, in_chans=3, se=None):
+            super().__init__()
+            self.conv = nn.Conv2d(in_chans, 4, 3, padding=1, bias=False)
+            self.scale = ChannelScale(4)
+            self._add_head(4, num_classes)
+
+        def forward_features(self, x):
+            return self.scale(self.conv(x))
+
+    register_model("tiny_uncounted", Tiny, family="test", input_size=8, num_classes=10, in_chans=3,
+                   twin=False)
+    try:
+        rc, out, err = _flops_cli(capsys, "tiny_uncounted")
+    finally:
+        MODELS.remove("tiny_uncounted")
+    assert rc == 0 and "total:" in out
+    assert err == "senet: warning: FLOPs not counted for modules with parameters: scale (ChannelScale); " \
+                  "register a counter with senet.complexity.register_flops(Type)\n"

@@ -118,6 +118,17 @@ def test_stride_in_1x1_models_are_refused():
         map_state_dict(_meta("resnet50"), sd, "torchvision")
 
 
+@pytest.mark.parametrize("ours,theirs", [("se_resnet50", "resnet50"), ("resnet50", "resnet18")])
+def test_key_and_shape_mismatches_come_before_the_stride_hint(ours, theirs):
+    """Issue 10: a dict of another network loaded into a stride_in_1x1 model (the default for
+    resnet50) was blamed on the stride; the keys and shapes that do not fit are the news."""
+    sd = _meta(theirs, stride_in_1x1=False).state_dict()
+    with pytest.raises(ValueError, match="cannot load the timm state dict into") as e:
+        map_state_dict(_meta(ours), sd, "timm")
+    assert "stride" not in str(e.value)
+    assert any(k in str(e.value) for k in ("missing keys", "unexpected keys", "shape mismatches"))
+
+
 def test_unknown_source_lists_the_choices():
     with pytest.raises(ValueError, match="choose one of: torchvision, timm"):
         load_external(_meta("resnet18"), {}, source="caffe")

@@ -47,6 +47,40 @@ def test_unknown_model_and_unknown_option_raise_with_choices():
         build_model("mobilenet_v1", stride_in_1x1=True)
 
 
+@pytest.mark.parametrize("name", ["resnet20", "se_resnet20", "resnet164", "wrn16_8", "resnet18", "se_resnet50",
+                                  "resnext50_32x4d", "bn_inception", "inception_small", "se_mobilenet_v1"])
+def test_misspelled_keywords_raise_for_every_backbone_family(name):
+    """Issue 10: the ResNets' blocks swallowed stray keywords, so ``in_chan=1, num_clases=7`` built a
+    3-channel network of the default classes without a word."""
+    with pytest.raises(ValueError, match=r"^model '\w+': unexpected keyword argument\(s\) in_chan, "
+                                         r"num_clases; it takes num_classes, in_chans, se") as e, \
+            torch.device("meta"):
+        build_model(name, in_chan=1, num_clases=7)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("resnet50", {"stride_in_1x1": False}), ("se_resnext50_32x4d", {"stride_in_1x1": True}),
+    ("mobilenet_v1", {"width": 0.5, "dropout": 0.2}), ("inception_small", {"width": 0.25}),
+    ("bn_inception", {"dropout": 0.2}),
+])
+def test_each_backbones_own_options_still_act(name, options):
+    with torch.device("meta"):
+        default, model = build_model(name), build_model(name, **options)
+    if "stride_in_1x1" in options:
+        assert model.layer2[0].conv1.stride == ((2, 2) if options["stride_in_1x1"] else (1, 1))
+    elif "width" in options:
+        assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in default.parameters())
+    else:
+        assert model.dropout.p == options["dropout"]
+
+
+def test_build_model_records_the_models_input_size():
+    with torch.device("meta"):
+        assert build_model("resnet20", in_chans=1).default_input_size == MODELS.get("resnet20").input_size == 32
+        assert build_model("se_bn_inception").default_input_size == 224
+
+
 # --------------------------------------------------------------------------------------------
 # SE names SE_<stage>_<block> (paper §7.2) and the default SE of the se_ twins
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ Sites, in the order a block's forward reaches them:
 ``branch_out``  end of the residual branch, after its last BN, before the addition (standard SE)
 ``shortcut``    on the identity path, in parallel with the branch (SE-Identity)
 ``block_out``   after the addition and its ReLU (SE-POST)
+
+At ``branch_out`` and ``shortcut`` the scaling feeds the residual addition, and the block computes
+both in one pass (:meth:`SESlot._add`), unless hooks watch or replace the SE module's output.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
+from ..errors import UserValueError
 from ..registry import Registry
 
 
@@ -57,7 +62,7 @@ class SESlot(nn.Module):
         self.stage, self.index = stage, index
         p = PLACEMENTS.get(placement)
         if self.supported_placements is not None and placement not in self.supported_placements:
-            raise ValueError(
+            raise UserValueError(
                 f"placement {placement!r} does not apply to {type(self).__name__} blocks; "
                 f"choose one of: {', '.join(self.supported_placements)}"
             )
@@ -73,6 +78,26 @@ class SESlot(nn.Module):
 
     def _at(self, site: str, x: torch.Tensor) -> torch.Tensor:
         return self.se(x) if self.se_site == site else x
+
+    def _add(self, branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """The residual addition, with an SE at ``branch_out`` or ``shortcut`` applied on the way."""
+        site = self.se_site
+        if site not in ("branch_out", "shortcut"):
+            return branch + shortcut
+        u, x = (branch, shortcut) if site == "branch_out" else (shortcut, branch)
+        se = self.se
+        if _has_hooks(se) or not hasattr(se, "scale_add"):
+            # a hook may read or replace se(u) itself (the complexity counter, analysis/removal):
+            # it must see the module called, so the addition stays a separate pass
+            return se(u) + x
+        return se.scale_add(u, x)
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    """Whether calling ``m`` would run hooks, by the same test as ``nn.Module.__call__``."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+                or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
 
 
 def init_weights(model: nn.Module) -> None:
@@ -129,9 +154,7 @@ class BasicBlock(SESlot):
         out = self._at("branch_in", x)
         out = self.relu(self.bn1(self.conv1(out)))
         out = self._at("inner", out)
-        out = self.bn2(self.conv2(out))
-        out = self._at("branch_out", out)
-        out = out + self._at("shortcut", identity)
+        out = self._add(self.bn2(self.conv2(out)), identity)
         return self._at("block_out", self.relu(out))
 
 
@@ -164,9 +187,7 @@ class Bottleneck(SESlot):
         out = self.relu(self.bn1(self.conv1(out)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self._at("inner", out)
-        out = self.bn3(self.conv3(out))
-        out = self._at("branch_out", out)
-        out = out + self._at("shortcut", identity)
+        out = self._add(self.bn3(self.conv3(out)), identity)
         return self._at("block_out", self.relu(out))
 
 
@@ -196,8 +217,7 @@ class PreActBasicBlock(SESlot):
         out = self.relu(self.bn2(out))
         out = self._at("inner", out)
         out = self.conv2(self.drop(out))
-        out = self._at("branch_out", out)
-        return self._at("block_out", out + self._at("shortcut", identity))
+        return self._at("block_out", self._add(out, identity))
 
 
 class PreActBottleneck(SESlot):
@@ -227,9 +247,7 @@ class PreActBottleneck(SESlot):
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.relu(self.bn3(out))
         out = self._at("inner", out)
-        out = self.conv3(out)
-        out = self._at("branch_out", out)
-        return self._at("block_out", out + self._at("shortcut", identity))
+        return self._at("block_out", self._add(self.conv3(out), identity))
 
 
 class PadShortcut(nn.Module):

@@ -5,11 +5,13 @@ sigmoid gate, standard placement, all stages) is derived, not written again.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..errors import UserValueError
 from ..registry import Registry
 from ..se import SEConfig
 
@@ -25,18 +27,42 @@ class ModelSpec:
     se_default: bool  # True for the se_ twins
     doc: str = ""
     defaults: dict = field(default_factory=dict)
+    options: tuple[str, ...] = ()  # keyword arguments the builder takes beyond num_classes/in_chans/se
+
+
+#: What every builder takes; ``build_model`` passes them itself.
+_BASE_ARGS = ("num_classes", "in_chans", "se")
+
+
+def builder_options(build: Callable[..., nn.Module]) -> tuple[str, ...]:
+    """The named keyword parameters of ``build`` beyond the base three.
+
+    A builder's ``**kwargs`` only forwards the base three (and its named options) to the network,
+    so its named parameters are all it accepts; underscored ones (``_n`` …) bind loop variables
+    and are not options.
+    """
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(n for n, p in inspect.signature(build).parameters.items()
+                 if p.kind in kinds and not n.startswith("_") and n not in _BASE_ARGS)
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(name: str, build: Callable[..., nn.Module], *, family: str, input_size: int,
-                   num_classes: int, in_chans: int, doc: str = "", twin: bool = True) -> None:
-    """Register ``name`` (plain) and, with ``twin``, ``se_<name>`` (the paper's default SE)."""
-    MODELS.add(name, ModelSpec(name, build, family, input_size, num_classes, in_chans, False, doc))
+                   num_classes: int, in_chans: int, doc: str = "", twin: bool = True,
+                   options: tuple[str, ...] | None = None) -> None:
+    """Register ``name`` (plain) and, with ``twin``, ``se_<name>`` (the paper's default SE).
+
+    ``options`` are the keyword arguments ``build`` accepts beyond ``num_classes``, ``in_chans`` and
+    ``se``; by default its named keyword parameters (:func:`builder_options`).
+    """
+    opts = builder_options(build) if options is None else tuple(options)
+    MODELS.add(name, ModelSpec(name, build, family, input_size, num_classes, in_chans, False, doc,
+                               options=opts))
     if twin:
         MODELS.add(f"se_{name}", ModelSpec(f"se_{name}", build, family, input_size, num_classes,
-                                           in_chans, True, f"SE-{doc}"))
+                                           in_chans, True, f"SE-{doc}", options=opts))
 
 
 def build_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
@@ -46,8 +72,17 @@ def build_model(name: str, num_classes: int | None = None, in_chans: int | None 
     ``se=None`` gives the registered default: no SE for a plain name, the paper's SE for an ``se_``
     twin. An explicit ``SEConfig`` is applied to either. Extra keyword arguments go to the builder
     (``stride_in_1x1`` for the ImageNet ResNets, for example); unknown ones raise a ValueError.
+
+    The model records the input side it was designed for as ``model.default_input_size`` (the
+    spec's), which :func:`senet.complexity` uses when no size is given.
     """
     spec = MODELS.get(name)
+    unknown = [k for k in kwargs if k not in spec.options]
+    if unknown:
+        # Blocks swallow stray keywords (``**_``), so a typo would silently build the default network.
+        takes = ", ".join((*_BASE_ARGS, *spec.options))
+        raise UserValueError(f"model {name!r}: unexpected keyword argument(s) {', '.join(unknown)}; "
+                             f"it takes {takes}")
     if se is None and spec.se_default:
         se = SEConfig()
     try:
@@ -55,10 +90,11 @@ def build_model(name: str, num_classes: int | None = None, in_chans: int | None 
                            in_chans=in_chans or spec.in_chans, se=se, **kwargs)
     except TypeError as e:
         if "unexpected keyword" in str(e):
-            raise ValueError(f"model {name!r}: {e}") from None
+            raise UserValueError(f"model {name!r}: {e}") from None
         raise
     model.senet_name = name
     model.se_config = se
+    model.default_input_size = spec.input_size
     return model
 
 
