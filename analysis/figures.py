@@ -4,10 +4,11 @@
   the all-class mean, one panel per block.
 - :func:`excitation_bands`: Figure 7, mean ± standard deviation over the images of each class.
 - :func:`selectivity_depth`: class selectivity (η²) and saturation per block against depth.
-- :func:`removal_bars`: the error change when SE blocks are replaced by the identity (§7.2).
+- :func:`removal_bars`: the error change when SE blocks are removed (§7.2), per removal mode.
 - :func:`attribution_scatter`: captum channel importance against mean excitation, with Spearman ρ.
 - :func:`gradcam_grid`: Grad-CAM maps of one or more models on the same images.
-- :func:`point_plot`, :func:`error_edf`: ablation results per arm (95% CIs; pycls-style EDFs).
+- :func:`point_plot`, :func:`error_edf`: ablation results per arm (mean ± t-interval over seeds;
+  pycls-style EDFs).
 
 Only pandas, numpy, matplotlib and seaborn are imported. Save with :func:`analysis.style.save`.
 """
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
+
+from senet.errors import UserValueError
 
 from . import stats as S
 from .style import ALL_COLOR, apply, colors, label
@@ -43,7 +46,7 @@ def _blocks(frame: pd.DataFrame, blocks: list[str] | None) -> list[str]:
         return order
     missing = [b for b in blocks if b not in order]
     if missing:
-        raise ValueError(f"blocks {missing} not in the table; choose from: {', '.join(order)}")
+        raise UserValueError(f"blocks {missing} not in the table; choose from: {', '.join(order)}")
     return [b for b in order if b in blocks]
 
 
@@ -51,7 +54,7 @@ def _check_classes(stats: pd.DataFrame, classes: list[str]) -> None:
     have = list(dict.fromkeys(stats["class"]))
     bad = [c for c in classes if c not in have]
     if bad:
-        raise ValueError(f"unknown class {bad[0]!r}; choose from: {', '.join(have)}")
+        raise UserValueError(f"unknown class {bad[0]!r}; choose from: {', '.join(have)}")
 
 
 def excitation_means(stats: pd.DataFrame, classes: list[str], blocks: list[str] | None = None,
@@ -129,14 +132,22 @@ def selectivity_depth(sel: pd.DataFrame, title: str = "Class selectivity and sat
     return fig
 
 
-def removal_bars(removal: pd.DataFrame, title: str = "SE blocks replaced by the identity"):
-    """Δ top-1 error of each removal (vs the full model) and the SE parameters it saves."""
+def removal_bars(removal: pd.DataFrame, title: str = "SE removal"):
+    """Δ top-1 error of each removal (vs the full model), one bar per removal mode (``delta_top1_<mode>``
+    columns; a single ``delta_top1`` column also works), and the SE parameters it saves."""
     apply()
     d = removal[removal["removed"] != "none"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 2.8))
     x = np.arange(len(d))
     col = colors(2)
-    a.bar(x, d["delta_top1"], color=col[0])
+    modes = [c[len("delta_top1_"):] for c in d.columns if c.startswith("delta_top1_")] or [""]
+    width = 0.8 / len(modes)
+    for i, m in enumerate(modes):
+        names = {"mean": "gate fixed at its mean", "identity": "replaced by the identity"}
+        a.bar(x + (i - (len(modes) - 1) / 2) * width, d[f"delta_top1_{m}" if m else "delta_top1"],
+              width, color=colors(len(modes))[i], label=names.get(m, m) or None)
+    if modes != [""]:
+        a.legend(loc="best")
     a.axhline(0, color="black", lw=0.6)
     a.set_title("error change")
     a.set_ylabel(label("delta_top1"))
@@ -207,31 +218,60 @@ def gradcam_grid(images: np.ndarray, maps: dict[str, np.ndarray], captions: list
     return fig
 
 
+def seed_interval(values, level: float = 0.95) -> tuple[float, float, int]:
+    """Mean and half-width of the Student-t interval of the mean over seeds, and n (half-width NaN
+    below 2 seeds: one run has no spread to build an interval from)."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n < 2:
+        return (float(v.mean()) if n else math.nan), math.nan, n
+    half = S.t_quantile(1 - (1 - level) / 2, n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
+    return float(v.mean()), half, n
+
+
 def point_plot(runs: pd.DataFrame, arms: list[str], metrics=("test_top1_err", "test_top5_err"),
-               title: str = ""):
-    """One panel per metric: each arm's mean with a 95% confidence interval (bootstrap over seeds),
-    and the individual runs as dots."""
+               title: str = "", level: float = 0.95):
+    """One panel per metric: each arm's mean over seeds with its Student-t ``level`` interval
+    (mean ± t(n − 1) · sd / √n; none for a single seed), n under each arm, and the single runs as dots.
+
+    The interval is computed here rather than by seaborn, whose default bootstrap over a handful of
+    seeds gives intervals far too narrow to be called 95%."""
     apply()
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 2.8), squeeze=False)
     axes = axes.ravel()
+    pct = f"{level:.0%}"
     for ax, metric in zip(axes, metrics, strict=False):
         d = runs.dropna(subset=[metric])
-        sns.stripplot(data=d, x="arm", y=metric, order=arms, ax=ax, color="0.6", size=3, jitter=0.1)
-        sns.pointplot(data=d, x="arm", y=metric, order=arms, ax=ax, errorbar=("ci", 95),
-                      linestyle="none", markers="D", capsize=0.15, color=colors(1)[0], seed=0)
+        sns.stripplot(data=d, x="arm", y=metric, order=arms, ax=ax, color="0.6", size=3, jitter=0.1,
+                      label="single runs", legend=False)
+        stats = [seed_interval(d.loc[d["arm"] == arm, metric], level) for arm in arms]
+        x = np.arange(len(arms))
+        mean = np.array([s[0] for s in stats])
+        half = np.array([s[1] for s in stats])
+        ax.errorbar(x, mean, yerr=np.where(np.isfinite(half), half, 0.0), fmt="none", capsize=3,
+                    color=colors(1)[0], lw=1.0)
+        ax.plot(x, mean, ls="none", marker="D", color=colors(1)[0],
+                label=f"mean ± {pct} t-CI over seeds (none for n = 1)")
+        ax.set_xticks(x, [f"{arm}\nn={s[2]}" for arm, s in zip(arms, stats, strict=True)])
         ax.set_title(label(metric))
         ax.set_ylabel(label(metric))
         ax.set_xlabel(label("arm"))
         ax.tick_params(axis="x", rotation=30)
+    handles, names = axes[0].get_legend_handles_labels()
+    entries = dict(zip(names, handles, strict=True))  # the strip plot labels one collection per arm
+    fig.legend(list(entries.values()), list(entries), loc="lower center", bbox_to_anchor=(0.5, -0.02),
+               ncol=len(entries), frameon=False, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
 def error_edf(runs: pd.DataFrame, arms: list[str], metric: str = "test_top1_err", title: str = ""):
     """Empirical distribution function of the error per arm (as pycls draws them): for each error e,
-    the share of the arm's runs with error ≤ e. The legend gives each arm's [min, mean]."""
+    the share of the arm's runs with error ≤ e. The legend gives each arm's number of runs and the
+    lowest and mean error over them, named as such."""
     apply()
     fig, ax = plt.subplots(figsize=(6.0, 3.0))
     for arm, col in zip(arms, colors(len(arms)), strict=False):
@@ -240,7 +280,7 @@ def error_edf(runs: pd.DataFrame, arms: list[str], metric: str = "test_top1_err"
             continue
         y = np.arange(1, len(e) + 1) / len(e)
         ax.step(np.r_[e[0], e], np.r_[0, y], where="post", color=col,
-                label=f"{arm} [{e.min():.2f}, {e.mean():.2f}]")
+                label=f"{arm} ({len(e)} run{'s' if len(e) != 1 else ''}: min {e.min():.2f}, mean {e.mean():.2f})")
     ax.set_xlabel(label(metric))
     ax.set_ylabel(label("edf"))
     ax.set_ylim(0, 1.02)

@@ -2,15 +2,24 @@
 
 These turn the paper's §7.2 observations into one number per block: "early layers excite in a
 class-agnostic manner, later ones become class-specific, and SE_5_2 is saturated (close to the
-identity)". Inputs are the tidy tables of :mod:`analysis.extract`; only pandas and numpy are used,
-so figures and reports can be made without torch.
+identity)". Inputs are the tidy tables of :mod:`analysis.extract`.
+
+The second half compares ablation arms over seeds (see ``statistics-notes``: paired t-test and BCa
+bootstrap of the paired differences, Holm's step-down over the arms compared with one reference,
+and the power of the design). pandas, numpy and scipy only, so figures and reports can be made
+without torch.
 """
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
+
+from senet.errors import UserValueError
 
 #: A channel whose all-class mean excitation is above HIGH or below LOW counts as saturated
 #: (sigmoid-range gates only, whose s lies in (0, 1)).
@@ -37,7 +46,7 @@ def pooled(stats: pd.DataFrame) -> pd.DataFrame:
     s = stats[stats["count"] > 0]
     g = s.assign(w=s["count"] * s["mean"], q=s["count"] * (s["std"] ** 2 + s["mean"] ** 2))
     keys = ["block", "stage", "block_index", "channel"]
-    extra = [c for c in ("range_lo", "range_hi") if c in s]
+    extra = [c for c in ("range_lo", "range_hi", "saturating") if c in s]
     agg = g.groupby(keys, sort=False).agg(count=("count", "sum"), w=("w", "sum"), q=("q", "sum"),
                                           **{c: (c, "first") for c in extra}).reset_index()
     agg["mean"] = agg["w"] / agg["count"]
@@ -56,13 +65,16 @@ def selectivity(stats: pd.DataFrame, hist: pd.DataFrame | None = None) -> pd.Dat
     """One row per block, in depth order.
 
     - ``eta2``: class selectivity, the share of the excitation variance over images explained by
-      the class (η² = between-class variance / total variance), averaged over channels with any
-      variance. 0 = class-agnostic, 1 = the class alone sets each channel's excitation.
-    - ``saturated``: share of channels whose all-class mean excitation is > 0.9 or < 0.1 (NaN for
-      gates whose range is not (0, 1)); ``saturated_high`` counts only > 0.9 (a block near the
-      identity, as the paper finds for SE_5_2).
+      the class (η² = between-class variance / total variance), averaged over the channels whose
+      excitation varies at all; η² of a channel that never varies is undefined (0/0), not 0, so it
+      is left out of the average and ``eta2_channels`` counts the channels averaged (NaN when none).
+      0 = class-agnostic, 1 = the class alone sets each channel's excitation.
+    - ``saturated``: share of channels whose all-class mean excitation is > 0.9 or < 0.1; NaN
+      ("n/a") unless the gate saturates at the bounds of (0, 1) (sigmoid, hard sigmoid: the
+      ``saturating`` column of the statistics; not softmax, whose weights sum to 1);
+      ``saturated_high`` counts only > 0.9 (a block near the identity, as the paper finds for SE_5_2).
     - ``mass_high`` / ``mass_low``: with the histograms, the share of all excitation values above
-      0.9 / below 0.1.
+      0.9 / below 0.1 (NaN where ``saturated`` is).
     - ``mean``, ``spread``: the all-class mean excitation and its standard deviation across channels.
     """
     p = pooled(stats)
@@ -70,16 +82,18 @@ def selectivity(stats: pd.DataFrame, hist: pd.DataFrame | None = None) -> pd.Dat
     for i, block in enumerate(block_order(p)):
         b = p[p["block"] == block]
         ok = b["var"] > 1e-12
-        eta = float((b.loc[ok, "between_var"] / b.loc[ok, "var"]).mean()) if ok.any() else 0.0
+        eta = float((b.loc[ok, "between_var"] / b.loc[ok, "var"]).mean()) if ok.any() else np.nan
         sigmoid_range = "range_lo" not in b or (b["range_lo"].iloc[0] == 0.0 and b["range_hi"].iloc[0] == 1.0)
+        sigmoid_range = sigmoid_range and bool(b["saturating"].iloc[0] if "saturating" in b else True)
         hi = float((b["mean"] > HIGH).mean()) if sigmoid_range else np.nan
         lo = float((b["mean"] < LOW).mean()) if sigmoid_range else np.nan
         row = dict(block=block, stage=int(b["stage"].iloc[0]), block_index=int(b["block_index"].iloc[0]),
-                   depth=i + 1, channels=len(b), eta2=eta, saturated=hi + lo, saturated_high=hi,
-                   saturated_low=lo, mean=float(b["mean"].mean()), spread=float(b["mean"].std(ddof=0)))
+                   depth=i + 1, channels=len(b), eta2=eta, eta2_channels=int(ok.sum()), saturated=hi + lo,
+                   saturated_high=hi, saturated_low=lo, mean=float(b["mean"].mean()),
+                   spread=float(b["mean"].std(ddof=0)))
         if hist is not None:
             h = hist[hist["block"] == block]
-            total = h["count"].sum()
+            total = h["count"].sum() if sigmoid_range else 0
             row["mass_high"] = float(h.loc[h["bin_lo"] >= HIGH - 1e-9, "count"].sum() / total) if total else np.nan
             row["mass_low"] = float(h.loc[h["bin_hi"] <= LOW + 1e-9, "count"].sum() / total) if total else np.nan
         rows.append(row)
@@ -116,21 +130,142 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+# ---------------------------------------------------------------------------------------------
+# Comparing arms over seeds
+# ---------------------------------------------------------------------------------------------
+ALPHA = 0.05  # two-sided, family-wise (Holm) over the arms compared with the reference
+POWER = 0.80
+#: Below this many seed pairs there is no spread estimate worth a verdict.
+MIN_PAIRS = 3
+#: With fewer pairs a bootstrap over seeds has too few distinct resamples to decide on its own; it is
+#: shown, and from this many pairs on it must agree with the t-test for a verdict.
+BOOT_DECIDES_FROM = 6
+#: Fewest bootstrap resamples: 200 leaves 5 resamples beyond each end of a 95% interval, so its
+#: ends are not set by one or two draws (BCa moves the ends further out still).
+MIN_BOOT = 200
+
+
 def t_quantile(p: float, df: int) -> float:
-    """Quantile of Student's t distribution (numpy only: the CDF integrated numerically, inverted
-    by bisection; accurate to ~1e-4, enough for confidence intervals)."""
+    """Quantile of Student's t distribution (for one-sided ``p`` in [0.5, 1))."""
     if not 0.5 <= p < 1 or df < 1:
         raise ValueError(f"t_quantile needs 0.5 <= p < 1 and df >= 1, got p={p}, df={df}")
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    return float(sps.t.ppf(p, df))
 
-    def cdf(t: float) -> float:
-        x = np.linspace(0.0, t, 20001)
-        return 0.5 + float(np.trapezoid(c * (1 + x * x / df) ** (-(df + 1) / 2), x))
 
-    lo, hi = 0.0, 1.0
-    while cdf(hi) < p:
-        hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
+def zero_spread(d: np.ndarray) -> bool:
+    """Paired differences that are all equal (up to float noise): an interval of width zero, which
+    says the seeds did not vary, not that the difference is certain."""
+    d = np.asarray(d, float)
+    return len(d) >= 2 and float(np.ptp(d)) <= 1e-9 * max(1.0, float(np.abs(d).max()))
+
+
+def _mean_diff(a, r, axis=-1):
+    return np.mean(a - r, axis=axis)
+
+
+def paired_bootstrap_ci(a, r, *, level: float = 0.95, n_boot: int = 10000,
+                        seed: int = 0) -> tuple[float, float, str]:
+    """BCa bootstrap interval of mean(a − r) over the pairs (``scipy.stats.bootstrap``, paired).
+
+    BCa needs a jackknife with some spread; where it is undefined (it warns or returns NaN: fewer
+    than 3 pairs, equal differences, one outlying pair) the percentile interval is returned and
+    the method says so. Below 2 pairs, or with all differences equal, there is no interval (NaN)."""
+    a, r = np.asarray(a, float), np.asarray(r, float)
+    if len(a) < 2 or zero_spread(a - r):
+        return math.nan, math.nan, ""
+    if n_boot < MIN_BOOT:
+        raise UserValueError(f"n_boot must be >= {MIN_BOOT}, got {n_boot}")
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                res = sps.bootstrap((a, r), _mean_diff, paired=True, vectorized=True, method=method,
+                                    confidence_level=level, n_resamples=n_boot,
+                                    rng=np.random.default_rng(seed))
+            except (ValueError, FloatingPointError):
+                continue
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if math.isfinite(lo) and math.isfinite(hi) and not (method == "BCa" and caught):
+            return lo, hi, method if method == "BCa" else "percentile (BCa undefined)"
+    return math.nan, math.nan, ""
+
+
+def paired_test(a, r, *, level: float = 0.95, n_boot: int = 10000, seed: int = 0) -> dict:
+    """Arm ``a`` against reference ``r``, paired by seed (same order): the differences' mean and
+    standard deviation, the paired t-test (``scipy.stats.ttest_rel``) with its ``level`` interval,
+    and the BCa bootstrap interval. NaN where undefined: the test below 2 pairs or with zero spread."""
+    a, r = np.asarray(a, float), np.asarray(r, float)
+    d = a - r
+    n = len(d)
+    out = {"pairs": n, "mean_diff": float(d.mean()) if n else math.nan,
+           "sd_diff": float(d.std(ddof=1)) if n >= 2 else math.nan, "t_low": math.nan,
+           "t_high": math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "boot_method": "", "zero_spread": zero_spread(d)}
+    if n < 2:
+        return out
+    if out["zero_spread"]:
+        out["sd_diff"] = 0.0
+        return out
+    res = sps.ttest_rel(a, r)
+    ci = res.confidence_interval(confidence_level=level)
+    out.update(t_low=float(ci.low), t_high=float(ci.high), p=float(res.pvalue))
+    if n >= MIN_PAIRS:
+        out["ci_low"], out["ci_high"], out["boot_method"] = paired_bootstrap_ci(
+            a, r, level=level, n_boot=n_boot, seed=seed)
+    return out
+
+
+def holm(pvalues: Iterable[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN entries are not tests and stay NaN).
+
+    Sorted p(1) ≤ … ≤ p(k): H(j) is rejected while p(j) ≤ α / (k − j + 1); the adjusted value
+    max over i ≤ j of min(1, (k − i + 1) p(i)) is ≤ α exactly for the rejected ones."""
+    p = np.asarray(list(pvalues), float)
+    out = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    k = len(tested)
+    running = 0.0
+    for j, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (k - j) * p[i]))
+        out[i] = running
+    return out
+
+
+def pooled_sd(diffs: Iterable[np.ndarray]) -> tuple[float, int]:
+    """The standard deviation of paired differences pooled over arms (each arm's variance weighted
+    by its degrees of freedom) and those degrees of freedom; (NaN, 0) without 2 pairs anywhere."""
+    ss, df = 0.0, 0
+    for d in diffs:
+        d = np.asarray(d, float)
+        if len(d) >= 2:
+            ss += float(((d - d.mean()) ** 2).sum())
+            df += len(d) - 1
+    return (math.sqrt(ss / df), df) if df else (math.nan, 0)
+
+
+def min_detectable_effect(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Smallest true mean difference a paired t-test over ``n`` pairs detects (two-sided ``alpha``)
+    with probability ``power``: (t(1 − α/2, n − 1) + t(power, n − 1)) · σ_d / √n."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def seeds_needed(sd: float, effect: float, alpha: float = ALPHA, power: float = POWER,
+                 limit: int = 1_000_000) -> int | None:
+    """The fewest seeds (at least :data:`MIN_PAIRS`) whose minimum detectable effect is ≤ ``effect``;
+    None when unknown (no σ) or beyond ``limit``."""
+    if not (math.isfinite(sd) and math.isfinite(effect)) or effect <= 0:
+        return None
+    mde = lambda n: min_detectable_effect(sd, n, alpha, power)
+    if mde(MIN_PAIRS) <= effect:
+        return MIN_PAIRS
+    lo, hi = MIN_PAIRS, MIN_PAIRS * 2  # mde(lo) > effect: grow hi until it is enough, then bisect
+    while mde(hi) > effect:
+        lo, hi = hi, hi * 2
+        if hi > limit:
+            return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if mde(mid) <= effect else (mid, hi)
+    return hi

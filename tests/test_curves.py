@@ -16,10 +16,10 @@ def _line(epoch, test_err, loss, val=None, status="running"):
             "val_top1_err": val, "images_per_s": 100.0 + epoch, "epoch_time_s": 10.0, "status": status}
 
 
-def _run(path, model, errs, *, final=None, tail=""):
+def _run(path, model, errs, *, final=None, tail="", val=None):
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"model": {"name": model}}))
-    lines = [_line(i + 1, e, 1.0 / (i + 1)) for i, e in enumerate(errs)]
+    lines = [_line(i + 1, e, 1.0 / (i + 1), val[i] if val else None) for i, e in enumerate(errs)]
     (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + tail)
     if final is not None:
         (path / "final.json").write_text(json.dumps(final))
@@ -28,7 +28,9 @@ def _run(path, model, errs, *, final=None, tail=""):
 
 @pytest.fixture
 def two_runs(tmp_path):
-    se = _run(tmp_path / "se", "se_resnet20", [30.0, 12.0, 9.0, 8.0],
+    # validation is best at epoch 3 (10.5, test 9.0 there); the lowest test error (8.0, epoch 4) is
+    # not a selection: choosing on test is optimistically biased (issue 9 item 4)
+    se = _run(tmp_path / "se", "se_resnet20", [30.0, 12.0, 9.0, 8.0], val=[31.0, 11.0, 10.5, 10.9],
               final={"status": "completed", "wall_time_s": 3723.4})
     # still running, and killed in the middle of writing its last line
     plain = _run(tmp_path / "plain", "resnet20", [28.0, 14.0, 10.0], tail='{"epoch": 4, "train_lo')
@@ -42,13 +44,16 @@ def test_history_and_summary(two_runs):
     assert h.groupby("run", observed=True).size().to_dict() == {"se": 4, "plain": 3}
     s = curves.run_summary(h).set_index("run")
     assert s.loc["se", ["model", "epochs", "status"]].tolist() == ["se_resnet20", 4, "completed"]
-    assert s.loc["se", "test_top1_err"] == 8.0 and s.loc["se", "best_epoch"] == 4
+    assert s.loc["se", "test_top1_err"] == 8.0 and s.loc["se", "best_epoch"] == 3
+    assert s.loc["se", ["best_val_top1_err", "test_top1_err_at_best_val"]].tolist() == [10.5, 9.0]
     assert s.loc["se", "wall_time_s"] == pytest.approx(3723.4)
     assert s.loc["plain", "status"] == "running" and s.loc["plain", "wall_time_s"] == pytest.approx(30.0)
-    assert s.loc["plain", "best_test_top1_err"] == 10.0
+    # no validation split: no best epoch, and never the lowest test error in its place
+    assert pd.isna(s.loc["plain", "best_epoch"]) and pd.isna(s.loc["plain", "test_top1_err_at_best_val"])
     assert s.loc["plain", "images_per_s"] == pytest.approx(102.0)
     rows = dict((r[0], r) for r in curves.summary_rows(s.reset_index()))
-    assert rows["se"][6:8] == ["8.00 (4)", "1:02:03"]
+    assert curves.SUMMARY_HEADER[6:8] == ["best val top-1 (epoch)", "test top-1 at best val"]
+    assert rows["se"][6:9] == ["10.50 (3)", "9.00", "1:02:03"] and rows["plain"][6:8] == ["–", "–"]
 
 
 def test_resumed_epochs_keep_the_last_line(tmp_path):
@@ -61,13 +66,16 @@ def test_resumed_epochs_keep_the_last_line(tmp_path):
 
 def test_figure_has_a_panel_per_logged_metric(two_runs):
     h = curves.load_history(list(two_runs), labels=["SE-ResNet-20", "ResNet-20"])
-    assert curves.available_metrics(h) == ["train_loss", "test_top1_err"]  # val never logged
+    assert curves.available_metrics(h) == ["train_loss", "val_top1_err", "test_top1_err"]
     fig = curves.training_curves(h)
     axes = fig.get_axes()
-    assert [a.get_title() for a in axes] == ["training loss", "test top-1 error (%)"]
-    assert [len(a.get_lines()) for a in axes] == [2, 2]
-    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["SE-ResNet-20", "ResNet-20"]
-    assert [t.get_text() for t in axes[1].texts] == ["min 8.00 (epoch 4)", "min 10.00 (epoch 3)"]
+    assert [a.get_title() for a in axes] == ["training loss", "validation top-1 error (%)", "test top-1 error (%)"]
+    assert [t.get_text() for t in axes[2].get_legend().get_texts()] == ["SE-ResNet-20", "ResNet-20"]
+    # the corner names the best epoch by validation and the test error there; the plain run has no
+    # validation split and gets no mark
+    assert [t.get_text() for t in axes[1].texts] == ["best val 10.50 @ ep 3"]
+    assert [t.get_text() for t in axes[2].texts] == ["test 9.00 @ ep 3 (best val)"]
+    assert [len(a.get_lines()) for a in axes] == [2, 3, 3]  # two curves and the SE run's star
     plt.close(fig)
     with pytest.raises(ValueError, match="was not logged"):
         curves.training_curves(h, ["test_top1_er"])
@@ -77,7 +85,7 @@ def test_cli_writes_table_csv_and_figure(two_runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["curves", *map(str, two_runs), "--out", str(out), "--labels", "SE,plain"]) == 0
     printed = capsys.readouterr().out
-    assert "| SE | se_resnet20 | 4 | completed | 8.00 | 0.80 | 8.00 (4) | 1:02:03 | 102 |" in printed
+    assert "| SE | se_resnet20 | 4 | completed | 8.00 | 0.80 | 10.50 (3) | 9.00 | 1:02:03 | 102 |" in printed
     assert (out / "training_curves.png").is_file() and (out / "training_curves.pdf").is_file()
     assert len(pd.read_csv(out / "curves.csv")) == 7
     assert "training_curves.png" in (out / "summary.md").read_text()
@@ -94,3 +102,21 @@ def test_bad_input_is_one_line(two_runs, tmp_path, capsys, args, message):
     assert main(["curves", *args, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_a_run_without_an_epoch_is_skipped_with_a_note(two_runs, tmp_path, capsys):
+    # issue 10: one just-started run made `senet curves` refuse every run
+    se, plain = two_runs
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.json").write_text(json.dumps({"model": {"name": "resnet20"}}))  # no metrics.jsonl yet
+    empty = _run(tmp_path / "empty", "resnet20", [])  # metrics.jsonl with no line
+    out = tmp_path / "cmp"
+    assert main(["curves", str(se), str(fresh), str(plain), str(empty), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert cap.err.count("note: skipping") == 2 and "fresh" in cap.err and "empty" in cap.err
+    assert "| se |" in cap.out and "| plain |" in cap.out and "| fresh |" not in cap.out
+    assert set(pd.read_csv(out / "curves.csv")["run"]) == {"se", "plain"}
+    assert main(["curves", str(fresh), str(empty), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no run has an epoch logged yet" in err

@@ -1,0 +1,70 @@
+"""A short name for "the same experiment": the recipe hash of a run's flat config.
+
+Two trials belong to one comparison only if they differ in nothing but the study's arm axis, the
+seed, nuisance values the study sweeps on purpose, and bookkeeping that cannot change a result (where
+the run was written, how many CPU threads it used, progress bars). Everything else (the backbone, the
+data and its split, the schedule, the precision) is the recipe: reports group rows by its hash so
+that a smoke run and a quick run are never averaged together.
+
+Sweeps record the hash per trial (``recipe`` in ``runs.parquet``); reports recompute it with the same
+function for tables written before the column existed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import config as C
+
+#: Config keys that say how or where a run was executed, not what was trained: excluded from the
+#: recipe. ``run.precision`` stays in it (bf16 and fp32 are different arithmetic), and so does
+#: ``data.root`` (another folder may hold other images).
+BOOKKEEPING = frozenset({
+    "run.out", "run.device", "run.threads", "run.progress", "run.checkpoint_every", "run.compile",
+    "run.channels_last", "run.deterministic", "data.download",
+})
+
+
+def _canonical(value: Any) -> Any:
+    """One spelling per value, whatever wrote it: JSON, pandas (NaN for None, 3.0 for 3) or numpy."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # an int column that held a missing value comes back as float
+    if isinstance(value, (int, float, str)):
+        return value
+    return str(value)
+
+
+def recipe_items(flat: Mapping[str, Any], axis_keys: Iterable[str] = (),
+                 nuisance_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """The part of ``flat`` that is the recipe: config keys only (a results row's metric columns
+    are ignored), without the seed, the arm axis keys, the nuisance keys and :data:`BOOKKEEPING`;
+    missing values are dropped so an older table without a newer key hashes like one that has it unset."""
+    drop = {"seed", *BOOKKEEPING, *(k.strip() for k in axis_keys), *(k.strip() for k in nuisance_keys)}
+    known = set(C.keys())
+    out = {}
+    for key in sorted(flat):
+        if key in known and key not in drop:
+            v = _canonical(flat[key])
+            if v is not None:
+                out[key] = v
+    return out
+
+
+def recipe_hash(flat: Mapping[str, Any], axis_keys: Iterable[str] = (),
+                nuisance_keys: Iterable[str] = ()) -> str:
+    """10 hex digits naming the recipe of one trial (see :func:`recipe_items`).
+
+    ``axis_keys`` are the study's scientific axis (``Study.axis.split(",")``), ``nuisance_keys`` the
+    keys it sweeps identically for every arm; both are excluded, as is the seed.
+    """
+    text = json.dumps(recipe_items(flat, axis_keys, nuisance_keys), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
