@@ -22,9 +22,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from senet.errors import UserValueError
-
 from . import stats as S
+from .errors import AnalysisInputError
 from .style import ALL_COLOR, apply, colors, label
 
 
@@ -46,7 +45,7 @@ def _blocks(frame: pd.DataFrame, blocks: list[str] | None) -> list[str]:
         return order
     missing = [b for b in blocks if b not in order]
     if missing:
-        raise UserValueError(f"blocks {missing} not in the table; choose from: {', '.join(order)}")
+        raise AnalysisInputError(f"blocks {missing} not in the table; choose from: {', '.join(order)}")
     return [b for b in order if b in blocks]
 
 
@@ -54,7 +53,7 @@ def _check_classes(stats: pd.DataFrame, classes: list[str]) -> None:
     have = list(dict.fromkeys(stats["class"]))
     bad = [c for c in classes if c not in have]
     if bad:
-        raise UserValueError(f"unknown class {bad[0]!r}; choose from: {', '.join(have)}")
+        raise AnalysisInputError(f"unknown class {bad[0]!r}; choose from: {', '.join(have)}")
 
 
 def excitation_means(stats: pd.DataFrame, classes: list[str], blocks: list[str] | None = None,
@@ -139,19 +138,18 @@ def removal_bars(removal: pd.DataFrame, title: str = "SE removal"):
     d = removal[removal["removed"] != "none"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 2.8))
     x = np.arange(len(d))
-    col = colors(2)
     modes = [c[len("delta_top1_"):] for c in d.columns if c.startswith("delta_top1_")] or [""]
     width = 0.8 / len(modes)
-    for i, m in enumerate(modes):
-        names = {"mean": "gate fixed at its mean", "identity": "replaced by the identity"}
+    names = {"mean": "gate fixed at its mean", "identity": "replaced by the identity"}
+    for i, (m, c) in enumerate(zip(modes, colors(len(modes)), strict=True)):
         a.bar(x + (i - (len(modes) - 1) / 2) * width, d[f"delta_top1_{m}" if m else "delta_top1"],
-              width, color=colors(len(modes))[i], label=names.get(m, m) or None)
+              width, color=c, label=names.get(m, m) or None)
     if modes != [""]:
         a.legend(loc="best")
     a.axhline(0, color="black", lw=0.6)
     a.set_title("error change")
     a.set_ylabel(label("delta_top1"))
-    b.bar(x, d["added_params_pct"], color=col[1])
+    b.bar(x, d["added_params_pct"], color="0.6")  # grey: not one of the removal modes
     full = removal.loc[removal["removed"] == "none", "added_params_pct"]
     if len(full):
         b.axhline(float(full.iloc[0]), color="black", ls="--", lw=0.8, label="all SE kept")

@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from senet.errors import UserValueError
-
 from . import figures as F
 from . import stats as S
+from .errors import AnalysisInputError
 from .style import label, save
 
 METRICS = ("test_top1_err", "test_top5_err")
@@ -40,7 +39,7 @@ METRICS = ("test_top1_err", "test_top5_err")
 DEFAULT_EFFECT = 0.5
 
 
-class ReportInputError(UserValueError):
+class ReportInputError(AnalysisInputError):
     """A table or a choice the report cannot use (unreadable, ambiguous, lacking a column): the CLI
     prints it as one line."""
 

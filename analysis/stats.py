@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from senet.errors import UserValueError
+from .errors import AnalysisInputError
 
 #: A channel whose all-class mean excitation is above HIGH or below LOW counts as saturated
 #: (sigmoid-range gates only, whose s lies in (0, 1)).
@@ -174,7 +174,7 @@ def paired_bootstrap_ci(a, r, *, level: float = 0.95, n_boot: int = 10000,
     if len(a) < 2 or zero_spread(a - r):
         return math.nan, math.nan, ""
     if n_boot < MIN_BOOT:
-        raise UserValueError(f"n_boot must be >= {MIN_BOOT}, got {n_boot}")
+        raise AnalysisInputError(f"n_boot must be >= {MIN_BOOT}, got {n_boot}")
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -29,6 +29,9 @@ class Command:
     name = ""
     help = ""
     overrides = False
+    #: Further exception types that this command's code raises for bad user input (a package whose
+    #: light modules cannot import :mod:`senet.errors`); the CLI prints them as one line too.
+    user_errors: tuple[type[Exception], ...] = ()
 
     def configure(self, p: argparse.ArgumentParser) -> None:
         pass
@@ -108,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         cmd = COMMANDS.get(args.command)
         if extra and not cmd.overrides:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
-        return int(cmd.run(args, parse_overrides(extra)) or 0)
+        try:
+            return int(cmd.run(args, parse_overrides(extra)) or 0)
+        except cmd.user_errors as e:
+            raise UserError(str(e)) from e
     except KeyboardInterrupt:
         print("senet: interrupted", file=sys.stderr)
         return 130
