@@ -5,11 +5,18 @@ Writes into the output directory:
 - ``excitations.parquet`` (block, stage, block_index, class, channel, count, mean, std) and
   ``excitation_hist.parquet`` (the same keys plus bin, bin_lo, bin_hi, count);
 - ``selectivity.csv``: class selectivity η² and saturation per block;
-- ``removal.parquet``: error with each stage's (and each block's) SE replaced by the identity;
+- ``mean_excitations.parquet``: each SE channel's mean excitation over the reference split (the
+  constant gate of the ``mean`` removal);
+- ``removal.parquet``: error with each stage's (and each block's) SE removed, in two modes: gates
+  fixed at their mean excitation (``mean``, the default reading) and replaced by the identity;
 - ``attribution.parquet``: captum channel importance against mean excitation;
 - figures (PNG and PDF) in ``figures/``: Fig. 6 and Fig. 7 style panels, selectivity by depth,
   SE removal, importance scatter, Grad-CAM grid;
 - ``summary.md`` embedding the tables and figures.
+
+The mean excitations of the ``mean`` removal come from other images than the ones the removal is
+evaluated on (the validation split when the run holds one out, else the training split), so the
+constant gate is not fitted to the evaluated images.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import pandas as pd
 import torch
 
 from senet import se_modules
+from senet.errors import UserError, UserValueError
 
 from . import figures as F
 from . import stats as S
@@ -28,20 +36,24 @@ from .extract import extract_excitations, pick_device, select_blocks
 from .report import markdown
 from .style import save
 
+SPLITS = ("train", "val", "test")
+
 
 @dataclass(frozen=True)
 class AnalyzeOptions:
     split: str = "test"  # train | val | test
     classes: str = ""  # comma list of class names or indices ("" = the first four, as in Fig. 6)
     blocks: str = "default"  # default (last of each stage + all of the last stage) | all | names
-    compare: str = ""  # a plain model's checkpoint for the Grad-CAM comparison
-    max_images: int = 0  # first N images of the split (0 = all)
+    compare: str = ""  # a plain model's checkpoint (same dataset) for the Grad-CAM comparison
+    max_images: int = 0  # first N images of the split, and of the mean-excitation split (0 = all)
     bins: int = 50  # histogram bins over the gate's range
     batch_size: int = 256
     device: str = "auto"
     attr_images: int = 32  # images per chosen class for channel ablation
     gradcam_images: int = 6  # images in the Grad-CAM grid
     singles: bool = True  # also remove single blocks' SE (not only whole stages)
+    mean_split: str = "auto"  # split of the mean excitations: auto (val if held out and not
+    #                           evaluated, else train) | train | val | test
     progress: bool = True
 
 
@@ -57,34 +69,70 @@ def parse_classes(spec: str, names: list[str], default: int = 4) -> list[str]:
         elif tok.isdigit() and int(tok) < len(names):
             out.append(names[int(tok)])
         else:
-            raise ValueError(f"unknown class {tok!r}; choose names or indices of: {', '.join(names)}")
+            raise UserValueError(f"unknown class {tok!r}; choose names or indices of: {', '.join(names)}")
     return list(dict.fromkeys(out))
 
 
-def _load(checkpoint: str, overrides: dict, split: str):
+def _load(checkpoint: str, overrides: dict):
+    """The model, its config (with the ``--data.*`` overrides), the config it was trained with,
+    its metadata, the datasets, the normalisation and the class names."""
     from senet import config as C  # noqa: PLC0415
     from senet.checkpoint import load_model  # noqa: PLC0415
     from senet.data import load_datasets  # noqa: PLC0415
 
     bad = [k for k in overrides if not k.startswith("data.")]
     if bad:
-        raise ValueError(f"analyze takes --data.* options, not --{bad[0]}")
-    model, cfg, meta = load_model(checkpoint)
-    cfg = C.from_flat(overrides, base=cfg)
-    ds = load_datasets(cfg.data, cfg.seed)
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"unknown split {split!r}; choose one of: train, val, test")
-    x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
-    if not len(x):
-        raise ValueError(f"the {split} split of {cfg.data.name} is empty")
+        raise UserError(f"analyze takes --data.* options, not --{bad[0]}")
+    model, trained, meta = load_model(checkpoint)
+    cfg = C.from_flat(overrides, base=trained)
+    ds = load_datasets(cfg.data)
     data = meta.get("data", {}) or {}
     mean, std = data.get("mean", ds.mean), data.get("std", ds.std)
     classes = list(data.get("classes") or ds.classes)
     out_features = getattr(getattr(model, "fc", None), "out_features", len(classes))
     if out_features != len(ds.classes):
-        raise ValueError(f"{checkpoint} predicts {out_features} classes but {cfg.data.name} has "
-                         f"{len(ds.classes)}; pass the dataset it was trained on (--data.name)")
-    return model, cfg, meta, x, y, mean, std, classes
+        raise UserError(f"{checkpoint} predicts {out_features} classes but {cfg.data.name} has "
+                        f"{len(ds.classes)}; pass the dataset it was trained on (--data.name)")
+    return model, cfg, trained, meta, ds, mean, std, classes
+
+
+def _split(ds, split: str, what: str = "split"):
+    if split not in SPLITS:
+        raise UserError(f"unknown {what} {split!r}; choose one of: {', '.join(SPLITS)}")
+    x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+    if not len(x):
+        raise UserError(f"the {split} split of {ds.name} is empty (--{what.replace(' ', '-')})")
+    return x, y
+
+
+def mean_split(ds, opt: AnalyzeOptions) -> str:
+    """The split whose images give the mean excitations: ``auto`` takes the validation split when
+    the run holds one out and it is not the evaluated split, else the training split."""
+    if opt.mean_split != "auto":
+        return opt.mean_split
+    return "val" if len(ds.val_x) and opt.split != "val" else "train"
+
+
+def _load_compare(path: str, trained, names: list[str]):
+    """The ``--compare`` checkpoint, refused unless it is a plain network (no SE block) trained on
+    the SE model's dataset (same ``data.name`` and classes)."""
+    from senet.checkpoint import load_model  # noqa: PLC0415
+
+    plain, pcfg, pmeta = load_model(path)
+    pdata = pmeta.get("data", {}) or {}
+    se = list(se_modules(plain))
+    if se:
+        raise UserError(f"--compare {path}: {pcfg.model.name} has SE blocks ({', '.join(se[:3])}"
+                        f"{', ...' if len(se) > 3 else ''}); give a plain network's checkpoint")
+    pclasses = list(pdata.get("classes") or [])
+    if pcfg.data.name != trained.data.name or (pclasses and pclasses != list(names)):
+        raise UserError(f"--compare {path}: trained on {pcfg.data.name} ({len(pclasses)} classes), "
+                        f"the SE model on {trained.data.name} ({len(names)} classes); give a plain "
+                        "network trained on the same dataset")
+    pout = getattr(getattr(plain, "fc", None), "out_features", len(names))
+    if pout != len(names):
+        raise UserError(f"--compare {path} predicts {pout} classes, the SE model {len(names)}")
+    return plain, pcfg, pdata
 
 
 def _display(x: torch.Tensor) -> np.ndarray:
@@ -95,21 +143,30 @@ def _display(x: torch.Tensor) -> np.ndarray:
 def run_analysis(checkpoint: str, out: str | Path, overrides: dict | None = None,
                  opt: AnalyzeOptions = AnalyzeOptions()) -> dict:
     """Run the whole analysis; returns the paths written and the headline numbers."""
-    from .attribution import channel_importance, gradcam  # noqa: PLC0415 - captum only here
-    from .removal import removal_table  # noqa: PLC0415
+    from .attribution import channel_importance, gradcam, gradcam_layer  # noqa: PLC0415 - captum only here
+    from .removal import mean_excitations, removal_table  # noqa: PLC0415
 
     out = Path(out)
     figdir = out / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    model, cfg, meta, x, y, mean, std, names = _load(checkpoint, overrides or {}, opt.split)
+    model, cfg, trained, meta, ds, mean, std, names = _load(checkpoint, overrides or {})
+    x, y = _split(ds, opt.split)
+    ref = mean_split(ds, opt)
+    xr, _ = _split(ds, ref, "mean split")
     se_names = list(se_modules(model))
     if not se_names:
-        raise ValueError(f"{checkpoint} ({cfg.model.name}, se.stages={cfg.se.stages}) has no SE blocks")
+        raise UserError(f"{checkpoint} ({cfg.model.name}, se.stages={cfg.se.stages}) has no SE blocks")
     blocks = select_blocks(se_names, opt.blocks)
     chosen = parse_classes(opt.classes, names)
     if opt.max_images:
-        x, y = x[:opt.max_images], y[:opt.max_images]
+        x, y, xr = x[:opt.max_images], y[:opt.max_images], xr[:opt.max_images]
+    present = [c for c in chosen if (y == names.index(c)).any()]
+    if not present:
+        raise UserError(f"none of the classes {chosen} occurs in the first {len(x)} {opt.split} images")
+    # Everything that can refuse does so before the expensive steps.
+    gradcam_layer(model)
+    compare = _load_compare(opt.compare, trained, names) if opt.compare else None
     dev = pick_device(opt.device)
+    out.mkdir(parents=True, exist_ok=True)
 
     stats, hist = extract_excitations(model, x, y, mean, std, num_classes=len(names), class_names=names,
                                       blocks=blocks, bins=opt.bins, batch_size=opt.batch_size,
@@ -118,17 +175,20 @@ def run_analysis(checkpoint: str, out: str | Path, overrides: dict | None = None
     hist.to_parquet(out / "excitation_hist.parquet", index=False)
     sel = S.selectivity(stats, hist)
     sel.to_csv(out / "selectivity.csv", index=False)
-    present = [c for c in chosen if (stats.loc[stats["class"] == c, "count"] > 0).any()]
-    if not present:
-        raise ValueError(f"none of the classes {chosen} occurs in the first {len(x)} {opt.split} images")
     save(F.excitation_means(stats, present, blocks), figdir / "fig6_excitation_means")
     save(F.excitation_bands(stats, present[:2], blocks), figdir / "fig7_excitation_bands")
     save(F.selectivity_depth(sel), figdir / "selectivity_depth")
 
-    removal = removal_table(model, x, y, mean, std, singles=opt.singles, batch_size=opt.batch_size,
-                            device=opt.device, progress=opt.progress)
+    means = mean_excitations(model, xr, mean, std, batch_size=opt.batch_size, device=opt.device,
+                             progress=opt.progress)
+    pd.concat([pd.DataFrame({"block": b, "channel": np.arange(len(v)), "mean_excitation": v.numpy()})
+               for b, v in means.items()], ignore_index=True).assign(split=ref, images=len(xr)) \
+        .to_parquet(out / "mean_excitations.parquet", index=False)
+    removal = removal_table(model, x, y, mean, std, means=means, singles=opt.singles,
+                            batch_size=opt.batch_size, device=opt.device, progress=opt.progress)
     removal.to_parquet(out / "removal.parquet", index=False)
     save(F.removal_bars(removal), figdir / "se_removal")
+    intact = removal.iloc[0]
 
     # Captum: channel ablation at the SE output on the chosen classes' images (float32, no autocast).
     from senet.data import normalize  # noqa: PLC0415
@@ -150,61 +210,84 @@ def run_analysis(checkpoint: str, out: str | Path, overrides: dict | None = None
     gidx = torch.cat([torch.nonzero(y == names.index(c)).flatten()[:per] for c in present])[:opt.gradcam_images]
     xg, yg = x[gidx], y[gidx]
     maps = {f"SE: {cfg.model.name}": gradcam(model, normalize(xg.to(dev), mean, std), yg.to(dev))}
-    if opt.compare:
-        from senet.checkpoint import load_model  # noqa: PLC0415
-
-        plain, pcfg, pmeta = load_model(opt.compare)
-        pdata = pmeta.get("data", {}) or {}
-        pout = getattr(getattr(plain, "fc", None), "out_features", len(names))
-        if pout != len(names):
-            raise ValueError(f"--compare model predicts {pout} classes, the SE model {len(names)}")
+    if compare is not None:
+        plain, pcfg, pdata = compare
         plain = plain.to(dev).float().eval()
         xp = normalize(xg.to(dev), pdata.get("mean", mean), pdata.get("std", std))
         maps[f"plain: {pcfg.model.name}"] = gradcam(plain, xp, yg.to(dev))
     captions = [names[int(t)] for t in yg]
-    save(F.gradcam_grid(_display(xg), maps, captions, title="Grad-CAM at the last stage"),
+    save(F.gradcam_grid(_display(xg), maps, captions, title="Grad-CAM at the last block"),
          figdir / "gradcam")
 
-    summary = _summary(checkpoint, cfg, opt, len(x), sel, removal, rho, present, out)
+    summary = _summary(checkpoint, cfg, opt, len(x), sel, removal, rho, present, out,
+                       ref=ref, ref_images=len(xr),
+                       compare=(compare[1].model.name, opt.compare) if compare is not None else None)
     return {"out": str(out), "summary": str(summary), "selectivity": sel, "removal": removal,
-            "spearman": rho, "images": len(x)}
+            "spearman": rho, "images": len(x), "split": opt.split,
+            "top1_err": float(intact["top1_err_mean"]), "top5_err": float(intact["top5_err_mean"]),
+            "mean_split": ref, "mean_images": len(xr)}
 
 
-def _fmt(v, nd=3):
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
+def _fmt(v, nd=3, missing="–"):
+    return missing if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
 
 
-def _summary(checkpoint, cfg, opt, n, sel, removal, rho, classes, out: Path) -> Path:
-    sel_rows = [[r.block, str(r.channels), _fmt(r.eta2), _fmt(r.saturated), _fmt(r.saturated_high),
-                 _fmt(getattr(r, "mass_high", np.nan)), _fmt(r.mean), _fmt(r.spread)]
+def _summary(checkpoint, cfg, opt, n, sel, removal, rho, classes, out: Path, *, ref: str, ref_images: int,
+             compare: tuple[str, str] | None = None) -> Path:
+    sel_rows = [[r.block, str(r.channels), _fmt(r.eta2), f"{r.eta2_channels}/{r.channels}",
+                 _fmt(r.saturated, missing="n/a"), _fmt(r.saturated_high, missing="n/a"),
+                 _fmt(getattr(r, "mass_high", np.nan), missing="n/a"), _fmt(r.mean), _fmt(r.spread)]
                 for r in sel.itertuples(index=False)]
-    rem_rows = [[r.removed, str(r.blocks), f"{r.top1_err:.2f}", f"{r.delta_top1:+.2f}",
-                 f"{r.top5_err:.2f}", f"{r.se_params_kept:,}", f"{r.added_params_pct:.2f}%",
-                 f"{r.params_saved:,}"] for r in removal.itertuples(index=False)]
+    rem_rows = [[r.removed, str(r.blocks), f"{r.top1_err_mean:.2f}", f"{r.delta_top1_mean:+.2f}",
+                 f"{r.top1_err_identity:.2f}", f"{r.delta_top1_identity:+.2f}",
+                 f"{r.top5_err_mean:.2f}", f"{r.top5_err_identity:.2f}", f"{r.se_params_kept:,}",
+                 f"{r.added_params_pct:.2f}%", f"{r.params_saved:,}"] for r in removal.itertuples(index=False)]
     rho_rows = [[r.block, str(r.channels), _fmt(r.spearman, 2)] for r in rho.itertuples(index=False)]
+    intact = removal.iloc[0]
+    undefined = int((sel["channels"] - sel["eta2_channels"]).sum())
+    saturating = sel["saturated"].notna().any()
+    if compare is None:
+        gradcam_text = f"SE model `{cfg.model.name}` alone (no `--compare` checkpoint given)."
+    else:
+        gradcam_text = (f"SE model `{cfg.model.name}` beside the plain network `{compare[0]}` "
+                        f"(`{compare[1]}`, trained on `{cfg.data.name}`).")
     text = [
         f"# Excitation analysis of `{Path(checkpoint).name}`", "",
         f"Model `{cfg.model.name}` (gate `{cfg.se.gate}`, squeeze `{cfg.se.squeeze}`, r = {cfg.se.reduction:g}, "
         f"placement `{cfg.se.placement}`), dataset `{cfg.data.name}`, split `{opt.split}`, {n} images; "
         f"classes shown: {', '.join(classes)}.", "",
+        f"Error of the intact model on these {n} `{opt.split}` images: top-1 {intact['top1_err_mean']:.2f}%, "
+        f"top-5 {intact['top5_err_mean']:.2f}%.", "",
         "## Class selectivity and saturation (cf. paper §7.2)", "",
-        "η²: share of the excitation variance over images explained by the class (mean over channels); "
-        "saturated: share of channels whose all-class mean excitation is > 0.9 or < 0.1; "
-        "mass > 0.9: share of all excitation values above 0.9.", "",
-        markdown(["block", "C", "η²", "saturated", "mean > 0.9", "mass > 0.9", "mean s", "std over channels"],
-                 sel_rows),
+        "η²: share of the excitation variance over images explained by the class, averaged over the "
+        "channels whose excitation varies at all (a constant channel's η² is 0/0, undefined, and left "
+        f"out: 'η² over' gives the channels averaged / all channels; {undefined} left out in all "
+        "blocks); saturated: share of channels whose all-class mean excitation is > 0.9 or < 0.1; "
+        "mass > 0.9: share of all excitation values above 0.9. Saturation is defined only for gates "
+        "that saturate at the bounds of (0, 1) (sigmoid, hard sigmoid)"
+        + ("." if saturating else f"; the `{cfg.se.gate}` gate does not, so it is n/a."), "",
+        markdown(["block", "C", "η²", "η² over", "saturated", "mean > 0.9", "mass > 0.9", "mean s",
+                  "std over channels"], sel_rows),
         "![selectivity](figures/selectivity_depth.png)", "",
         "## Excitations per class (cf. paper Fig. 6 and Fig. 7)", "",
         "![fig6](figures/fig6_excitation_means.png)", "", "![fig7](figures/fig7_excitation_bands.png)", "",
-        "## SE removal (SE blocks replaced by the identity)", "",
+        "## SE removal", "",
+        f"Two ways to take an SE block's recalibration away, evaluated on the {n} `{opt.split}` images "
+        "(Δ: percentage points against the intact model, the `none` row):", "",
+        f"- **mean** (the default reading of \"is the SE needed here\"): each channel's gate fixed at "
+        f"its mean excitation over the {ref_images} `{ref}` images. The block keeps its output scale "
+        "and loses only the input-dependence, the dynamic recalibration.",
+        "- **identity**: the block returns its input (s = 1). With gates averaging ~0.5 this doubles "
+        "what the next layers see, so it measures the shock of a rescale as much as recalibration.", "",
         "Added parameters: SE parameters kept, as % of the network without SE.", "",
-        markdown(["removed", "blocks", "top-1 err", "Δ top-1", "top-5 err", "SE params kept",
-                  "added params", "params saved"], rem_rows),
+        markdown(["removed", "blocks", "top-1 err mean", "Δ mean", "top-1 err identity", "Δ identity",
+                  "top-5 err mean", "top-5 err identity", "SE params kept", "added params",
+                  "params saved"], rem_rows),
         "![removal](figures/se_removal.png)", "",
         "## Channel importance (captum LayerFeatureAblation, gate closed) vs mean excitation", "",
         markdown(["block", "channels", "Spearman ρ"], rho_rows),
         "![importance](figures/importance_vs_excitation.png)", "",
-        "## Grad-CAM", "", "![gradcam](figures/gradcam.png)", "",
+        "## Grad-CAM (last block of the last stage)", "", gradcam_text, "", "![gradcam](figures/gradcam.png)", "",
     ]
     p = out / "summary.md"
     p.write_text("\n".join(text))

@@ -5,7 +5,7 @@
   channel from the block's output Ũ = s · U; the drop of the target logit is the channel's
   importance at the SE output for that image's class. It is set against the channel's mean
   excitation on the class (paper Fig. 6) in :func:`analysis.figures.attribution_scatter`.
-- :func:`gradcam`: ``LayerGradCam`` on the last stage, upsampled to the input with
+- :func:`gradcam`: ``LayerGradCam`` on the last block of the last stage, upsampled to the input with
   ``LayerAttribution.interpolate``, to compare where a plain and an SE model look.
 
 BatchNorm stays in eval mode; every SE block has its own gate module, so each hook fires once.
@@ -19,6 +19,7 @@ from captum.attr import LayerAttribution, LayerFeatureAblation, LayerGradCam
 from torch import nn
 
 from senet import se_modules
+from senet.models.blocks import SESlot
 
 
 def channel_importance(model: nn.Module, blocks: list[str], x: torch.Tensor, y: torch.Tensor,
@@ -67,11 +68,18 @@ def channel_importance(model: nn.Module, blocks: list[str], x: torch.Tensor, y: 
 
 
 def gradcam_layer(model: nn.Module) -> nn.Module:
-    """The last stage of a suite ResNet (``layer<n>``), where Grad-CAM is usually read."""
-    stages = getattr(model, "stages", None)
-    if not stages:
-        raise ValueError(f"cannot find the last stage of {type(model).__name__} for Grad-CAM")
-    return getattr(model, f"layer{len(stages)}")
+    """The last block of the last stage, where Grad-CAM is usually read.
+
+    Every backbone of the suite is built from blocks that know their paper position (``stage``,
+    ``index``: residual blocks, Inception modules, depthwise-separable blocks), with or without SE,
+    whatever the containers around them are called; the last of them produces the final feature
+    map (before a pre-activation network's closing BN-ReLU).
+    """
+    blocks = [m for m in model.modules() if isinstance(m, SESlot)]
+    if not blocks:
+        raise ValueError(f"cannot find the blocks of {type(model).__name__} for Grad-CAM "
+                         "(no module with a stage and index)")
+    return max(blocks, key=lambda m: (m.stage, m.index))
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, target, layer: nn.Module | None = None) -> np.ndarray:

@@ -2,14 +2,18 @@
 ``senet.commands`` entry point)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from senet.cli import Command, UserError, command
+
+from .errors import AnalysisInputError
 
 
 @command
 class AnalyzeCommand(Command):
     name = "analyze"
+    user_errors = (AnalysisInputError,)
     help = ("excitation statistics per block, class and channel (paper Fig. 6-7), selectivity, "
             "saturation, SE removal, captum attribution and Grad-CAM of a checkpoint")
     overrides = True
@@ -20,19 +24,27 @@ class AnalyzeCommand(Command):
         p.add_argument("--best", default="", metavar="STUDY",
                        help="instead of CHECKPOINT: the best completed SE trial of a collected study")
         p.add_argument("--results", default="results", help="results directory for --best")
+        p.add_argument("--preset", default=None, help="with --best: choose among this preset's trials")
+        p.add_argument("--experiment", default=None, help="with --best: choose among this Ray experiment's trials")
+        p.add_argument("--recipe", default=None, help="with --best: choose among this recipe hash's trials")
         p.add_argument("--out", required=True, help="output directory for tables, figures, summary.md")
         p.add_argument("--split", default="test", help="train | val | test (default test)")
         p.add_argument("--classes", default="", help="class names or indices, comma separated "
                        "(default: the first four)")
         p.add_argument("--blocks", default="default", help="default (last block of each stage and "
                        "every block of the last stage) | all | SE_2_3,SE_4_1 | stage numbers")
-        p.add_argument("--compare", default="", metavar="CKPT", help="a plain model's checkpoint for Grad-CAM")
-        p.add_argument("--max-images", type=int, default=0, help="use the first N images (0 = all)")
+        p.add_argument("--compare", default="", metavar="CKPT", help="a plain model's checkpoint (no SE, "
+                       "trained on the same dataset) for Grad-CAM")
+        p.add_argument("--max-images", type=int, default=0, help="use the first N images of --split and of "
+                       "--mean-split (0 = all)")
         p.add_argument("--bins", type=int, default=50, help="histogram bins over the gate's range")
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
         p.add_argument("--attr-images", type=int, default=32, help="images per class for channel ablation")
         p.add_argument("--no-singles", action="store_true", help="remove SE per stage only, not per block")
+        p.add_argument("--mean-split", default="auto", help="images whose mean excitations fix the gates "
+                       "in the 'mean' SE removal: auto (val when held out and not --split, else train) | "
+                       "train | val | test")
         p.add_argument("--no-progress", action="store_true")
         p.epilog = "dataset options: --data.name NAME --data.root DIR (default: the checkpoint's)"
 
@@ -45,21 +57,37 @@ class AnalyzeCommand(Command):
                              compare=args.compare, max_images=args.max_images, bins=args.bins,
                              batch_size=args.batch_size, device=args.device,
                              attr_images=args.attr_images, singles=not args.no_singles,
-                             progress=not args.no_progress)
+                             mean_split=args.mean_split, progress=not args.no_progress)
         if bool(args.checkpoint) == bool(args.best):
             raise UserError("give either a CHECKPOINT or --best STUDY")
+        if not args.best and (args.preset or args.experiment or args.recipe):
+            raise UserError("--preset, --experiment and --recipe choose among a study's trials: use them with --best")
         checkpoint = args.checkpoint
         if args.best:
-            from .report import best_checkpoint  # noqa: PLC0415
+            from .report import ReportInputError, best_checkpoint  # noqa: PLC0415
 
-            checkpoint, row = best_checkpoint(args.results, args.best)
-            print(f"best SE trial of {args.best}: {row['arm']} seed {row['seed']} "
-                  f"({row['test_top1_err']:.2f}% test top-1 err) -> {checkpoint}")
+            try:
+                checkpoint, row = best_checkpoint(args.results, args.best, preset=args.preset,
+                                                  experiment=args.experiment, recipe=args.recipe)
+            except ReportInputError as e:
+                raise UserError(str(e)) from None
+            print(f"best SE trial of {args.best} by validation: {row['arm']} seed {row['seed']} "
+                  f"({row['best_val_top1_err']:.2f}% best val top-1 err; {row['test_top1_err']:.2f}% test) "
+                  f"-> {checkpoint}")
         res = run_analysis(checkpoint, args.out, overrides, opt)
         sel = res["selectivity"]
-        print(f"{res['images']} images; per block: η² (class selectivity), saturated share")
+        num = lambda v, nd, none: none if v != v else f"{v:.{nd}f}"  # noqa: E731 - NaN: undefined
+        print(f"{res['images']} {res['split']} images: top-1 error {res['top1_err']:.2f}%, "
+              f"top-5 {res['top5_err']:.2f}% (intact model)")
+        print("per block: η² (class selectivity), saturated share (n/a where the gate does not saturate)")
         for r in sel.itertuples(index=False):
-            print(f"  {r.block:<8} η²={r.eta2:.3f}  saturated={r.saturated:.2f}  mean s={r.mean:.3f}")
+            print(f"  {r.block:<8} η²={num(r.eta2, 3, 'undefined')}  "
+                  f"saturated={num(r.saturated, 2, 'n/a')}  mean s={r.mean:.3f}")
+        rem = res["removal"]
+        print(f"SE removal, Δ top-1 (pp) with gates fixed at their mean over {res['mean_images']} "
+              f"{res['mean_split']} images / replaced by the identity:")
+        for r in rem[rem["removed"].str.startswith("stage")].itertuples(index=False):
+            print(f"  {r.removed:<8} mean {r.delta_top1_mean:+.2f}  identity {r.delta_top1_identity:+.2f}")
         print(f"wrote {res['summary']}")
         return 0
 
@@ -67,20 +95,32 @@ class AnalyzeCommand(Command):
 @command
 class ReportCommand(Command):
     name = "report"
-    help = "paper-style tables, bootstrap CIs and figures of a study into <results>/<study>/report.md"
+    user_errors = (AnalysisInputError,)
+    help = ("paper-style tables, paired tests with Holm's correction, power and figures of a study "
+            "into <results>/<study>/report.md")
 
     def configure(self, p):
         p.add_argument("study", help="a study with collected results (results/<study>/runs.parquet)")
         p.add_argument("--results", default="results", help="results directory (default ./results)")
-        p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples")
+        p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (at least 200)")
+        p.add_argument("--preset", default=None, help="report the trials of this preset only (a table "
+                       "holding several recipes is refused until one is chosen)")
+        p.add_argument("--experiment", default=None, help="report the trials of this Ray experiment only")
+        p.add_argument("--recipe", default=None, help="report the trials of this recipe hash (or prefix) only")
+        p.add_argument("--effect", type=float, default=None, metavar="PP", help="difference (points) the "
+                       "power line sizes the seeds for (default 0.5, or one test image if larger)")
 
     def run(self, args, overrides):
-        from .report import write_report  # noqa: PLC0415
+        from .report import ReportInputError, write_report  # noqa: PLC0415
 
         if not Path(args.results).is_dir():
             raise UserError(f"results directory not found: {args.results}")
-        path = write_report(args.results, args.study, n_boot=args.n_boot)
-        print(path.read_text().split("## Differences")[0].rstrip())
+        try:
+            path = write_report(args.results, args.study, n_boot=args.n_boot, preset=args.preset,
+                                experiment=args.experiment, recipe=args.recipe, effect=args.effect)
+        except (ReportInputError, FileNotFoundError) as e:
+            raise UserError(str(e)) from None
+        print(path.read_text().split("## Figures")[0].rstrip())
         print(f"\nwrote {path}")
         return 0
 
@@ -88,6 +128,7 @@ class ReportCommand(Command):
 @command
 class CurvesCommand(Command):
     name = "curves"
+    user_errors = (AnalysisInputError,)
     help = "training curves and a summary table of run directories side by side (metrics.jsonl)"
 
     def configure(self, p):
@@ -106,11 +147,16 @@ class CurvesCommand(Command):
         from .style import save  # noqa: PLC0415
 
         split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-        history = curves.load_history(args.runs, split(args.labels) if args.labels else None)
-        summary = curves.run_summary(history)
+        try:
+            history = curves.load_history(args.runs, split(args.labels) if args.labels else None)
+            for name, why in history.attrs["skipped"]:
+                print(f"note: skipping {name}: {why}", file=sys.stderr)
+            summary = curves.run_summary(history)
+            fig = curves.training_curves(history, split(args.metrics) or None, title=args.title)
+        except curves.ReportInputError as e:
+            raise UserError(str(e)) from None
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        fig = curves.training_curves(history, split(args.metrics) or None, title=args.title)
         figs = save(fig, out / "training_curves")
         history.to_csv(out / "curves.csv", index=False)
         table = markdown(curves.SUMMARY_HEADER, curves.summary_rows(summary))

@@ -21,10 +21,15 @@ import torch
 from torch import nn
 
 from senet import se_modules
+from senet.errors import UserValueError
 from senet.se import GATE_RANGES
 
 #: Histogram range for a gate missing from GATE_RANGES (a custom callable gate).
 DEFAULT_RANGE = (-4.0, 4.0)
+#: Gates whose output saturates at the bounds of (0, 1), where s = 1 is the identity: only for these
+#: does "saturation" (the share of channels near a bound) mean anything. A softmax also lies in
+#: (0, 1), but its weights sum to 1 (mean 1/C), so no channel can sit near 1 unless all others are 0.
+SATURATING_GATES = frozenset({"sigmoid", "hard_sigmoid"})
 _NAME = re.compile(r"^SE_(\d+)_(\d+)$")
 
 
@@ -63,13 +68,13 @@ def select_blocks(names: list[str], spec: str | None = None) -> list[str]:
         if tok.isdigit():
             hit = [n for n in order if block_position(n)[0] == int(tok)]
             if not hit:
-                raise ValueError(f"no SE blocks in stage {tok}; stages with SE: "
+                raise UserValueError(f"no SE blocks in stage {tok}; stages with SE: "
                                  + ", ".join(sorted({str(block_position(n)[0]) for n in order})))
             out += hit
         elif tok in names:
             out.append(tok)
         else:
-            raise ValueError(f"unknown SE block {tok!r}; choose one of: default, all, "
+            raise UserValueError(f"unknown SE block {tok!r}; choose one of: default, all, "
                              + ", ".join(order))
     return sorted(dict.fromkeys(out), key=block_position)
 
@@ -80,6 +85,7 @@ class _Block:
     channels: int
     lo: float  # histogram range (the gate's output range)
     hi: float
+    saturating: bool  # the gate saturates at the bounds of (0, 1) (see SATURATING_GATES)
 
 
 class ExcitationAccumulator:
@@ -104,13 +110,16 @@ class ExcitationAccumulator:
         self._state: dict[str, torch.Tensor] | None = None
 
     def add_block(self, name: str, channels: int, value_range: tuple[float, float],
-                  device: torch.device | str = "cpu") -> None:
+                  device: torch.device | str = "cpu", saturating: bool | None = None) -> None:
+        """Add a block's columns; ``saturating`` defaults to "the range is (0, 1)"."""
         lo, hi = map(float, value_range)
         if not hi > lo:
             raise ValueError(f"bad histogram range {value_range!r} for {name}")
         if self._state is not None and self._state["count"].any():
             raise ValueError("add every block before the first update")
-        self.blocks[name] = _Block(self.width, channels, lo, hi)
+        if saturating is None:
+            saturating = (lo, hi) == (0.0, 1.0)
+        self.blocks[name] = _Block(self.width, channels, lo, hi, bool(saturating))
         self.width += channels
         k, w, dev = self.num_classes, self.width, torch.device(device)
         lo_v = torch.cat([torch.full((b.channels,), b.lo, dtype=torch.float64) for b in self.blocks.values()])
@@ -187,7 +196,8 @@ class ExcitationAccumulator:
                 "block": block, "stage": stage, "block_index": index,
                 "class": [names[i] for i in cls], "class_index": cls, "channel": chan,
                 "count": count.ravel().astype(np.int64), "mean": mean.ravel(),
-                "std": np.sqrt(np.maximum(var, 0)).ravel(), "range_lo": bl.lo, "range_hi": bl.hi}))
+                "std": np.sqrt(np.maximum(var, 0)).ravel(), "range_lo": bl.lo, "range_hi": bl.hi,
+                "saturating": bl.saturating}))
             h = hist_all[:, cols]
             edges = np.linspace(bl.lo, bl.hi, self.bins + 1)
             hists.append(pd.DataFrame({
@@ -248,8 +258,9 @@ def attach(model: nn.Module, acc: ExcitationAccumulator, blocks: list[str],
     handles = []
     for name in blocks:
         m = mods[name]
-        rng = GATE_RANGES.get(getattr(m, "gate_name", ""), DEFAULT_RANGE)
-        acc.add_block(name, m.channels, rng, device)
+        gate = getattr(m, "gate_name", "")
+        acc.add_block(name, m.channels, GATE_RANGES.get(gate, DEFAULT_RANGE), device,
+                      saturating=gate in SATURATING_GATES)
 
         def keep(mod, inputs, out, _name=name):
             ctx["pending"][_name] = out

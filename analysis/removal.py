@@ -1,21 +1,31 @@
-"""SE removal: evaluate a trained model with some SE blocks replaced by the identity.
+"""SE removal: evaluate a trained model with some SE blocks' recalibration taken away.
 
 The paper (§7.2) notes that the last stage's SE blocks are nearly saturated and that removing them
 costs < 0.1% top-1 error on ImageNet while cutting SE's added parameters from ~10% to ~4% of
-ResNet-50's. Here each stage's SE blocks, and each single block, are switched off in turn with a
-forward hook that returns the block's input unchanged (so ``forward`` and the weights stay as they
-are; removing the hooks restores the model), and the error change and parameter saving are tabulated.
+ResNet-50's. Here each stage's SE blocks, and each single block, are switched off in turn, in two
+ways (:data:`REMOVAL_MODES`), each a forward hook (``forward`` and the weights stay as they are;
+leaving the context removes the hooks):
+
+- ``mean``: each channel's gate is fixed at its dataset-mean excitation E[s_c] (a constant per
+  channel). The scale of the block's output is kept and only the input-dependence (the dynamic
+  recalibration the paper credits) is removed. This is the reading of "is the SE needed here".
+- ``identity``: the block returns its input (s = 1). When the gates average ~0.5 this doubles what
+  the next layers see, so its error change mixes the value of recalibration with the shock of a
+  rescale the network was never trained on.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 
 import pandas as pd
+import torch
 from torch import nn
 
 from senet import se_modules
+from senet.registry import Registry
 
-from .extract import block_position, evaluate
+from .extract import ExcitationAccumulator, attach, autocast, batches, block_position, evaluate, pick_device
 
 
 def se_params(model: nn.Module) -> dict[str, int]:
@@ -25,7 +35,7 @@ def se_params(model: nn.Module) -> dict[str, int]:
 
 @contextmanager
 def identity_se(model: nn.Module, blocks):
-    """Within the context, the named SE blocks return their input (Ũ = U)."""
+    """Within the context, the named SE blocks return their input (Ũ = U, i.e. s = 1)."""
     mods = se_modules(model)
     handles = [mods[b].register_forward_hook(lambda m, inputs, out: inputs[0]) for b in blocks]
     try:
@@ -33,6 +43,63 @@ def identity_se(model: nn.Module, blocks):
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def mean_se(model: nn.Module, blocks, means: dict[str, torch.Tensor]):
+    """Within the context, each named block's gate outputs the constant ``means[block]`` (one value
+    per channel, broadcast over images and positions) instead of s(x)."""
+    mods = se_modules(model)
+    missing = [b for b in blocks if b not in means]
+    if missing:
+        raise ValueError(f"no mean excitation for {missing}; have {sorted(means)}")
+
+    def fixed(value: torch.Tensor):
+        def hook(mod, inputs, out):
+            c = value.to(out.device, out.dtype).view(1, -1, *([1] * (out.dim() - 2)))
+            return c.expand_as(out)
+        return hook
+
+    handles = [mods[b].gate.register_forward_hook(fixed(means[b])) for b in blocks]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+#: How a removal takes the SE's recalibration away: ``(model, blocks, means) -> context manager``.
+REMOVAL_MODES: Registry[Callable[..., AbstractContextManager]] = Registry("removal mode")
+REMOVAL_MODES.add("mean", lambda model, blocks, means: mean_se(model, blocks, means))
+REMOVAL_MODES.add("identity", lambda model, blocks, means: identity_se(model, blocks))
+
+
+@torch.no_grad()
+def mean_excitations(model: nn.Module, x, mean, std, *, batch_size: int = 256, device: str = "auto",
+                     progress: bool = True) -> dict[str, torch.Tensor]:
+    """E[s_c] over the images ``x`` for every SE block: ``{block: (C,) float64 tensor}``.
+
+    Streams through the same gate hooks and float64 running moments as the excitation statistics
+    (one class, one histogram bin), so memory does not grow with the number of images. NoSqueeze
+    gates are averaged over positions as well.
+    """
+    dev = pick_device(device)
+    model = model.to(dev).eval()
+    names = list(se_modules(model))
+    acc = ExcitationAccumulator(1, bins=1)
+    handles, ctx = attach(model, acc, names, dev)
+    try:
+        with autocast(dev):
+            for xb, yb in batches(x, torch.zeros(len(x), dtype=torch.long), mean, std, batch_size, dev,
+                                  "mean excitations" if progress else None):
+                ctx["labels"] = yb  # one class: the moments over all images
+                model(xb)
+    finally:
+        for h in handles:
+            h.remove()
+    st, _ = acc.tables()
+    return {b: torch.tensor(g.sort_values("channel")["mean"].to_numpy(), dtype=torch.float64)
+            for b, g in st.groupby("block", sort=False)}
 
 
 def param_budget(model: nn.Module, removed=()) -> dict[str, float]:
@@ -58,14 +125,21 @@ def removal_variants(names: list[str], singles: bool = True) -> list[tuple[str, 
     return out
 
 
-def removal_table(model: nn.Module, x, y, mean, std, *, singles: bool = True, batch_size: int = 256,
-                  device: str = "auto", progress: bool = True) -> pd.DataFrame:
-    """Error and SE parameters for each removal variant.
+def removal_table(model: nn.Module, x, y, mean, std, *, means: dict[str, torch.Tensor] | None = None,
+                  modes: tuple[str, ...] = ("mean", "identity"), singles: bool = True,
+                  batch_size: int = 256, device: str = "auto", progress: bool = True) -> pd.DataFrame:
+    """Error and SE parameters for each removal variant, in each mode of :data:`REMOVAL_MODES`.
 
-    Columns: ``removed`` (none | stage s | SE_s_b), ``blocks`` removed, ``top1_err``, ``top5_err``,
-    ``delta_top1``/``delta_top5`` (percentage points vs the full model), ``se_params_kept``,
-    ``added_params_pct`` (kept SE parameters as % of the network without SE), ``params_saved``.
+    ``means`` (from :func:`mean_excitations`) is needed by the ``mean`` mode. Columns: ``removed``
+    (none | stage s | SE_s_b), ``blocks`` removed, ``n`` images, and for each mode M
+    ``top1_err_M``, ``top5_err_M`` and ``delta_top1_M``/``delta_top5_M`` (percentage points vs the
+    intact model, the ``none`` row); then ``se_params_kept``, ``added_params_pct`` (kept SE
+    parameters as % of the network without SE), ``params_saved``.
     """
+    for m in modes:
+        REMOVAL_MODES.get(m)
+    if "mean" in modes and means is None:
+        raise ValueError("the mean removal mode needs the mean excitations (means=...)")
     variants = removal_variants(list(se_modules(model)), singles)
     it = variants
     if progress:
@@ -74,13 +148,23 @@ def removal_table(model: nn.Module, x, y, mean, std, *, singles: bool = True, ba
         it = tqdm(variants, desc="SE removal", unit="variant", leave=False)
     rows = []
     for name, blocks in it:
-        with identity_se(model, blocks):
-            r = evaluate(model, x, y, mean, std, batch_size=batch_size, device=device)
+        row = dict(removed=name, blocks=len(blocks))
+        intact = None if blocks else evaluate(model, x, y, mean, std, batch_size=batch_size, device=device)
+        for m in modes:
+            if intact is None:
+                with REMOVAL_MODES.get(m)(model, blocks, means):
+                    r = evaluate(model, x, y, mean, std, batch_size=batch_size, device=device)
+            else:
+                r = intact
+            row.update({f"top1_err_{m}": r["top1_err"], f"top5_err_{m}": r["top5_err"], "n": r["n"]})
         b = param_budget(model, blocks)
-        rows.append(dict(removed=name, blocks=len(blocks), top1_err=r["top1_err"], top5_err=r["top5_err"],
-                         n=r["n"], se_params_kept=b["se_params_kept"],
-                         added_params_pct=b["added_params_pct"], params_saved=b["params_saved"]))
+        row.update(se_params_kept=b["se_params_kept"], added_params_pct=b["added_params_pct"],
+                   params_saved=b["params_saved"])
+        rows.append(row)
     df = pd.DataFrame(rows)
-    df["delta_top1"] = df["top1_err"] - df["top1_err"].iloc[0]
-    df["delta_top5"] = df["top5_err"] - df["top5_err"].iloc[0]
-    return df
+    for m in modes:
+        for k in ("top1", "top5"):
+            df[f"delta_{k}_{m}"] = df[f"{k}_err_{m}"] - df[f"{k}_err_{m}"].iloc[0]
+    front = ["removed", "blocks", "n"] + [f"{c}_{m}" for m in modes
+                                          for c in ("top1_err", "delta_top1", "top5_err", "delta_top5")]
+    return df[front + [c for c in df.columns if c not in front]]

@@ -10,8 +10,15 @@ import torch
 
 from analysis import stats as S
 from analysis.extract import ExcitationAccumulator, block_position, extract_excitations, select_blocks
-from analysis.removal import identity_se, param_budget, removal_table, removal_variants
-from senet import build_model, se_modules
+from analysis.removal import (
+    identity_se,
+    mean_excitations,
+    mean_se,
+    param_budget,
+    removal_table,
+    removal_variants,
+)
+from senet import SEConfig, build_model, se_modules
 
 MEAN, STD = (0.5,), (0.25,)
 
@@ -203,6 +210,48 @@ def test_selectivity_and_saturation_hand_computed():
     assert np.isnan(S.selectivity(tanh)["saturated"]).all()
 
 
+def test_eta2_of_a_channel_that_never_varies_is_undefined_and_skipped():
+    """Issue 9 item 8: η² = 0/0 for a constant channel is undefined, not 0 (which would read as
+    "class-agnostic"); the block average skips it and says how many channels it averaged."""
+    rows = [
+        # SE_2_1: every channel constant in every class -> no η² at all
+        ("SE_2_1", 2, 1, "a", 0, 10, 0.5, 0.0), ("SE_2_1", 2, 1, "b", 0, 10, 0.5, 0.0),
+        ("SE_2_1", 2, 1, "a", 1, 10, 0.7, 0.0), ("SE_2_1", 2, 1, "b", 1, 10, 0.7, 0.0),
+        # SE_3_1: channel 0 constant (undefined), channel 1 fully class-driven (η² = 1)
+        ("SE_3_1", 3, 1, "a", 0, 10, 0.5, 0.0), ("SE_3_1", 3, 1, "b", 0, 10, 0.5, 0.0),
+        ("SE_3_1", 3, 1, "a", 1, 10, 0.2, 0.0), ("SE_3_1", 3, 1, "b", 1, 10, 0.8, 0.0),
+    ]
+    sel = S.selectivity(_stats(rows)).set_index("block")
+    assert np.isnan(sel.loc["SE_2_1", "eta2"]) and sel.loc["SE_2_1", "eta2_channels"] == 0
+    assert sel.loc["SE_3_1", "eta2"] == pytest.approx(1.0) and sel.loc["SE_3_1", "eta2_channels"] == 1
+    assert (sel["channels"] == 2).all()
+
+
+def test_saturation_is_undefined_for_gates_that_do_not_saturate():
+    """Issue 9 item 8: a softmax gate lies in (0, 1) but its weights sum to 1 (mean 1/C), so the
+    share of channels near 0 or 1 says nothing; only sigmoid-like gates get a saturation."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (24, 1, 16, 16), dtype=torch.uint8)
+    y = torch.arange(24) % 4
+    got, tables = {}, {}
+    for gate in ("softmax", "sigmoid", "hard_sigmoid"):
+        model = build_model("resnet20", num_classes=4, in_chans=1, se=SEConfig(gate=gate)).eval()
+        tables[gate] = extract_excitations(model, x, y, MEAN, STD, num_classes=4, blocks="SE_2_1,SE_4_3",
+                                           device="cpu", progress=False)
+        got[gate] = S.selectivity(*tables[gate])
+    soft = got["softmax"]
+    assert soft[["saturated", "saturated_high", "saturated_low", "mass_high", "mass_low"]].isna().all().all()
+    assert (soft["mean"] < 0.1).all()  # 1/C: every channel would have counted as "saturated low"
+    for gate in ("sigmoid", "hard_sigmoid"):
+        assert got[gate][["saturated", "mass_high"]].notna().all().all()
+    for gate, (st, _) in tables.items():
+        assert (st["saturating"] == (gate != "softmax")).all()
+    # Hand-built tables: the column decides; without it, a (0, 1) range still counts as saturating.
+    rows = [("SE_2_1", 2, 1, "a", 0, 10, 0.02, 0.01), ("SE_2_1", 2, 1, "b", 0, 10, 0.04, 0.01)]
+    assert S.selectivity(_stats(rows))["saturated"].item() == 1
+    assert np.isnan(S.selectivity(_stats(rows).assign(saturating=False))["saturated"].item())
+
+
 def test_spearman_and_histogram_quantile():
     assert S.spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
     assert S.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -243,13 +292,92 @@ def test_identity_se_equals_the_network_without_se(tiny):
 
 def test_removal_table(tiny):
     model, x, y = tiny
-    t = removal_table(model, x, y, MEAN, STD, batch_size=48, device="cpu", progress=False)
+    means = mean_excitations(model, x[:48], MEAN, STD, batch_size=32, device="cpu", progress=False)
+    t = removal_table(model, x[48:], y[48:], MEAN, STD, means=means, batch_size=48, device="cpu",
+                      progress=False)
     names = [v[0] for v in removal_variants(list(se_modules(model)))]
     assert list(t["removed"]) == names == ["none", "stage 2", "stage 3", "stage 4"] + [
         f"SE_{s}_{b}" for s in (2, 3, 4) for b in (1, 2, 3)]
-    assert t["delta_top1"].iloc[0] == 0 and (t["n"] == 96).all()
+    for mode in ("mean", "identity"):
+        assert t[f"delta_top1_{mode}"].iloc[0] == 0 and t[f"delta_top5_{mode}"].iloc[0] == 0
+        assert ((t[f"top1_err_{mode}"] >= 0) & (t[f"top1_err_{mode}"] <= 100)).all()
+        np.testing.assert_allclose(t[f"delta_top1_{mode}"], t[f"top1_err_{mode}"] - t[f"top1_err_{mode}"].iloc[0])
+    assert t["top1_err_mean"].iloc[0] == t["top1_err_identity"].iloc[0]  # the intact model, once
+    assert (t["n"] == 48).all()
     assert t.loc[t["removed"] == "stage 4", "params_saved"].item() == 3 * 580
-    assert ((t["top1_err"] >= 0) & (t["top1_err"] <= 100)).all()
+    with pytest.raises(ValueError, match="needs the mean excitations"):
+        removal_table(model, x, y, MEAN, STD, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="unknown removal mode 'zero'"):
+        removal_table(model, x, y, MEAN, STD, means=means, modes=("zero",), device="cpu", progress=False)
+
+
+def _half_gates(model):
+    """Every gate's pre-activation 0, so s = sigmoid(0) = 0.5 whatever the input (a trained SE's
+    gates average ~0.5 too: the demo's model has mean s ≈ 0.50 in every block)."""
+    for m in se_modules(model).values():
+        for p in m.excitation.fc2.parameters():
+            torch.nn.init.zeros_(p)
+    return model
+
+
+def test_mean_removal_keeps_an_input_independent_gate_while_identity_rescales(tiny):
+    """Issue 9 item 5: s = 1 doubles a block whose gate sits at 0.5, so the identity removal
+    measures a rescale; the mean removal of a gate that does not depend on the input changes
+    nothing, exactly."""
+    model, x, y = tiny
+    model = _half_gates(model)
+    from senet.data import normalize
+
+    xb = normalize(x[:16], MEAN, STD)
+    means = mean_excitations(model, x[16:], MEAN, STD, batch_size=40, device="cpu", progress=False)
+    assert set(means) == set(se_modules(model))
+    assert all(torch.equal(v, torch.full_like(v, 0.5)) for v in means.values())
+
+    seen = {}
+    block = model.layer2[1]  # hosts SE_3_2
+    h = block.register_forward_hook(lambda m, i, o: seen.setdefault(len(seen), o.detach().clone()))
+    with torch.no_grad():
+        intact = model(xb)
+        with mean_se(model, ["SE_3_2"], means):
+            fixed = model(xb)
+        with identity_se(model, ["SE_3_2"]):
+            model(xb)
+    h.remove()
+    torch.testing.assert_close(seen[1], seen[0], rtol=0, atol=0)  # the block's output, unchanged
+    torch.testing.assert_close(fixed, intact, rtol=0, atol=0)
+    assert (seen[2] - seen[0]).abs().mean() > 0.2 * seen[0].abs().mean()  # the rescale
+
+    with torch.no_grad(), mean_se(model, list(means), means):
+        torch.testing.assert_close(model(xb), intact, rtol=0, atol=0)
+    with torch.no_grad(), identity_se(model, list(means)):
+        off = model(xb)
+    assert (off - intact).abs().max() > 0.1 * intact.abs().max()  # the logits move a lot
+
+    t = removal_table(model, x[:48], y[:48], MEAN, STD, means=means, batch_size=48, device="cpu",
+                      progress=False)
+    assert (t["delta_top1_mean"] == 0).all() and (t["delta_top5_mean"] == 0).all()
+
+
+def test_mean_excitations_are_the_gates_average_and_mean_se_fixes_them(tiny):
+    model, x, y = tiny
+    from senet.data import normalize
+
+    seen = {}
+    hs = [m.gate.register_forward_hook(lambda mod, i, o, n=n: seen.setdefault(n, []).append(o.detach()))
+          for n, m in se_modules(model).items()]
+    with torch.no_grad():
+        model(normalize(x, MEAN, STD))
+    for h in hs:
+        h.remove()
+    means = mean_excitations(model, x, MEAN, STD, batch_size=40, device="cpu", progress=False)
+    for name, outs in seen.items():
+        want = torch.cat(outs).double().mean((0, 2, 3))
+        torch.testing.assert_close(means[name], want, rtol=0, atol=1e-7)
+    gate = se_modules(model)["SE_4_2"].gate
+    with torch.no_grad(), mean_se(model, ["SE_4_2"], means):
+        s = gate(torch.randn(5, 64, 1, 1))
+    torch.testing.assert_close(s, means["SE_4_2"].float().view(1, 64, 1, 1).expand(5, 64, 1, 1))
+    assert not gate._forward_hooks  # removed on exit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,3 +405,29 @@ def test_channel_importance_is_the_logit_drop_of_closing_a_channel(tiny):
 
     maps = gradcam(model, xb[:3], yb[:3])
     assert maps.shape == (3, 16, 16) and (maps >= 0).all()
+
+
+@pytest.mark.parametrize("name", ["se_resnet20", "resnet20", "se_wrn16_8", "se_resnet18", "se_resnext50_32x4d",
+                                  "se_inception_small", "inception_small", "se_bn_inception",
+                                  "se_mobilenet_v1"])
+def test_gradcam_layer_is_the_last_block_of_every_family(name):
+    """Issue 9 item 8: Grad-CAM looked up ``layer<n>``, which Inception networks do not have. The
+    target is the last block of the last stage, found from the blocks themselves; its output is
+    the feature map the classifier pools (a pre-activation net's closing BN-ReLU aside)."""
+    from analysis.attribution import gradcam, gradcam_layer
+
+    model = build_model(name, num_classes=3, in_chans=1).eval()
+    layer = gradcam_layer(model)
+    x = torch.randn(2, 1, 32, 32)
+    seen = {}
+    h = layer.register_forward_hook(lambda m, i, o: seen.setdefault("o", o))
+    with torch.no_grad():
+        feats = model.forward_features(x)
+    h.remove()
+    if getattr(model, "preact", False):
+        feats_from_layer = torch.relu(model.final_bn(seen["o"]))
+    else:
+        feats_from_layer = seen["o"]
+    torch.testing.assert_close(feats_from_layer, feats)
+    maps = gradcam(model, x, torch.tensor([0, 2]))
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from senet import build_model
+from senet import build_model, se_modules
 from senet import config as C
-from senet.checkpoint import save_checkpoint
+from senet.checkpoint import build_from_config, save_checkpoint
 from senet.cli import main
 from senet.data import SYNTHETIC_CLASSES
 
@@ -23,16 +24,70 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _checkpoint(path, model_name):
+def _checkpoint(path, model_name, **flat):
     """A suite checkpoint of an untrained network on the synthetic gratings (no training needed to
     exercise every analysis path)."""
     cfg = C.from_flat({"model.name": model_name, "data.name": "synthetic", "data.synthetic_train": 64,
-                       "data.synthetic_test": 80, "data.val_fraction": 0.0})
+                       "data.synthetic_test": 80, "data.val_fraction": 0.0, **flat})
     torch.manual_seed(0)
-    model = build_model(model_name, num_classes=10, in_chans=1)
-    data = {"classes": SYNTHETIC_CLASSES, "mean": (0.5,), "std": (0.25,), "in_chans": 1,
-            "input_size": 28, "name": "synthetic"}
+    classes = SYNTHETIC_CLASSES
+    data = {"classes": classes, "mean": (0.5,), "std": (0.25,), "in_chans": 1, "input_size": 28,
+            "name": "synthetic"}
+    if cfg.data.name == "imagefolder":
+        classes = sorted(p.name for p in (Path(cfg.data.root) / "train").iterdir())
+        data = {"classes": classes, "mean": (0.5,) * 3, "std": (0.25,) * 3, "in_chans": 3,
+                "input_size": 32, "name": "imagefolder"}
+    model = build_from_config(cfg, len(classes), data["in_chans"])
     return save_checkpoint(path, model=model.state_dict(), config=C.to_dict(cfg), data=data, epoch=1)
+
+
+def _image_folder(root, classes=("ant", "bee", "cat"), per_class=4, size=32):
+    """``root/train|test/<class>/*.png``: random RGB images, for networks that need more than 28 px."""
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                write_png(torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g),
+                          str(root / split / c / f"{i}.png"))
+    return root
+
+
+# One checkpoint of every backbone family (issue 9 item 8: Inception died in Grad-CAM after the
+# expensive steps). ImageNet-size families run at 28 px on the synthetic data, except BN-Inception,
+# whose Caffe ceil-mode pools need 32 px: it reads a 32-px image folder. The first SE block keeps the
+# per-channel captum ablation (one pass per channel) short.
+FAMILIES = [
+    pytest.param("se_resnet20", id="cifar_resnet"),
+    pytest.param("se_resnet18", id="resnet"),
+    pytest.param("se_wrn16_8", id="wrn", marks=pytest.mark.slow),
+    pytest.param("se_resnext50_32x4d", id="resnext", marks=pytest.mark.slow),
+    pytest.param("se_inception_small", id="inception_small"),
+    pytest.param("se_bn_inception", id="bn_inception"),
+    pytest.param("se_mobilenet_v1", id="mobilenet"),
+]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_analyze_runs_on_every_backbone_family(tmp_path, capsys, name):
+    flat, over = {"data.val_fraction": 0.25}, ["--data.synthetic_test", "12"]
+    if name == "se_bn_inception":
+        root = _image_folder(tmp_path / "images")
+        flat, over = {"data.name": "imagefolder", "data.root": str(root), "data.val_fraction": 0.25}, []
+    ckpt = _checkpoint(tmp_path / "run" / "checkpoint.pt", name, **flat)
+    first = next(iter(se_modules(build_model(name))))
+    out = tmp_path / "analysis"
+    rc = main(["analyze", str(ckpt), "--out", str(out), "--classes", "0", "--blocks", first,
+               "--attr-images", "1", "--no-singles", "--no-progress", "--max-images", "8", *over])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "figures" / "gradcam.png").is_file() and (out / "summary.md").is_file()
+    removal = pd.read_parquet(out / "removal.parquet")
+    assert removal["top1_err_mean"].notna().all() and removal["top1_err_identity"].notna().all()
+    means = pd.read_parquet(out / "mean_excitations.parquet")
+    assert set(means["split"]) == {"val"}  # the run holds a validation split out: its images
+    assert set(means["block"]) == set(se_modules(build_model(name)))
 
 
 def test_analyze_writes_tables_figures_and_summary(tmp_path, capsys):
@@ -52,6 +107,9 @@ def test_analyze_writes_tables_figures_and_summary(tmp_path, capsys):
     assert per_key.to_dict() == stats.set_index(["block", "class", "channel"])["count"].to_dict()
     removal = pd.read_parquet(out / "removal.parquet")
     assert list(removal["removed"]) == ["none", "stage 2", "stage 3", "stage 4"]
+    assert {"top1_err_mean", "delta_top1_mean", "top1_err_identity", "delta_top1_identity"} <= set(removal)
+    means = pd.read_parquet(out / "mean_excitations.parquet")
+    assert set(means["split"]) == {"train"} and set(means["images"]) == {64}  # no val split held out
     attr = pd.read_parquet(out / "attribution.parquet")
     assert set(attr["class"]) == {"grating_000deg", "grating_018deg", "grating_054deg"}
     for stem in ("fig6_excitation_means", "fig7_excitation_bands", "selectivity_depth", "se_removal",
@@ -59,7 +117,10 @@ def test_analyze_writes_tables_figures_and_summary(tmp_path, capsys):
         assert (out / "figures" / f"{stem}.png").is_file() and (out / "figures" / f"{stem}.pdf").is_file()
     summary = (out / "summary.md").read_text()
     assert "| SE_4_3 |" in summary and "figures/gradcam.png" in summary
-    assert "SE_4_3" in capsys.readouterr().out
+    assert "default reading" in summary and "mean excitation over the 64 `train` images" in summary
+    assert f"plain network `resnet20` (`{plain}`" in summary  # the comparison is named
+    printed = capsys.readouterr().out
+    assert "SE_4_3" in printed and "60 test images: top-1 error" in printed
 
 
 @pytest.mark.parametrize("kind", ["text", "pickle_code", "foreign_state_dict"])
@@ -82,10 +143,57 @@ def test_analyze_user_errors_are_one_line(tmp_path, capsys):
     se = _checkpoint(tmp_path / "c.pt", "se_resnet20")
     for argv, msg in ((["--classes", "pug"], "unknown class 'pug'"),
                       (["--blocks", "SE_9_1"], "unknown SE block 'SE_9_1'"),
-                      (["--se.gate", "tanh"], "analyze takes --data.* options")):
+                      (["--se.gate", "tanh"], "analyze takes --data.* options"),
+                      (["--split", "dev"], "unknown split 'dev'"),
+                      (["--mean-split", "val"], "the val split of synthetic is empty"),
+                      (["--mean-split", "dev"], "unknown mean split 'dev'"),
+                      (["--preset", "quick"], "use them with --best")):
         rc = main(["analyze", str(se), "--out", str(tmp_path / "o"), "--no-progress", *argv])
         err = capsys.readouterr().err
         assert rc == 2 and msg in err and err.count("\n") == 1, err
+
+
+def test_compare_must_be_a_plain_network_on_the_same_dataset(tmp_path, capsys):
+    """Issue 10: ``--compare`` took any model with as many classes as a "plain" baseline (an SE
+    model, another dataset's) and the summary did not name it."""
+    se = _checkpoint(tmp_path / "se.pt", "se_resnet20")
+    other_se = _checkpoint(tmp_path / "se2.pt", "se_resnet20", **{"se.reduction": 8})
+    elsewhere = _checkpoint(tmp_path / "fm.pt", "resnet20", **{"data.name": "fashion-mnist"})
+    for compare, msg in ((other_se, "has SE blocks (SE_2_1, SE_2_2, SE_2_3, ...); give a plain network"),
+                         (elsewhere, "trained on fashion-mnist (10 classes), the SE model on synthetic")):
+        out = tmp_path / "o"
+        rc = main(["analyze", str(se), "--out", str(out), "--compare", str(compare), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and str(compare) in err and err.count("\n") == 1, err
+        assert not (out / "excitations.parquet").exists()  # refused before the expensive steps
+
+
+def test_analyze_reports_the_test_error_of_a_seed1_run(tmp_path, capsys):
+    """Issue 9: analysing a run must evaluate the images the run was evaluated on. A seed-1 run with a
+    test subset and a validation split: the intact model's test error and validation error that
+    ``analyze`` reports equal the run's own (final.json, metrics.jsonl)."""
+    from senet.train import fit
+
+    cfg = C.from_flat({"model.name": "se_resnet20", "se.reduction": 4, "data.name": "synthetic",
+                       "data.synthetic_train": 120, "data.synthetic_test": 200, "data.test_subset": 50,
+                       "data.val_fraction": 0.25, "optim.batch_size": 30, "optim.epochs": 1,
+                       "run.threads": 1, "run.progress": False, "run.device": "cpu", "seed": 1,
+                       "run.out": str(tmp_path / "run")})
+    fit(cfg)
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    for split, want in (("test", final["test_top1_err"]), ("val", last["val_top1_err"])):
+        rc = main(["analyze", str(tmp_path / "run"), "--out", str(tmp_path / f"a_{split}"), "--split", split,
+                   "--no-singles", "--no-progress", "--attr-images", "1", "--blocks", "SE_4_3",
+                   "--device", "cpu"])
+        out = capsys.readouterr().out
+        assert rc == 0
+        n = 50 if split == "test" else 30
+        intact = pd.read_parquet(tmp_path / f"a_{split}" / "removal.parquet").iloc[0]  # the "none" row
+        assert intact["n"] == n
+        for col in [c for c in intact.index if c.startswith("top1_err")]:
+            assert intact[col] == pytest.approx(want, abs=1e-9), (split, col)
+        assert f"{n} {split} images: top-1 error {want:.2f}%" in out, (out, want)
 
 
 def test_report_command(tmp_path, capsys):
