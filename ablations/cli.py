@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from senet.cli import Command, UserError, command
+from senet.cli import Command, command
 
 from .studies import PRESETS, STUDIES
 
@@ -60,28 +60,33 @@ class SweepCommand(Command):
                        "on a cluster, a path every node shares")
         p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT or auto; "
                        "default: $RAY_ADDRESS, else a local Ray on loopback)")
-        p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (= torch threads) per trial")
+        p.add_argument("--cpus-per-trial", type=float, default=None,
+                       help="CPUs (= torch threads) per trial (default 1)")
         p.add_argument("--gpus-per-trial", type=float, default=None,
                        help="GPUs per trial, fractions pack trials on one GPU (default: 1 if any, else 0)")
-        p.add_argument("--max-concurrent", type=int, default=0, help="at most K trials at once (0: no limit)")
-        p.add_argument("--max-failures", type=int, default=3, help="retries of a crashed trial (default 3)")
-        p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+        p.add_argument("--max-concurrent", type=int, default=None, help="at most K trials at once (default 0: no limit)")
+        p.add_argument("--max-failures", type=int, default=None, help="retries of a crashed trial (default 3)")
+        p.add_argument("--resume", action="store_true",
+                       help="continue an interrupted sweep as it was started (its seeds, arms, config and "
+                            "resources; trials that ended in error are retried)")
+        p.add_argument("--verbose", action="store_true", help="also show Ray's and Tune's own output")
         p.add_argument("--model", default=None, help="backbone (its se_ twin is used for every arm)")
         p.add_argument("--spec", default=None, help="YAML file of the custom study")
-        p.epilog = "Config overrides: --key value, e.g. --optim.epochs 3 --data.subset 2000"
+        p.epilog = ("Config overrides: --key value, e.g. --optim.epochs 3 --data.subset 2000. "
+                    "`senet config --study STUDY --preset PRESET [--key value ...]` prints the trials' "
+                    "config: every key's value, default, choices, meaning and what the study sweeps.")
 
     def run(self, args, overrides):
         from .sweep import SweepOptions, run_sweep  # noqa: PLC0415
 
-        if args.max_concurrent < 0 or args.max_failures < 0:
-            raise UserError("--max-concurrent and --max-failures must be >= 0")
-        run_sweep(SweepOptions(
+        outcome = run_sweep(SweepOptions(
             study=args.study, preset=args.preset, seeds=args.seeds, results=args.results,
             storage=args.storage, address=args.address, cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             max_failures=args.max_failures, resume=args.resume, model=args.model, spec=args.spec,
-            overrides=overrides))
-        return 0
+            overrides=overrides, verbose=args.verbose))
+        # a sweep that left any trial unfinished or failed is not a success, whatever it wrote
+        return 0 if outcome.ok else 1
 
 
 @command

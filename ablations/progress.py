@@ -1,16 +1,22 @@
-"""A live progress table for a sweep: trials running, done, failed per arm, and the best so far.
+"""The sweep's Tune callbacks: a live progress table, and the checkpoint retention that resume needs.
 
 Tune's own reporter prints one row per trial and every metric; an ablation wants the table's
-shape instead (one row per arm, the seeds pooled), so this callback prints that, on every
-finished or failed trial and at most every ``every_s`` seconds otherwise.
+shape instead (one row per arm, the seeds pooled). On a terminal the table is drawn once and redrawn
+in place; in a log (stdout not a terminal) each event is one appended line and the table is printed
+once, at the end.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
+from pathlib import Path
 
 from ray import tune
+
+from .checkpoints import prune_superseded
+
+_STATES = ("pending", "running", "done", "failed")
 
 
 class SweepProgress(tune.Callback):
@@ -19,67 +25,142 @@ class SweepProgress(tune.Callback):
         self.arms = list(arms)
         self.every_s = every_s
         self.stream = stream
-        self._last = 0.0
-        self._errors: dict[str, float] = {}  # trial id -> final test top-1 error
+        self.setup()
+
+    # Tune pickles its callbacks with the experiment and restores them on --resume, so everything
+    # that belongs to one run of the driver is (re)set here, which Tune calls when a run starts.
+    def setup(self, **info):
         self._t0 = time.time()
+        self._last = 0.0
+        self._drawn = 0  # lines of the table on the terminal, to redraw it in place
+        self._errors: dict[str, float] = {}  # trial id -> final test top-1 error
+        self._state: dict[str, str] = {}  # trial id -> done | failed, ahead of trial.status
+
+    @property
+    def _out(self):
+        return self.stream or sys.stdout
+
+    @property
+    def _live(self) -> bool:
+        isatty = getattr(self._out, "isatty", None)
+        return bool(isatty and isatty())
 
     # -- Tune hooks ------------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._state.pop(trial.trial_id, None)
+        if self._live:
+            self._event(trials, "")
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("final"):
             err = result.get("test_top1_err")
             self._errors[trial.trial_id] = math.nan if err is None else float(err)
 
+    # Tune calls these before it updates trial.status, so the trial's new state is taken from the
+    # event itself: otherwise every line would be one trial behind.
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._print(trials, f"done: {self._name(trial)}")
+        self._state[trial.trial_id] = "done"
+        err = self._errors.get(trial.trial_id, math.nan)
+        note = "" if math.isnan(err) else f" ({err:.2f}% test top-1 err)"
+        self._event(trials, f"done: {self._name(trial)}{note}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._print(trials, f"crashed, retrying from its last checkpoint: {self._name(trial)}")
+        self._event(trials, f"crashed, retrying from its last checkpoint: {self._name(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(trials, f"failed (no retries left): {self._name(trial)}")
+        self._state[trial.trial_id] = "failed"
+        self._event(trials, f"failed (no retries left): {self._name(trial)}")
 
     def on_step_end(self, iteration, trials, **info):
-        if time.time() - self._last >= self.every_s:
-            self._print(trials, "")
+        if time.time() - self._last >= (1.0 if self._live else self.every_s):
+            self._event(trials, "")
 
     def on_experiment_end(self, trials, **info):
-        self._print(trials, "sweep finished")
+        self._last = time.time()
+        _, total = self._rows(trials)
+        lines = self._table(trials, "sweep stopped" if total["pending"] or total["running"] else "sweep finished")
+        if self._live:
+            self._redraw(lines)
+        else:
+            print("\n".join(lines), file=self._out, flush=True)
 
     # -- rendering -------------------------------------------------------------------------------
     @staticmethod
     def _name(trial) -> str:
         return f"{trial.config.get('arm')} seed {trial.config.get('seed')}"
 
-    def _print(self, trials, headline: str) -> None:
-        self._last = time.time()
-        out = self.stream or sys.stdout
-        rows = {a: {"pending": 0, "running": 0, "done": 0, "failed": 0, "errs": []} for a in self.arms}
+    def _status(self, t) -> str:
+        said = self._state.get(t.trial_id)
+        if said in ("done", "failed"):  # final within this run of the driver, whatever trial.status says yet
+            return said
+        return {"TERMINATED": "done", "ERROR": "failed", "RUNNING": "running"}.get(t.status, "pending")
+
+    def _rows(self, trials) -> tuple[dict, dict]:
+        rows = {a: {**dict.fromkeys(_STATES, 0), "errs": []} for a in self.arms}
         for t in trials:
-            r = rows.setdefault(t.config.get("arm"), {"pending": 0, "running": 0, "done": 0, "failed": 0,
-                                                      "errs": []})
-            status = t.status
-            if status == "TERMINATED":
-                r["done"] += 1
+            r = rows.setdefault(t.config.get("arm"), {**dict.fromkeys(_STATES, 0), "errs": []})
+            status = self._status(t)
+            r[status] += 1
+            if status == "done":
                 err = self._errors.get(t.trial_id, (t.last_result or {}).get("test_top1_err"))
                 if err is not None and not (isinstance(err, float) and math.isnan(err)):
                     r["errs"].append(float(err))
-            elif status == "ERROR":
-                r["failed"] += 1
-            elif status == "RUNNING":
-                r["running"] += 1
-            else:
-                r["pending"] += 1
-        total = {k: sum(r[k] for r in rows.values()) for k in ("pending", "running", "done", "failed")}
-        best = min(((sum(r["errs"]) / len(r["errs"]), a) for a, r in rows.items() if r["errs"]),
-                   default=None)
+        total = {k: sum(r[k] for r in rows.values()) for k in _STATES}
+        return rows, total
+
+    def _summary(self, total: dict, rows: dict) -> str:
+        best = min(((sum(r["errs"]) / len(r["errs"]), a) for a, r in rows.items() if r["errs"]), default=None)
+        return (f"trials: {total['done']} done, {total['running']} running, {total['pending']} pending, "
+                f"{total['failed']} failed"
+                + (f"; best so far: {best[1]} ({best[0]:.2f}% test top-1 err)" if best else ""))
+
+    def _table(self, trials, headline: str) -> list[str]:
+        rows, total = self._rows(trials)
         elapsed = time.time() - self._t0
-        lines = [f"[{self.study}] {elapsed:6.0f}s  {headline}".rstrip(),
-                 f"  trials: {total['done']} done, {total['running']} running, {total['pending']} pending, "
-                 f"{total['failed']} failed"
-                 + (f"; best so far: {best[1]} ({best[0]:.2f}% test top-1 err)" if best else "")]
+        lines = [f"[{self.study}] {elapsed:6.0f}s  {headline}".rstrip(), "  " + self._summary(total, rows)]
         w = max([len(str(a)) for a in rows] + [3])
         lines.append(f"  {'arm':<{w}}  run  done  fail  test top-1 err (mean of done)")
         for a, r in rows.items():
             mean = f"{sum(r['errs']) / len(r['errs']):.2f}" if r["errs"] else "-"
             lines.append(f"  {a!s:<{w}}  {r['running']:>3}  {r['done']:>4}  {r['failed']:>4}  {mean}")
-        print("\n".join(lines), file=out, flush=True)
+        return lines
+
+    def _event(self, trials, headline: str) -> None:
+        self._last = time.time()
+        if self._live:
+            self._redraw(self._table(trials, headline or "running"))
+            return
+        rows, total = self._rows(trials)
+        elapsed = time.time() - self._t0
+        what = f"{headline}; " if headline else ""
+        print(f"[{self.study}] {elapsed:6.0f}s  {what}{self._summary(total, rows)}", file=self._out, flush=True)
+
+    def _redraw(self, lines: list[str]) -> None:
+        # cursor to the start of the table's first line, clear to the end of the screen, draw
+        up = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+        self._out.write(up + "\n".join(lines) + "\n")
+        self._out.flush()
+        self._drawn = len(lines)
+
+
+class CheckpointPruner(tune.Callback):
+    """Delete a trial's checkpoints once the experiment state on storage names a newer one.
+
+    Tune itself keeps every checkpoint (``num_to_keep=None``): its own deletion runs ahead of the
+    experiment-state snapshot that ``--resume`` reads (see :mod:`ablations.checkpoints`). The
+    experiment folder is taken from the trials, so a sweep moved to another folder and resumed
+    there prunes the right one.
+    """
+
+    def __init__(self, every_s: float = 2.0):
+        self.every_s = every_s
+        self._last = 0.0
+
+    def setup(self, **info):
+        self._last = 0.0
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if trials and now - self._last >= self.every_s:
+            self._last = now
+            prune_superseded(Path(trials[0].storage.experiment_fs_path))

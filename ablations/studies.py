@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from senet import config as C
+from senet.errors import UserValueError
 from senet.registry import Registry
 
 
@@ -65,14 +66,17 @@ class Study:
     fixed: Mapping[str, Any] = field(default_factory=lambda: {"se.bias": False})
     nuisance: Mapping[str, tuple] = field(default_factory=dict)  # swept for every arm; seeds are added
     doc: str = ""
+    #: True: a report may average the nuisance values of one arm and seed into one number (an lr
+    #: grid swept only to be marginalised); False keeps each nuisance value its own comparison.
+    average_nuisance: bool = False
 
     def resolve_arms(self, base: C.Config) -> tuple[Arm, ...]:
         arms = self.arms(base) if callable(self.arms) else self.arms
         labels = [a.label for a in arms]
         if len(set(labels)) != len(labels):
-            raise ValueError(f"study {self.name!r} has duplicate arm labels: {labels}")
+            raise UserValueError(f"study {self.name!r} has duplicate arm labels: {labels}")
         if self.reference_arm not in labels:
-            raise ValueError(f"study {self.name!r}: reference arm {self.reference_arm!r} is not one of "
+            raise UserValueError(f"study {self.name!r}: reference arm {self.reference_arm!r} is not one of "
                              f"its arms ({', '.join(labels)})")
         return tuple(arms)
 
@@ -102,12 +106,17 @@ PRESETS.add("smoke", Preset("smoke", {
     "data.synthetic_test": 32, "data.val_fraction": 0.25, "data.augment": "none",
     "optim.epochs": 1, "optim.batch_size": 32, "optim.warmup_epochs": 0.0, "run.progress": False,
 }, 1, "seconds: synthetic images, SE-ResNet-20, one epoch (what the tests run)"))
+#: quick holds out 300 validation images (a tenth of its 3,000-image subset; val_fraction is
+#: sized from data.subset) so that selecting by validation error means something (1 image = 0.33
+#: points; the former 30 images could not), and tests on 2,000 images (1 image = 0.05 points); both
+#: are evaluated with forward passes only, a small part of an epoch next to training 3,000 images.
 PRESETS.add("quick", Preset("quick", {
     "model.name": "se_resnet20", "data.name": "fashion-mnist", "data.subset": 3000,
-    "data.val_fraction": 0.01, "data.test_subset": 1000, "data.augment": "flip", "optim.epochs": 2,
+    "data.val_fraction": 0.1, "data.test_subset": 2000, "data.augment": "flip", "optim.epochs": 2,
     "optim.batch_size": 64, "optim.lr": 0.1, "optim.schedule": "cosine", "optim.warmup_epochs": 0.25,
     "run.progress": False,
-}, 2, "minutes on 2 CPU cores: 3,000 Fashion-MNIST images, SE-ResNet-20, 2 epochs, 1,000 test images"))
+}, 2, "minutes on 2 CPU cores: 3,000 Fashion-MNIST training images (+300 held out for validation), "
+      "SE-ResNet-20, 2 epochs, 2,000 test images"))
 PRESETS.add("full", Preset("full", {
     "model.name": "se_resnet56", "data.name": "cifar10", "data.subset": 0, "data.val_fraction": 0.1,
     "data.augment": "crop_flip", "optim.epochs": 164, "optim.batch_size": 128, "optim.lr": 0.1,
@@ -134,7 +143,7 @@ def se_twin(name: str) -> str:
         return name
     twin = f"se_{name}"
     if twin not in MODELS:
-        raise ValueError(f"model {name!r} has no SE twin to ablate; choose one of: "
+        raise UserValueError(f"model {name!r} has no SE twin to ablate; choose one of: "
                          + ", ".join(n for n, s in MODELS.items() if s.se_default))
     return twin
 
@@ -220,13 +229,33 @@ def _label(point: Mapping[str, Any]) -> str:
     return ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
 
 
+def _values(p: Path, where: str, key: str, raw: Any) -> list:
+    """An axis or nuisance entry as a non-empty list of values, each a valid setting of ``key``."""
+    values = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    if not values:
+        raise UserValueError(f"{p}: {where}.{key} has no values; give it a list of at least one value")
+    if key == "seed":
+        raise UserValueError(f"{p}: seeds are an axis of every study; use --seeds, not {where}.seed")
+    for v in values:  # every value, not only the first: a typo in the third arm fails before Ray starts
+        _check_setting(p, where, key, v)
+    return values
+
+
+def _check_setting(p: Path, where: str, key: str, value: Any) -> None:
+    try:
+        C.from_flat({key: value})
+    except UserValueError as e:
+        raise UserValueError(f"{p}: {where}: {e}") from None
+
+
 def load_custom(path: str | Path) -> Study:
     """A study from YAML.
 
     ``axes`` maps flat config keys to lists of values; ``mode: grid`` (default) takes every
     combination, ``mode: random`` draws ``samples`` distinct combinations with ``sample_seed``.
     ``fixed`` holds keys applied to every arm, ``nuisance`` keys swept for every arm (like the seed),
-    ``reference`` names the reference arm (default: the first)::
+    ``reference`` names the reference arm (default: the first), ``average_nuisance: true`` lets a
+    report average the nuisance values of an arm and seed (default: each is its own comparison)::
 
         name: gate_x_reduction
         title: Gate against r
@@ -239,41 +268,54 @@ def load_custom(path: str | Path) -> Study:
 
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"custom study spec not found: {p}")
+        raise UserValueError(f"custom study spec not found: {p}")
     try:
         spec = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"cannot parse {p}: {str(e).splitlines()[0]}") from None
+        raise UserValueError(f"cannot parse {p}: {str(e).splitlines()[0]}") from None
     if not isinstance(spec, Mapping) or not isinstance(spec.get("axes"), Mapping) or not spec["axes"]:
-        raise ValueError(f"{p}: a custom study needs 'axes', a mapping of config keys to lists of values")
+        raise UserValueError(f"{p}: a custom study needs 'axes', a mapping of config keys to lists of values")
     known = {"name", "title", "paper_table", "mode", "axes", "samples", "sample_seed", "fixed",
-             "nuisance", "reference", "doc"}
+             "nuisance", "reference", "doc", "average_nuisance"}
     extra = sorted(set(spec) - known)
     if extra:
-        raise ValueError(f"{p}: unknown field(s) {', '.join(extra)}; valid: {', '.join(sorted(known))}")
-    axes = {str(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in spec["axes"].items()}
-    nuisance = {str(k): tuple(v) if isinstance(v, (list, tuple)) else (v,)
-                for k, v in (spec.get("nuisance") or {}).items()}
+        raise UserValueError(f"{p}: unknown field(s) {', '.join(extra)}; valid: {', '.join(sorted(known))}")
+    for part in ("nuisance", "fixed"):
+        if spec.get(part) is not None and not isinstance(spec[part], Mapping):
+            raise UserValueError(f"{p}: '{part}' must be a mapping of config keys to values")
+    axes = {str(k): _values(p, "axes", str(k), v) for k, v in spec["axes"].items()}
+    nuisance = {str(k): tuple(_values(p, "nuisance", str(k), v)) for k, v in (spec.get("nuisance") or {}).items()}
     fixed = dict(spec.get("fixed") or {})
-    for key in [*axes, *nuisance, *fixed]:  # fail on typos before Ray starts
-        if key == "seed" and key in axes:
-            raise ValueError(f"{p}: seeds are an axis of every study; use --seeds, not axes.seed")
-        C.from_flat({key: (axes.get(key) or nuisance.get(key) or [fixed.get(key)])[0]})
+    for key, value in fixed.items():
+        if key == "seed":
+            raise UserValueError(f"{p}: seeds are an axis of every study; use --seeds, not fixed.seed")
+        _check_setting(p, "fixed", key, value)
+    both = sorted(set(axes) & set(nuisance))
+    if both:
+        raise UserValueError(f"{p}: {both[0]} is both an axis and a nuisance key; it can be only one")
     points = [dict(zip(axes, vals, strict=True)) for vals in itertools.product(*axes.values())]
     mode = spec.get("mode", "grid")
     if mode == "random":
-        n = int(spec.get("samples", 8))
-        rng = random.Random(int(spec.get("sample_seed", 0)))
-        points = rng.sample(points, min(n, len(points)))
+        n = spec.get("samples", 8)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserValueError(f"{p}: samples must be a whole number >= 1 for mode: random, got {n!r}")
+        try:
+            sample_seed = int(spec.get("sample_seed", 0))
+        except (TypeError, ValueError):
+            raise UserValueError(f"{p}: sample_seed must be a whole number, got {spec['sample_seed']!r}") from None
+        points = random.Random(sample_seed).sample(points, min(n, len(points)))
     elif mode != "grid":
-        raise ValueError(f"{p}: unknown mode {mode!r}; choose one of: grid, random")
+        raise UserValueError(f"{p}: unknown mode {mode!r}; choose one of: grid, random")
+    average = spec.get("average_nuisance", False)
+    if not isinstance(average, bool):
+        raise UserValueError(f"{p}: average_nuisance must be true or false, got {average!r}")
     arms = tuple(Arm(_label(pt), pt) for pt in points)
     name = str(spec.get("name", "custom"))
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ValueError(f"{p}: study name {name!r} may hold only letters, digits, '_', '-' and '.'")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+        raise UserValueError(f"{p}: study name {name!r} may hold only letters, digits, '_', '-' and '.'")
     return Study(name, str(spec.get("title", name)), str(spec.get("paper_table", "")), ",".join(axes),
                  arms, str(spec.get("reference", arms[0].label)), fixed=fixed, nuisance=nuisance,
-                 doc=str(spec.get("doc", "")))
+                 doc=str(spec.get("doc", "")), average_nuisance=average)
 
 
 register_study(Study(
@@ -287,8 +329,8 @@ def get_study(name: str, spec: str | None = None) -> Study:
     study = STUDIES.get(name)
     if name == "custom":
         if not spec:
-            raise ValueError("the custom study needs --spec FILE.yaml (axes, mode: grid|random, ...)")
+            raise UserValueError("the custom study needs --spec FILE.yaml (axes, mode: grid|random, ...)")
         return load_custom(spec)
     if spec:
-        raise ValueError(f"--spec applies to the custom study only, not {name!r}")
+        raise UserValueError(f"--spec applies to the custom study only, not {name!r}")
     return study

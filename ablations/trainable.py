@@ -130,9 +130,11 @@ def senet_trial(params: dict) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             final = Path(d) / "final.json"
-            if final.exists():  # finished before the driver recorded it: report again, do not retrain
-                res = json.loads(final.read_text())
-                tune.report(_final_metrics(res, cfg, tag))
+            if final.exists():
+                # Finished before the driver recorded it as finished. The snapshot that names this
+                # checkpoint was taken after the final result was logged, so result.json holds it:
+                # returning without a report lets Tune finish the trial with that result and log no
+                # second final row (collect also reads the final.json beside the checkpoint).
                 return
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
@@ -155,11 +157,17 @@ def senet_trial(params: dict) -> None:
 
     datasets = datasets_for(cfg.data)
     result = fit(cfg, report, resume=resume, datasets=datasets)
+    # the sizes of the evaluation splits set the resolution of every error a report compares
+    sizes = {"num_val": len(datasets.val_x), "num_test": len(datasets.test_x)}
+    result = {**sizes, **result}
 
     final_dir = Path(tempfile.mkdtemp(prefix="final-", dir=work))
     for name in ("checkpoint.pt", *_RUN_FILES):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, final_dir / name)
+    if (final_dir / "final.json").exists():  # so a trial reported again after a resume says the same
+        final = json.loads((final_dir / "final.json").read_text())
+        (final_dir / "final.json").write_text(json.dumps({**sizes, **final}, indent=1) + "\n")
     tune.report(_final_metrics(result, cfg, tag), checkpoint=tune.Checkpoint.from_directory(str(final_dir)))
     shutil.rmtree(work, ignore_errors=True)
 

@@ -25,6 +25,7 @@ from . import config as C
 BOOKKEEPING = frozenset({
     "run.out", "run.device", "run.threads", "run.progress", "run.checkpoint_every", "run.compile",
     "run.channels_last", "run.deterministic", "data.download",
+    "run.eval_test",  # when the test set is evaluated; the final and best-val test errors are the same
 })
 
 

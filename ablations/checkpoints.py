@@ -1,0 +1,122 @@
+"""Which trial checkpoints a resumed sweep may need, read from Tune's files without Ray.
+
+``--resume`` restores each trial from the checkpoint that the newest experiment-state snapshot on
+storage names. Tune's own retention (``CheckpointConfig(num_to_keep=k)``) deletes a checkpoint as
+soon as a newer one is registered, while that snapshot is written later (every second at best) and
+copied to storage in the background: a driver killed in between leaves a snapshot naming a folder
+that is gone, and the trial cannot be restored. So the sweep keeps every checkpoint as far as Tune
+is concerned and deletes them here instead, only once the snapshot on storage names a newer one:
+whatever snapshot a later ``--resume`` reads (that one or a newer one), its checkpoint still exists.
+
+:func:`repair_missing` mends experiments written before this rule (or by hand): where the named
+checkpoint is gone but a newer one exists, it is put under the missing name, so the trial resumes
+from its newest state (a checkpoint that holds ``final.json`` is reported again, not retrained).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+_CKPT = re.compile(r"checkpoint_(\d{6})")
+
+
+def newest_state_file(exp: Path) -> Path | None:
+    """The snapshot ``Tuner.restore`` reads: the greatest ``experiment_state-<time>.json`` by name."""
+    states = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.name)
+    return states[-1] if states else None
+
+
+def _index(name: str | None) -> int | None:
+    m = _CKPT.fullmatch(name or "")
+    return int(m.group(1)) if m else None
+
+
+def _latest_registered(run: dict, logdir: str) -> int | None:
+    """The newest checkpoint of trial folder ``logdir`` that the trial's checkpoint manager holds.
+
+    That, not the ``checkpoint_dir_name`` of the last result, is what a restore uses: Tune records a
+    result before it registers the result's checkpoint, so a snapshot can name checkpoint k+1 in its
+    last result while the manager still holds k. The manager is stored as a pickle in hex; the
+    checkpoints' paths are plain strings inside it.
+    """
+    manager = run.get("checkpoint_manager")
+    if not isinstance(manager, dict) or not isinstance(manager.get("value"), str):
+        return None
+    try:
+        blob = bytes.fromhex(manager["value"])
+    except ValueError:
+        return None
+    found = re.findall(re.escape(f"/{logdir}/".encode()) + rb"checkpoint_(\d{6})(?!\d)", blob)
+    return max((int(i) for i in found), default=None)
+
+
+def named_checkpoints(exp: Path) -> dict[str, str]:
+    """Trial folder name -> the checkpoint folder that the newest snapshot on storage restores it from.
+
+    Trials whose snapshot holds no checkpoint, or one this reader cannot make out, are left out
+    (nothing of theirs is deleted); an unreadable snapshot (one being copied) gives ``{}``.
+    """
+    path = newest_state_file(exp)
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        entries = data["trial_data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out = {}
+    for entry in entries:
+        try:
+            meta = json.loads(entry[0])
+            run = json.loads(entry[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        logdir = meta.get("relative_logdir")
+        index = _latest_registered(run, str(logdir)) if logdir else None
+        if index is not None:
+            out[str(logdir)] = f"checkpoint_{index:06d}"
+    return out
+
+
+def _checkpoint_dirs(trial_dir: Path) -> dict[int, Path]:
+    out = {}
+    for d in trial_dir.glob("checkpoint_*"):
+        i = _index(d.name)
+        if i is not None and d.is_dir():
+            out[i] = d
+    return out
+
+
+def prune_superseded(exp: Path) -> int:
+    """Delete each trial's checkpoints older than the one the snapshot on storage names; return how many."""
+    removed = 0
+    for logdir, name in named_checkpoints(exp).items():
+        keep = _index(name)
+        for i, d in _checkpoint_dirs(exp / logdir).items():
+            if i < keep:
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def repair_missing(exp: Path) -> list[str]:
+    """Where the named checkpoint of a trial is gone and a newer one exists, copy the newest one to the
+    missing name; return one line per mended trial."""
+    notes = []
+    for logdir, name in named_checkpoints(exp).items():
+        trial_dir = exp / logdir
+        if not trial_dir.is_dir() or (trial_dir / name).exists():
+            continue
+        newer = {i: d for i, d in _checkpoint_dirs(trial_dir).items() if i > _index(name)}
+        if not newer:
+            continue
+        src = newer[max(newer)]
+        tmp = trial_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        tmp.rename(trial_dir / name)
+        notes.append(f"{logdir}: {name}, which the experiment state names, was gone; "
+                     f"it resumes from {src.name} instead")
+    return notes
