@@ -65,7 +65,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on a GPU or a CPU with native bf16, AVX512-BF16/AMX; else fp32) | fp32 | bf16
     channels_last: str = "auto"  # auto (on GPU) | true | false
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # deterministic algorithms (bitwise-reproducible resume on CPU)
@@ -73,6 +73,7 @@ class RunConfig:
     out: str = ""  # output directory (config.json, metrics.jsonl, checkpoint.pt, final.json)
     checkpoint_every: int = 1  # write the checkpoint every N epochs (and always at the end)
     progress: bool = True  # show a progress bar
+    eval_test: str = "every"  # test set every epoch (curves) | end (last epoch and the best-val weights; NaN between)
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ _CHOICES = {
     "optim.schedule": ("cosine", "step", "plateau", "constant"),
     "run.precision": ("auto", "fp32", "bf16"),
     "run.channels_last": ("auto", "true", "false"),
+    "run.eval_test": ("every", "end"),
 }
 
 

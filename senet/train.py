@@ -10,9 +10,26 @@ accuracy stay on the device until the epoch ends (no per-step ``.item()`` synchr
 
 Recipe (``optim.*``): SGD with momentum (Nesterov by default), weight decay (by default not on BN
 parameters and biases), label smoothing, and one of the schedules in :data:`SCHEDULES` (``plateau``
-is the paper's ImageNet recipe: lr ÷ 10 when the validation error stops improving). On a GPU the
-forward pass runs under bf16 autocast with channels_last tensors (``run.precision`` and
-``run.channels_last``, ``auto`` by default).
+is the paper's ImageNet recipe: lr ÷ 10 when the validation error stops improving).
+
+Precision (``run.precision``, ``auto`` by default): the forward pass runs under bf16 autocast on a GPU
+and on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX, read from the CPU's flags by
+:func:`cpu_has_native_bf16`), in fp32 elsewhere (emulated bf16 gains no speed). Autocast
+leaves the parameters, the optimizer state and the BN statistics in fp32 (BN accumulates its
+statistics of bf16 inputs in fp32); the loss is computed from fp32 logits. The SE excitation runs
+in bf16 like the rest: in fp32 it changed the excitations of a trained SE-ResNet-20 by less than
+the bf16 rounding of the features it reads (mean |Δ| 1.2e-3 vs 0.7e-3 against fp32) and left the
+logits' error against fp32 the same (mean |Δ| 0.017). channels_last is on only on a GPU (on a CPU
+issue 11 measured it speeding fp32 up but slowing bf16 down).
+
+Evaluation runs under ``torch.inference_mode`` in the run's precision, in batches of
+:data:`EVAL_BATCH` for the device type (on a CPU, large batches push the activations out of the
+caches: 1024 ran at half the speed of 128). Validation runs every epoch (plateau schedule, best-epoch
+selection); the test set every epoch (``run.eval_test every``, for curves) or only at the end
+(``end``): the other epochs' metrics carry NaN test errors, the weights of the best validation epoch
+are kept in memory (and in the checkpoint, for a resume) and evaluated on the test set once at the
+end, beside the final weights, so ``final.json`` holds the same numbers either way and the best
+epoch's metrics line gets its test errors filled in.
 
 A loss that turns NaN or infinite (ReLU and identity gates, Table 12, can diverge) ends the run with
 status ``diverged``: it is recorded in ``metrics.jsonl`` and ``final.json``, not raised.
@@ -27,7 +44,9 @@ put the longer run; constant and plateau schedules simply go on. Each metrics li
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -52,7 +71,11 @@ from .models import se_modules
 from .provenance import provenance
 from .registry import Registry
 
-EVAL_BATCH = 1024  # images per forward pass when evaluating (no gradients, so large batches fit)
+#: Images per forward pass when evaluating, per device type. On a CPU the activations of large
+#: batches leave the caches (SE-ResNet-20, 28², 1 thread, inference_mode, img/s at batch
+#: 64/128/256/512/1024: fp32 1279/1318/1072/833/572, bf16 1892/2015/2063/1701/1393; `python
+#: benchmarks/bench.py --only eval` measures it). A GPU wants large batches to fill it (not measured here).
+EVAL_BATCH = {"cpu": 128, "cuda": 1024}
 SYNC_EVERY = 25  # steps between the two host syncs of the loop: divergence check and progress bar
 #: The clock of ``images_per_s``, ``epoch_time_s`` and ``train_time_s``. Wall time by default; the
 #: loop benchmark swaps in ``time.process_time`` so that, on a CPU shared with other jobs, both
@@ -188,11 +211,55 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: CPU flags (Linux ``/proc/cpuinfo``) of native bf16 arithmetic: AVX512-BF16 (dot products of bf16
+#: pairs) and AMX (bf16 tile matrix multiply). Without them bf16 is converted to fp32 and back around
+#: fp32 arithmetic: nothing to gain, rounding to lose.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them; empty where there is no /proc/cpuinfo."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":  # x86; the same on every core
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), detected from its flags.
+
+    Elsewhere (no such flag, or no /proc/cpuinfo to read) False: ``run.precision auto`` then trains
+    in fp32, and ``bf16`` still works but runs emulated.
+    """
+    return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+def default_precision(device: torch.device) -> str:
+    """What ``run.precision auto`` means on ``device``."""
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def eval_batch(device: torch.device) -> int:
+    """Images per forward pass when evaluating on ``device`` (see :data:`EVAL_BATCH`)."""
+    return EVAL_BATCH.get(device.type, EVAL_BATCH["cpu"])
+
+
 def resolve_precision(cfg: Config, device: torch.device) -> tuple[str, bool]:
-    """(``"bf16"`` | ``"fp32"``, channels_last) after resolving ``auto``."""
+    """(``"bf16"`` | ``"fp32"``, channels_last) after resolving ``auto`` (:func:`default_precision`)."""
     precision = cfg.run.precision
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = default_precision(device)
     cl = cfg.run.channels_last
     channels_last = device.type == "cuda" if cl == "auto" else cl == "true"
     return precision, channels_last
@@ -275,18 +342,20 @@ def autocast(device: torch.device, precision: str):
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, *, precision: str = "fp32",
-             channels_last: bool = False, batch_size: int = EVAL_BATCH) -> dict[str, float]:
-    """Top-1 / top-5 error (%) and mean cross-entropy on uint8 images, in large batches.
+             channels_last: bool = False, batch_size: int | None = None) -> dict[str, float]:
+    """Top-1 / top-5 error (%) and mean cross-entropy on uint8 images, under inference_mode.
 
-    Returns NaN for an empty split. The model is put in eval mode and restored afterwards.
+    ``batch_size`` defaults to the device's :data:`EVAL_BATCH`. Returns NaN for an empty split. The
+    model is put in eval mode and restored afterwards.
     """
     if len(x) == 0:
         return {"top1_err": math.nan, "top5_err": math.nan, "loss": math.nan}
     was_training = model.training
     model.eval()
     device = x.device
+    batch_size = batch_size or eval_batch(device)
     wrong1 = torch.zeros((), dtype=torch.int64, device=device)
     wrong5 = torch.zeros((), dtype=torch.int64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -314,6 +383,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, *, p
 # ---------------------------------------------------------------------------------------------
 # fit
 # ---------------------------------------------------------------------------------------------
+_NOT_EVALUATED = {"top1_err": math.nan, "top5_err": math.nan, "loss": math.nan}
+
+
+def _evaluate_state(model: nn.Module, state: dict, ds: Datasets, **kw) -> dict[str, float]:
+    """Test errors of ``model``'s architecture with the weights ``state`` (``model`` is untouched)."""
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(state)
+    return evaluate(twin, ds.test_x, ds.test_y, ds.mean, ds.std, **kw)
+
+
 def _finite(v):
     return v if not isinstance(v, float) or math.isfinite(v) else None
 
@@ -397,14 +476,16 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
 
     After each epoch (checkpoint first, then ``metrics.jsonl``, then ``report(metrics)``) the
     metrics hold ``epoch``, ``train_loss``, ``train_top1_err``, ``val_top1_err``, ``val_top5_err``,
-    ``test_top1_err``, ``test_top5_err`` (errors in %, NaN without a validation split),
-    ``images_per_s``, ``epoch_time_s``, ``train_time_s``, ``lr``, ``phase``, ``status`` and
-    ``checkpoint``.
+    ``test_top1_err``, ``test_top5_err`` (errors in %, NaN without a validation split; with
+    ``run.eval_test end`` the test errors are NaN but on the last epoch, and on the best validation
+    epoch once the run has ended), ``images_per_s``, ``epoch_time_s``, ``train_time_s``, ``lr``,
+    ``phase``, ``status`` and ``checkpoint``.
 
     The returned dict (also ``final.json``) has ``status`` (``completed`` | ``diverged``),
     ``epochs_run``, the last epoch's test errors, the best validation error with its epoch and the
     test errors at that epoch, ``params``, ``flops`` (1 multiply-add = 1 FLOP, at the data's input
-    size), ``se_hidden``, ``wall_time_s``, ``train_time_s``, ``phases`` and ``provenance``.
+    size), ``se_hidden``, ``wall_time_s``, ``train_time_s``, ``phases`` and ``provenance`` (which
+    holds the resolved ``precision``: ``auto`` becomes ``bf16`` or ``fp32``).
 
     ``resume`` (a checkpoint file or a run folder) continues the run: model, optimizer, schedule,
     every RNG, epoch and best-so-far come from the checkpoint; with the epochs the run was planned
@@ -457,6 +538,8 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
         best = {"val_top1_err": math.inf, "epoch": None, "test_top1_err": math.nan,
                 "test_top5_err": math.nan}
         history: list[dict] = []
+        # the weights of the best validation epoch while its test error is unknown (run.eval_test end)
+        best_state: dict[str, torch.Tensor] | None = None
         ckpt_phase = 0  # the phase whose schedule state the checkpoint holds
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
@@ -465,6 +548,7 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
             start_epoch, step = ckpt["epoch"], ckpt["step"]
             train_time, prev_wall = ckpt["train_time_s"], ckpt["wall_time_s"]
             best, history = dict(ckpt["best"]), [dict(h) for h in ckpt["metrics"]]
+            best_state = ckpt.get("best_model")
             ckpt_phase = len(saved_phases(ckpt))
         net = torch.compile(model) if cfg.run.compile else model
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
@@ -525,7 +609,7 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
                     g["lr"] = lr
                 with autocast(device, precision):
                     logits = net(xb)
-                    loss = criterion(logits, yb)
+                loss = criterion(logits.float(), yb)  # softmax and log of bf16 logits lose digits
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -554,23 +638,34 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
             if not math.isfinite(train_loss):
                 status = "diverged"
 
-            # ---- evaluate ----
+            # ---- evaluate: validation every epoch, the test set every epoch or at the end ----
             t1 = clock()
-            if status == "diverged":
-                val = test = {"top1_err": math.nan, "top5_err": math.nan, "loss": math.nan}
-            else:
-                kw = dict(precision=precision, channels_last=channels_last)
+            last = status == "diverged" or epoch == cfg.optim.epochs
+            tested = status != "diverged" and (cfg.run.eval_test == "every" or last)
+            kw = dict(precision=precision, channels_last=channels_last)
+            val = test = _NOT_EVALUATED
+            if status != "diverged":
                 val = evaluate(net, ds.val_x, ds.val_y, ds.mean, ds.std, **kw)
+            if tested:
                 test = evaluate(net, ds.test_x, ds.test_y, ds.mean, ds.std, **kw)
-            t_eval = clock() - t1
-            train_time += t_train + t_eval
             if math.isfinite(val["top1_err"]) and val["top1_err"] < best["val_top1_err"]:
                 best = {"val_top1_err": val["top1_err"], "epoch": epoch,
                         "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"]}
+                best_state = None if tested else {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if last and best_state is not None:
+                # the best validation epoch's weights meet the test set now, once, and its metrics
+                # line (already written) gets the errors: metrics.jsonl is rewritten below
+                bt = _evaluate_state(model, best_state, ds, **kw)
+                best.update(test_top1_err=bt["top1_err"], test_top5_err=bt["top5_err"])
+                for h in history:
+                    if h["epoch"] == best["epoch"]:
+                        h.update(test_loss=bt["loss"], test_top1_err=bt["top1_err"], test_top5_err=bt["top5_err"])
+                best_state, rewrite = None, True
+            t_eval = clock() - t1
+            train_time += t_train + t_eval
             if status != "diverged":
                 schedule.epoch_end(val["top1_err"] if len(ds.val_x) else train_loss)
 
-            last = status == "diverged" or epoch == cfg.optim.epochs
             metrics = {
                 "epoch": epoch, "step": step, "train_loss": train_loss, "train_top1_err": train_err,
                 "val_loss": val["loss"], "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
@@ -587,7 +682,8 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *, resume: st
                     schedule=schedule.state_dict(), rng=rng_state(order_gen, aug_gen), epoch=epoch,
                     step=step, best=best, metrics=history, phases=phases, train_time_s=train_time,
                     wall_time_s=prev_wall + time.perf_counter() - wall0, config=C.to_dict(cfg),
-                    data=data_meta, provenance=prov))
+                    data=data_meta, provenance=prov,
+                    **({"best_model": best_state} if best_state is not None else {})))
             if out is not None and rewrite:
                 out.mkdir(parents=True, exist_ok=True)
                 C.save(cfg, out / "config.json")
@@ -803,6 +899,6 @@ class TrainCommand(Command):
         print(f"{cfg.model.name} on {r['dataset']}: status {r['status']}, {r['epochs_run']} epochs, "
               f"test top-1 err {_fmt(r['test_top1_err'])}% (acc {_fmt(100 - r['test_top1_err'])}%), "
               f"top-5 err {_fmt(r['test_top5_err'])}%{best}, "
-              f"train {r['train_time_s']:.0f} s, wall {r['wall_time_s']:.0f} s"
+              f"train {r['train_time_s']:.0f} s, wall {r['wall_time_s']:.0f} s, {r['provenance']['precision']}"
               + f", out {cfg.run.out}")
         return 0

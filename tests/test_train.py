@@ -11,7 +11,7 @@ from senet import cli
 from senet import config as C
 from senet import data as D
 from senet.checkpoint import load_checkpoint, load_model, save_checkpoint
-from senet.models import MODELS
+from senet.models import MODELS, build_model
 from senet.models.blocks import BasicBlock
 from senet.models.registry import register_model
 from senet.models.resnet import ResNet
@@ -446,3 +446,167 @@ def test_train_without_out_makes_a_named_run_folder(capsys, tmp_path, monkeypatc
     code, out, err = run_cli(capsys, *args, "--data.name", "mnist")
     assert code == 2 and sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
         f"{TINY}-20250102-030405", f"{TINY}-20250102-030405-2"]  # a failed start leaves no folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision and evaluation (issue 11)
+# ---------------------------------------------------------------------------------------------
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
+    import senet.train as T
+
+    cases = {"fpu avx2 avx512f avx512_bf16 avx512_vnni": True, "fpu avx2 amx_tile amx_bf16": True,
+             "fpu avx2 avx512f avx512bw avx512_vnni": False}  # AVX-512 alone only emulates bf16
+    for flags, native in cases.items():
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\n"
+                                          f"processor\t: 1\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(T, "CPUINFO", tmp_path / "cpuinfo")
+        T.cpu_flags.cache_clear()
+        assert T.cpu_has_native_bf16() is native, flags
+    monkeypatch.setattr(T, "CPUINFO", tmp_path / "missing")  # not Linux: nothing detected, fp32
+    T.cpu_flags.cache_clear()
+    assert T.cpu_has_native_bf16() is False
+    T.cpu_flags.cache_clear()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_follows_detection_and_forced_values_win(monkeypatch, native):
+    import senet.train as T
+
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert T.resolve_precision(tiny_cfg(), cpu) == ("bf16" if native else "fp32", False)
+    assert T.resolve_precision(tiny_cfg(**{"run.precision": "fp32"}), cpu) == ("fp32", False)
+    assert T.resolve_precision(tiny_cfg(**{"run.precision": "bf16"}), cpu) == ("bf16", False)
+    assert T.resolve_precision(tiny_cfg(), torch.device("cuda")) == ("bf16", True)  # no GPU needed to resolve
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_in_it_and_keeps_fp32_state(tmp_path, monkeypatch, native):
+    """``auto`` trains in bf16 only where detected, records what it resolved to, and leaves the
+    weights, the optimizer state and the BN statistics in fp32 (the loss comes from fp32 logits)."""
+    import senet.train as T
+
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+    seen = {"conv": set(), "loss": set()}  # dtypes in the training steps (FLOP counting runs in fp32)
+    real_ce = T.nn.CrossEntropyLoss.forward
+
+    def ce(self, logits, target):
+        seen["loss"].add(logits.dtype)
+        return real_ce(self, logits, target)
+
+    monkeypatch.setattr(T.nn.CrossEntropyLoss, "forward", ce)
+    real_build = T.build_from_config
+
+    def record(mod, inputs, out):
+        if torch.is_grad_enabled():
+            seen["conv"].add(out.dtype)
+
+    def build(*a, **kw):
+        m = real_build(*a, **kw)
+        next(x for x in m.modules() if isinstance(x, torch.nn.Conv2d)).register_forward_hook(record)
+        return m
+
+    monkeypatch.setattr(T, "build_from_config", build)
+    r = fit(tiny_cfg(**{"optim.epochs": 1, "run.out": str(tmp_path)}))
+    want = torch.bfloat16 if native else torch.float32
+    assert seen["conv"] == {want} and seen["loss"] == {torch.float32}
+    assert r["provenance"]["precision"] == ("bf16" if native else "fp32")
+    assert json.loads((tmp_path / "final.json").read_text())["provenance"]["precision"] == r["provenance"]["precision"]
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["provenance"]["precision"] == r["provenance"]["precision"]
+    floats = [t for t in ckpt["model"].values() if t.is_floating_point()]
+    floats += [t for st in ckpt["optimizer"]["state"].values() for t in st.values()
+               if torch.is_tensor(t) and t.is_floating_point()]
+    assert floats and {t.dtype for t in floats} == {torch.float32}
+    assert any(k.endswith("running_var") for k in ckpt["model"])
+
+
+def test_evaluate_runs_under_inference_mode_in_device_batches():
+    from senet.train import EVAL_BATCH
+
+    model = build_model(f"se_{TINY}", num_classes=10, in_chans=1, se=C.SEConfig(reduction=4))
+    conv = next(x for x in model.modules() if isinstance(x, torch.nn.Conv2d))
+    calls = []
+    conv.register_forward_hook(lambda m, i, o: calls.append((torch.is_inference_mode_enabled(), len(i[0]), o.dtype)))
+    n = 2 * EVAL_BATCH["cpu"] + 7
+    x, y = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (n,))
+    model.train()
+    fp32 = evaluate(model, x, y, [0.5], [0.25])
+    assert model.training  # restored
+    assert calls == [(True, EVAL_BATCH["cpu"], torch.float32)] * 2 + [(True, 7, torch.float32)]
+    calls.clear()
+    bf16 = evaluate(model, x, y, [0.5], [0.25], precision="bf16", batch_size=100)
+    assert [c[1] for c in calls] == [100, 100, n - 200] and {c[2] for c in calls} == {torch.bfloat16}
+    assert all(c[0] for c in calls)
+    assert fp32.keys() == bf16.keys() and all(0 <= bf16[k] <= 100 for k in ("top1_err", "top5_err"))
+
+
+def _scripted_validation(monkeypatch, val_errors):
+    """Make fit see the validation errors ``val_errors`` (epoch by epoch), so that the best
+    validation epoch is known in advance; the test set is evaluated for real."""
+    import senet.train as T
+
+    real = T.evaluate
+
+    def fake(model, x, *a, **kw):
+        r = real(model, x, *a, **kw)
+        if len(x) == 16:  # the validation split of tiny_cfg (1/6 of 96)
+            r = dict(r, top1_err=val_errors[fake.calls % len(val_errors)])
+            fake.calls += 1
+        return r
+
+    fake.calls = 0
+    monkeypatch.setattr(T, "evaluate", fake)
+    return fake
+
+
+def test_eval_test_end_gives_the_same_final_and_best_val_test_errors(tmp_path, monkeypatch):
+    base = {"optim.epochs": 4, "run.deterministic": True, "data.synthetic_test": 40}
+    fake = _scripted_validation(monkeypatch, [40.0, 10.0, 20.0, 30.0])  # best validation: epoch 2
+    every_lines = []
+    every = fit(tiny_cfg(**base, **{"run.out": str(tmp_path / "every")}), every_lines.append)
+    fake.calls = 0
+    end_lines = []
+    end = fit(tiny_cfg(**base, **{"run.eval_test": "end", "run.out": str(tmp_path / "end")}), end_lines.append)
+
+    assert every["best_val_epoch"] == end["best_val_epoch"] == 2
+    for key in ("test_top1_err", "test_top5_err", "test_top1_err_at_best_val", "test_top5_err_at_best_val"):
+        assert end[key] == every[key] and math.isfinite(end[key]), key
+    # mid-run: NaN test errors on the epochs where the test set was not evaluated
+    assert [math.isnan(m["test_top1_err"]) for m in end_lines] == [True, True, True, False]
+    assert all(math.isfinite(m["test_top1_err"]) for m in every_lines)
+    assert [m["val_top1_err"] for m in end_lines] == [40.0, 10.0, 20.0, 30.0]  # validation every epoch
+    # the files: the best epoch's line gets its test errors once the run has ended, the rest stay null
+    lines = [json.loads(x) for x in (tmp_path / "end" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
+    assert [m["test_top1_err"] is None for m in lines] == [True, False, True, False]
+    assert lines[1]["test_top1_err"] == every_lines[1]["test_top1_err"]
+    assert lines[1]["test_loss"] == pytest.approx(every_lines[1]["test_loss"])
+    final = json.loads((tmp_path / "end" / "final.json").read_text())
+    assert final["test_top1_err_at_best_val"] == every["test_top1_err_at_best_val"]
+    assert "best_model" not in load_checkpoint(tmp_path / "end")  # nothing pending in the last checkpoint
+
+
+def test_eval_test_end_keeps_the_best_weights_across_a_resume(tmp_path, monkeypatch):
+    base = {"optim.epochs": 4, "run.deterministic": True, "run.eval_test": "end"}
+    fake = _scripted_validation(monkeypatch, [40.0, 10.0, 20.0, 30.0])
+    straight = fit(tiny_cfg(**base, **{"run.out": str(tmp_path / "a")}))
+
+    def stop_after_third(m):
+        if m["epoch"] == 3:
+            raise _Preempted
+
+    fake.calls = 0
+    with pytest.raises(_Preempted):
+        fit(tiny_cfg(**base, **{"run.out": str(tmp_path / "b")}), stop_after_third)
+    assert "best_model" in load_checkpoint(tmp_path / "b")  # epoch 2's weights, still untested
+    resumed = fit(tiny_cfg(**base, **{"run.out": str(tmp_path / "b")}), resume=tmp_path / "b")
+    assert resumed["best_val_epoch"] == 2
+    for key in ("test_top1_err", "test_top1_err_at_best_val", "test_top5_err_at_best_val"):
+        assert resumed[key] == straight[key] and math.isfinite(resumed[key]), key
+
+
+def test_cli_refuses_a_bad_eval_test(capsys):
+    code, out, err = run_cli(capsys, "--run.eval_test", "sometimes")
+    lines = [ln for ln in err.splitlines() if not ln.startswith("senet: warning")]
+    assert code == 2 and len(lines) == 1 and "run.eval_test" in lines[0] and "every, end" in lines[0]
