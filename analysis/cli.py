@@ -164,3 +164,95 @@ class CurvesCommand(Command):
         print(table.rstrip())
         print(f"\nwrote {out / 'summary.md'}, {out / 'curves.csv'}, {', '.join(str(f) for f in figs)}")
         return 0
+
+
+@command
+class FindingsCommand(Command):
+    name = "findings"
+    user_errors = (AnalysisInputError,)
+    help = ("the findings table: each finding of the paper against the committed results (effect, 95 percent CI, "
+            "n, verdict, power) into <results>/README.md")
+
+    def configure(self, p):
+        p.add_argument("--results", default="results", help="results directory (default ./results)")
+        p.add_argument("--out", default=None, help="where to write the table (default <results>/README.md; "
+                       "findings.csv goes beside it)")
+        p.add_argument("--preset", default=None, help="read the trials of this preset only (a study holding "
+                       "several recipes is refused until one is chosen)")
+        p.add_argument("--analysis", default=None, metavar="DIR", help="the `senet analyze` folder for the "
+                       "excitation findings (default: the first of results/analysis, results/gate/analysis, "
+                       "results/reference/se_resnet20/analysis that exists)")
+        p.add_argument("--metric", default="test_top1_err", help="the error compared (default test_top1_err, "
+                       "as the reports' tables)")
+        p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (at least 200)")
+
+    def run(self, args, overrides):
+        from .findings import table, write_findings  # noqa: PLC0415
+
+        out, df = write_findings(args.results, args.out, preset=args.preset, analysis=args.analysis,
+                                 metric=args.metric, n_boot=args.n_boot)
+        print(table(df).rstrip())
+        print(f"\nwrote {out} and {out.with_name('findings.csv')}")
+        return 0
+
+
+@command
+class GatesCommand(Command):
+    name = "gates"
+    user_errors = (AnalysisInputError,)
+    help = ("gating choices compared by what they learn: the excitations of each gate arm's best run per stage "
+            "(one figure, one table)")
+    overrides = True
+
+    def configure(self, p):
+        p.add_argument("paths", nargs="*", metavar="STUDY_DIR|CHECKPOINT",
+                       help="a gate study folder (its runs.parquet: the best run of each arm by validation) or "
+                       "checkpoints (checkpoint.pt or run folders); default <results>/gate")
+        p.add_argument("--results", default="results", help="results directory (default ./results)")
+        p.add_argument("--preset", default=None, help="choose among this preset's trials")
+        p.add_argument("--experiment", default=None, help="choose among this Ray experiment's trials")
+        p.add_argument("--recipe", default=None, help="choose among this recipe hash's trials")
+        p.add_argument("--out", default=None, help="output folder (default <study>/gates; required with "
+                       "checkpoints only)")
+        p.add_argument("--split", default="test", help="train | val | test (default test)")
+        p.add_argument("--max-images", type=int, default=0, help="the first N images of the split (0 = all)")
+        p.add_argument("--figure-images", type=int, default=2000, help="images (a fixed random sample) whose "
+                       "excitations the figure draws; the table uses all (0 = all)")
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+        p.epilog = "dataset options: --data.name NAME --data.root DIR (default: the checkpoints')"
+
+    def run(self, args, overrides):
+        from .gates import GateRun, GatesOptions, best_runs, write_gates  # noqa: PLC0415
+
+        if args.max_images < 0 or args.figure_images < 0 or args.batch_size < 1:
+            raise UserError("--max-images and --figure-images must be >= 0, --batch-size >= 1")
+        paths = [Path(p) for p in args.paths] or [Path(args.results) / "gate"]
+        runs, notes, study = [], [], None
+        for p in paths:
+            if (p / "runs.parquet").is_file():
+                got, skipped = best_runs(p, preset=args.preset, experiment=args.experiment, recipe=args.recipe)
+                runs += got
+                notes += skipped
+                study = study or p
+            elif p.is_file() or (p / "checkpoint.pt").is_file():
+                runs.append(GateRun("", str(p if p.is_file() else p / "checkpoint.pt"), {}))  # label: its gate
+            else:
+                raise UserError(f"{p}: neither a study folder with runs.parquet nor a checkpoint")
+        if args.out is None and study is None:
+            raise UserError("give --out for checkpoints (a study folder's default is <study>/gates)")
+        opt = GatesOptions(split=args.split, max_images=args.max_images, figure_images=args.figure_images,
+                           batch_size=args.batch_size, device=args.device)
+        res = write_gates(runs, args.out or study / "gates", overrides, opt, notes)
+        for n in res["notes"]:
+            print(f"note: not analysed: {n}", file=sys.stderr)
+        t = res["table"]
+        pct = lambda v: "n/a" if v != v else f"{100 * v:.1f}%"  # noqa: E731 - NaN: no bound
+        eta = lambda v: "undefined" if v != v else f"{v:.3f}"  # noqa: E731 - NaN: no channel varies
+        print("gate / stage: mean ± std of s, near the gate's bounds, class selectivity η², constant channels")
+        for r in t.itertuples(index=False):
+            print(f"  {r.label:<14} stage {r.stage}  {r.mean:.3f} ± {r.std:.3f}  near bounds {pct(r.near_bounds):>6}"
+                  f"  η² {eta(r.eta2)}  constant {pct(r.constant_channels)}")
+        print(f"wrote {res['markdown']}, {res['out'] / 'gates.csv'}, {', '.join(str(f) for f in res['figures'])}")
+        return 0
+

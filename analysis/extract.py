@@ -302,11 +302,13 @@ def extract_excitations(model: nn.Module, x, y, mean, std, *, num_classes: int,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x, y, mean, std, *, batch_size: int = 256, device: str = "auto",
-             progress: str | None = None) -> dict[str, float]:
-    """Top-1 and top-5 error (%) of ``model`` on uint8 images ``x``."""
+             progress: str | None = None, per_image: bool = False) -> dict:
+    """Top-1 and top-5 error (%) of ``model`` on uint8 images ``x``; with ``per_image`` also
+    ``correct``, a bool tensor of top-1 hits per image (to pair two evaluations on the same images)."""
     dev = pick_device(device)
     model = model.to(dev).eval()
     n = top1 = top5 = 0
+    hits = []
     with autocast(dev):
         for xb, yb in batches(x, y, mean, std, batch_size, dev, progress):
             logits = model(xb).float()
@@ -316,5 +318,9 @@ def evaluate(model: nn.Module, x, y, mean, std, *, batch_size: int = 256, device
             top1 += int(hit[:, 0].sum())
             top5 += int(hit.any(1).sum())
             n += len(yb)
-    return {"top1_err": 100.0 * (1 - top1 / max(n, 1)), "top5_err": 100.0 * (1 - top5 / max(n, 1)),
-            "n": n}
+            if per_image:
+                hits.append(hit[:, 0].cpu())
+    out = {"top1_err": 100.0 * (1 - top1 / max(n, 1)), "top5_err": 100.0 * (1 - top5 / max(n, 1)), "n": n}
+    if per_image:
+        out["correct"] = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    return out

@@ -133,7 +133,9 @@ def removal_table(model: nn.Module, x, y, mean, std, *, means: dict[str, torch.T
     ``means`` (from :func:`mean_excitations`) is needed by the ``mean`` mode. Columns: ``removed``
     (none | stage s | SE_s_b), ``blocks`` removed, ``n`` images, and for each mode M
     ``top1_err_M``, ``top5_err_M`` and ``delta_top1_M``/``delta_top5_M`` (percentage points vs the
-    intact model, the ``none`` row); then ``se_params_kept``, ``added_params_pct`` (kept SE
+    intact model, the ``none`` row), ``newly_wrong_M`` / ``newly_right_M`` (images the removal makes
+    wrong / right at top-1: the discordant pairs behind a paired interval of the change, which the
+    error rates alone cannot give); then ``se_params_kept``, ``added_params_pct`` (kept SE
     parameters as % of the network without SE), ``params_saved``.
     """
     for m in modes:
@@ -147,16 +149,22 @@ def removal_table(model: nn.Module, x, y, mean, std, *, means: dict[str, torch.T
 
         it = tqdm(variants, desc="SE removal", unit="variant", leave=False)
     rows = []
+    base = None  # the intact model's top-1 hits per image: the removals are paired with it
     for name, blocks in it:
         row = dict(removed=name, blocks=len(blocks))
-        intact = None if blocks else evaluate(model, x, y, mean, std, batch_size=batch_size, device=device)
+        intact = None if blocks else evaluate(model, x, y, mean, std, batch_size=batch_size, device=device,
+                                              per_image=True)
+        if intact is not None:
+            base = intact["correct"]
         for m in modes:
             if intact is None:
                 with REMOVAL_MODES.get(m)(model, blocks, means):
-                    r = evaluate(model, x, y, mean, std, batch_size=batch_size, device=device)
+                    r = evaluate(model, x, y, mean, std, batch_size=batch_size, device=device, per_image=True)
             else:
                 r = intact
-            row.update({f"top1_err_{m}": r["top1_err"], f"top5_err_{m}": r["top5_err"], "n": r["n"]})
+            row.update({f"top1_err_{m}": r["top1_err"], f"top5_err_{m}": r["top5_err"], "n": r["n"],
+                        f"newly_wrong_{m}": int((base & ~r["correct"]).sum()),
+                        f"newly_right_{m}": int((~base & r["correct"]).sum())})
         b = param_budget(model, blocks)
         row.update(se_params_kept=b["se_params_kept"], added_params_pct=b["added_params_pct"],
                    params_saved=b["params_saved"])
