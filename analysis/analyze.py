@@ -32,7 +32,7 @@ from senet.errors import UserError, UserValueError
 
 from . import figures as F
 from . import stats as S
-from .extract import extract_excitations, pick_device, select_blocks
+from .extract import extract_excitations, pick_device, run_precision, select_blocks
 from .report import markdown
 from .style import save
 
@@ -142,13 +142,24 @@ def _display(x: torch.Tensor) -> np.ndarray:
 
 def run_analysis(checkpoint: str, out: str | Path, overrides: dict | None = None,
                  opt: AnalyzeOptions = AnalyzeOptions()) -> dict:
-    """Run the whole analysis; returns the paths written and the headline numbers."""
+    """Run the whole analysis, in the precision the run was trained in; returns the paths written
+    and the headline numbers."""
+    loaded = _load(checkpoint, overrides or {})
+    with run_precision(trained_precision(loaded[3])):
+        return _run(checkpoint, Path(out), loaded, opt)
+
+
+def trained_precision(meta: dict) -> str | None:
+    """The precision the checkpoint's run evaluated in (None for a checkpoint that did not record it)."""
+    return (meta.get("provenance") or {}).get("precision")
+
+
+def _run(checkpoint: str, out: Path, loaded: tuple, opt: AnalyzeOptions) -> dict:
     from .attribution import channel_importance, gradcam, gradcam_layer  # noqa: PLC0415 - captum only here
     from .removal import mean_excitations, removal_table  # noqa: PLC0415
 
-    out = Path(out)
     figdir = out / "figures"
-    model, cfg, trained, meta, ds, mean, std, names = _load(checkpoint, overrides or {})
+    model, cfg, trained, meta, ds, mean, std, names = loaded
     x, y = _split(ds, opt.split)
     ref = mean_split(ds, opt)
     xr, _ = _split(ds, ref, "mean split")

@@ -12,6 +12,8 @@ averaged over positions first, so every block contributes one value per image an
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 from dataclasses import dataclass
 
@@ -238,11 +240,30 @@ def batches(x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int, device
         yield normalize(xb, mean, std), yb
 
 
+#: The precision the analysed network was trained and evaluated in (``fp32`` | ``bf16``); None:
+#: bf16 on CUDA, fp32 elsewhere. Set around a whole analysis by :func:`run_precision`.
+_PRECISION: contextvars.ContextVar[str | None] = contextvars.ContextVar("analysis_precision", default=None)
+
+
+@contextlib.contextmanager
+def run_precision(precision: str | None):
+    """Evaluate in the precision the run used (its checkpoint's provenance): a network trained and
+    tested in bf16 is analysed in bf16, so the analysis reports the errors the run reported."""
+    if precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}")
+    token = _PRECISION.set(precision)
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+
+
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA (the suite's training precision there); a no-op on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    """bf16 autocast when the run trained in bf16 (by default on CUDA), else none."""
+    precision = _PRECISION.get() or ("bf16" if device.type == "cuda" else "fp32")
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
 
 
 def attach(model: nn.Module, acc: ExcitationAccumulator, blocks: list[str],

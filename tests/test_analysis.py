@@ -431,3 +431,19 @@ def test_gradcam_layer_is_the_last_block_of_every_family(name):
     torch.testing.assert_close(feats_from_layer, feats)
     maps = gradcam(model, x, torch.tensor([0, 2]))
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+
+
+def test_analysis_evaluates_in_the_precision_the_run_recorded():
+    """A run trained and tested in bf16 (the default on CPUs with native bf16) is analysed in bf16,
+    so the analysis reproduces the run's own errors; a checkpoint without a record keeps the default
+    (bf16 on CUDA, fp32 elsewhere)."""
+    from analysis.analyze import trained_precision
+    from analysis.extract import autocast, run_precision
+
+    lin, x, cpu = torch.nn.Linear(4, 4), torch.randn(2, 4), torch.device("cpu")
+    with run_precision(trained_precision({"provenance": {"precision": "bf16"}})), autocast(cpu):
+        assert lin(x).dtype == torch.bfloat16
+    with run_precision(trained_precision({"provenance": {"precision": "fp32"}})), autocast(cpu):
+        assert lin(x).dtype == torch.float32
+    with run_precision(trained_precision({})), autocast(cpu):
+        assert lin(x).dtype == torch.float32
