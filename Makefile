@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data demo reference test test-slow lint bench clean
+.PHONY: install data demo reference results test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,17 +21,31 @@ data:
 	  || echo "note: install Debian's dataset-fashion-mnist or set SENET_DATA for Fashion-MNIST"; }
 
 # The main job: the gate ablation (Table 12 and more) over 2 seeds at the quick preset, its report,
-# then the excitation analysis of its best SE model. A finished sweep is not re-run (it resumes).
+# then the excitation analysis of its best SE model, in runs/demo (results/ holds the published
+# studies). Run again, it trains only what is not recorded yet.
 RESULTS ?= results
+DEMO ?= runs/demo
 demo: install
-	@if [ -d $(RESULTS)/gate/ray ]; then \
-	  $(BIN)/senet sweep gate --preset quick --seeds 2 --results $(RESULTS) --resume; \
-	else \
-	  $(BIN)/senet sweep gate --preset quick --seeds 2 --results $(RESULTS); fi
-	$(BIN)/senet report gate --results $(RESULTS)
-	$(BIN)/senet analyze --best gate --results $(RESULTS) --max-images 2000 --no-singles \
-	  --no-progress --out $(RESULTS)/gate/analysis
-	@echo "results: $(RESULTS)/gate/runs.parquet, $(RESULTS)/gate/report.md, $(RESULTS)/gate/analysis/summary.md"
+	$(BIN)/senet sweep gate --preset quick --seeds 2 --results $(DEMO)
+	$(BIN)/senet report gate --results $(DEMO) --preset quick
+	$(BIN)/senet analyze --best gate --results $(DEMO) --preset quick --max-images 2000 --no-singles \
+	  --no-progress --out $(DEMO)/gate/analysis
+	@echo "results: $(DEMO)/gate/runs.parquet, $(DEMO)/gate/report.md, $(DEMO)/gate/analysis/summary.md"
+
+# The published studies: every ablation at the standard preset, in the issue's order (gate with 5
+# seeds, the others with 3: `senet studies`), each swept, collected and reported, with its wall time.
+# Resumable by construction: a sweep trains only the (configuration, seed) pairs that no committed
+# results/*/runs.parquet records, so after an interruption, or from a fresh clone, run it again.
+# A trial another study already trained (gate's sigmoid = reduction's r=16 = ...) is reused.
+STUDIES ?= gate reduction squeeze placement stages
+results: install
+	@for s in $(STUDIES); do \
+	  t0=$$(date +%s); \
+	  $(BIN)/senet sweep $$s --preset standard --results $(RESULTS) || exit $$?; \
+	  $(BIN)/senet collect $$s --results $(RESULTS) || exit $$?; \
+	  $(BIN)/senet report $$s --results $(RESULTS) --preset standard || exit $$?; \
+	  echo "[$$s] done in $$(( $$(date +%s) - t0 )) s (sweep, collect, report)"; \
+	done
 
 # The training engine's reference pair: SE-ResNet-20 and ResNet-20 on the full Fashion-MNIST training
 # set, 15 epochs, seed 0, run side by side with one CPU thread each (about 2 h 15 min on two cores),

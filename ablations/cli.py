@@ -25,7 +25,8 @@ class StudiesCommand(Command):
             arms = () if name == "custom" else study.resolve_arms(base_config(study, "quick"))
             rows.append({"name": name, "title": study.title, "paper_table": study.paper_table,
                          "axis": study.axis, "reference_arm": study.reference_arm,
-                         "fixed": dict(study.fixed), "arms": [a.to_dict() for a in arms]})
+                         "fixed": dict(study.fixed), "arms": [a.to_dict() for a in arms],
+                         "seeds": {preset: study.seeds_at(preset) for preset in PRESETS.names()}})
         if args.json:
             print(json.dumps({"studies": rows, "presets": {n: {"doc": p.doc, "seeds": p.seeds,
                                                                "overrides": dict(p.overrides)}
@@ -33,7 +34,9 @@ class StudiesCommand(Command):
             return 0
         for r in rows:
             table = f" ({r['paper_table']})" if r["paper_table"] else ""
-            print(f"{r['name']}: {r['title']}{table}; axis {r['axis']}, reference {r['reference_arm'] or '-'}")
+            seeds = ", ".join(f"{n} at {preset}" for preset, n in r["seeds"].items())
+            print(f"{r['name']}: {r['title']}{table}; axis {r['axis']}, reference {r['reference_arm'] or '-'}; "
+                  f"seeds {seeds}")
             for a in r["arms"]:
                 paper = (f"paper {a['paper_top1']:.2f} / {a['paper_top5']:.2f}"
                          if a["paper_top1"] is not None else "")
@@ -48,13 +51,16 @@ class StudiesCommand(Command):
 @command
 class SweepCommand(Command):
     name = "sweep"
-    help = "train every arm × seed of a study on Ray Tune (local, or a cluster with --address)"
+    help = ("train every arm × seed of a study on Ray Tune (local, or a cluster with --address), "
+            "skipping the trials any study's table already records")
     overrides = True
 
     def configure(self, p):
-        p.add_argument("study", help="a study (see `senet studies`)")
-        p.add_argument("--preset", default="quick", help="smoke | quick | full (default: quick)")
-        p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the preset's)")
+        p.add_argument("study", help="a study (see `senet studies`), several as a,b,c, or all (gate, "
+                       "reduction, squeeze, placement, stages, in turn)")
+        p.add_argument("--preset", default="quick", help="smoke | quick | standard | full (default: quick)")
+        p.add_argument("--seeds", type=int, default=None,
+                       help="seeds per arm (default: the study's at the preset, see `senet studies`)")
         p.add_argument("--results", default="results", help="results folder (default: results)")
         p.add_argument("--storage", default=None, help="Tune storage (default: <results>/<study>/ray); "
                        "on a cluster, a path every node shares")
@@ -70,6 +76,8 @@ class SweepCommand(Command):
                        help="continue an interrupted sweep as it was started (its seeds, arms, config and "
                             "resources; trials that ended in error are retried)")
         p.add_argument("--verbose", action="store_true", help="also show Ray's and Tune's own output")
+        p.add_argument("--dry-run", action="store_true",
+                       help="say which trials are recorded, reused from another study or to train; start nothing")
         p.add_argument("--model", default=None, help="backbone (its se_ twin is used for every arm)")
         p.add_argument("--spec", default=None, help="YAML file of the custom study")
         p.epilog = ("Config overrides: --key value, e.g. --optim.epochs 3 --data.subset 2000. "
@@ -77,16 +85,16 @@ class SweepCommand(Command):
                     "config: every key's value, default, choices, meaning and what the study sweeps.")
 
     def run(self, args, overrides):
-        from .sweep import SweepOptions, run_sweep  # noqa: PLC0415
+        from .sweep import SweepOptions, run_sweeps  # noqa: PLC0415
 
-        outcome = run_sweep(SweepOptions(
+        outcomes = run_sweeps(SweepOptions(
             study=args.study, preset=args.preset, seeds=args.seeds, results=args.results,
             storage=args.storage, address=args.address, cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             max_failures=args.max_failures, resume=args.resume, model=args.model, spec=args.spec,
-            overrides=overrides, verbose=args.verbose))
+            overrides=overrides, verbose=args.verbose, dry_run=args.dry_run))
         # a sweep that left any trial unfinished or failed is not a success, whatever it wrote
-        return 0 if outcome.ok else 1
+        return 0 if args.dry_run or all(o.ok for o in outcomes) else 1
 
 
 @command

@@ -12,10 +12,15 @@ without its arm keys, seed and nuisance keys) and the sizes of its evaluation sp
 ``num_val``). Experiments of different recipes are never merged into one: they stay rows that these
 columns tell apart, and reports group by them.
 
-Collecting is idempotent and safe to interrupt: rows are merged by trial id with what an earlier
-collect wrote (a trial whose folder has gone keeps its old row), and both files are written to a
-temporary name and moved into place with ``os.replace``. An unreadable ``runs.parquet`` is rebuilt
-from the trial folders, with a note saying so.
+Collecting merges, it never replaces: the rows the study's ``runs.parquet`` already records (the
+committed table; a fresh clone has no Ray folders) plus the rows of the trial folders on disk, one
+row per trial identity ``(config_id, seed)`` (:mod:`ablations.store`; a recorded finished row is kept
+when both exist, and a row whose Ray folder is gone is never dropped). Rows a sweep copied from
+another study (``reused_from``) live in the table alone. Collecting is idempotent and safe to
+interrupt: both files are written to a temporary name and moved into place with ``os.replace``.
+An unreadable ``runs.parquet`` is rebuilt from the committed copy in git (when there is one) and the
+trial folders, and the note says whether rows it recorded were lost: ``study.json`` keeps the list
+of the trials each table recorded (``recorded``) for that.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from senet import config as C
 from senet.errors import UserValueError
 from senet.recipe import recipe_hash
 
+from . import store
 from .checkpoints import newest_state_file
 from .trainable import trial_flat
 
@@ -42,7 +48,8 @@ METRICS = ["status", "test_top1_err", "test_top5_err", "best_val_top1_err", "bes
            "test_top1_err_at_best_val", "test_top5_err_at_best_val", "params", "flops", "se_params",
            "se_flops", "se_hidden", "epochs_run", "wall_time_s", "train_time_s", "node", "node_id",
            "git_commit", "git_dirty", "torch_version", "device", "precision", "checkpoint",
-           "preset", "experiment", "recipe", "num_test", "num_val", "num_failures"]
+           "preset", "experiment", "recipe", "config_id", "reused_from", "num_test", "num_val",
+           "num_failures"]
 _TUNE_STATUS = {"ERROR": "error", "TERMINATED": "error", "RUNNING": "running", "PENDING": "running",
                 "PAUSED": "running"}
 
@@ -151,6 +158,7 @@ def trial_rows(exp: Path) -> Iterator[dict[str, Any]]:
             "seed": int(params.get("seed", flat.get("seed", 0))),
         }
         row.update({k: v for k, v in flat.items() if k != "seed"})
+        ran = {**flat, "precision": prov.get("precision")}  # the precision `auto` resolved to
         row.update({
             "status": status,
             "test_top1_err": last.get("test_top1_err"),
@@ -171,7 +179,7 @@ def trial_rows(exp: Path) -> Iterator[dict[str, Any]]:
             "precision": prov.get("precision"),
             "checkpoint": _latest_checkpoint(tdir),
             "preset": params.get("preset"), "experiment": exp.name,
-            "recipe": _recipe(flat, params),
+            "recipe": _recipe(ran, params), "config_id": store.config_id(ran), "reused_from": None,
             "num_test": last.get("num_test"), "num_val": last.get("num_val"),
             "num_failures": state.get("num_failures", 0),
         })
@@ -189,7 +197,8 @@ def _order(df: pd.DataFrame, arm_order: list[str]) -> pd.DataFrame:
     df = df[cols].copy()
     rank = {a: i for i, a in enumerate(arm_order)}
     df["_rank"] = df["arm"].map(lambda a: rank.get(a, len(rank)))
-    df = df.sort_values(["experiment", "_rank", "seed", "trial_id"], kind="stable").drop(columns="_rank")
+    by = [c for c in ("preset",) if c in df] + ["_rank", "seed"] + [c for c in ("experiment", "trial_id") if c in df]
+    df = df.sort_values(by, kind="stable", na_position="last").drop(columns="_rank")
     return df.reset_index(drop=True)
 
 
@@ -202,56 +211,82 @@ def _atomic_write(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _read_old(parquet: Path, out) -> pd.DataFrame | None:
-    """What an earlier collect wrote, or None; an unreadable file is rebuilt from the trials, and said so."""
-    if not parquet.exists():
-        return None
+def _read_meta(results_dir: Path) -> dict:
     try:
-        return pd.read_parquet(parquet)
-    except Exception as e:  # noqa: BLE001 - any damage (truncated, not Parquet, bad schema) means: rebuild
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"senet: note: {parquet} could not be read ({why}); rebuilding it from the trial folders "
-              "(rows of trials whose folders are gone cannot be recovered)", file=out, flush=True)
-        return None
+        meta = json.loads((results_dir / "study.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def save_table(results_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """Write ``runs.parquet`` and ``runs.csv`` in the study's arm order, and the list of the trials
+    the table records into ``study.json`` (``recorded``); return the table as written."""
+    meta = _read_meta(results_dir)
+    df = _order(df, [a["arm"] for a in meta.get("arms", [])])
+    results_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(df, results_dir / "runs.parquet")
+    _atomic_write(df, results_dir / "runs.csv")
+    path = results_dir / "study.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**meta, "recorded": store.manifest(df)}, indent=1) + "\n")
+    os.replace(tmp, path)
+    return df
+
+
+def _recorded_rows(parquet: Path, out) -> tuple[pd.DataFrame | None, str | None]:
+    """(the rows the table records, a note when it was unreadable). An unreadable table is moved
+    aside to ``runs.parquet.unreadable`` (never destroyed) and replaced by its committed copy in git
+    where there is one; the trial folders are merged into whatever is left."""
+    old, why = store.read_table(parquet)
+    if why is None:
+        return old, None
+    kept = parquet.with_name(parquet.name + ".unreadable")
+    os.replace(parquet, kept)
+    old = store.committed_copy(parquet)
+    source = "the trial folders" + (" and the copy committed in git (HEAD)" if old is not None else "")
+    return old, f"senet: note: {parquet} could not be read ({why}; kept as {kept.name}); rebuilding it from {source}"
 
 
 def collect(study: str, results: str | Path = "results", storage: str | Path | None = None,
             out=None) -> pd.DataFrame:
-    """Gather every trial of ``study`` into ``runs.parquet`` / ``runs.csv``; return the table.
+    """Merge the rows ``runs.parquet`` records with the trials of ``study`` on disk into
+    ``runs.parquet`` / ``runs.csv`` (see the module's docstring); return the table.
 
-    Notes (a rebuilt table) go to ``out`` (default stderr).
+    Notes (a rebuilt table, and whether it lost rows) go to ``out`` (default stderr).
     """
     out = out or sys.stderr
     results_dir = Path(results).expanduser().absolute() / study
     storage = Path(storage).expanduser().absolute() if storage else results_dir / "ray"
     if not results_dir.is_dir() and not storage.is_dir():
         raise UserValueError(f"no results for study {study!r} in {results_dir}; run `senet sweep {study}` first")
-    rows = [r for exp in experiments(storage) for r in trial_rows(exp)]
-    new = pd.DataFrame(rows)
-    parquet = results_dir / "runs.parquet"
-    old = _read_old(parquet, out)
-    if old is not None:
-        if not new.empty:
-            old = old[~old["trial_id"].isin(set(new["trial_id"]))]
-        new = pd.concat([old, new], ignore_index=True) if not old.empty else new
-    if new.empty:
+    # a --storage shared by several studies holds their experiments side by side
+    rows = [r for exp in experiments(storage) for r in trial_rows(exp) if r["study"] in (study, None)]
+    old, note = _recorded_rows(results_dir / "runs.parquet", out)
+    table = store.merge(old, pd.DataFrame(rows))
+    if note:
+        listed = store.read_manifest(results_dir)
+        if listed is None:
+            note += ("; no list of the trials it recorded survives (study.json), so whether rows of trials "
+                     "whose folders are gone were lost cannot be told")
+        else:
+            lost = store.lost_rows(listed, table)
+            if lost:
+                names = ", ".join(f"{r.get('arm')} seed {r.get('seed')}" for r in lost[:10])
+                note += (f"; {len(lost)} of the {len(listed)} trials it recorded are lost (no trial folder, "
+                         f"no committed copy): {names}" + (" ..." if len(lost) > 10 else ""))
+            else:
+                note += f"; all {len(listed)} trials it recorded are recovered"
+        print(note, file=out, flush=True)
+    if table.empty:
         raise UserValueError(f"no trials found for study {study!r} under {storage}")
-    meta_path = results_dir / "study.json"
-    try:
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    except (OSError, ValueError):
-        meta = {}
-    if not meta:
+    if not _read_meta(results_dir).get("arms"):
         meta = _meta_from_trials(storage)
         if meta:
             from .sweep import write_study_json  # noqa: PLC0415
 
             write_study_json(results_dir, meta)
-    new = _order(new, [a["arm"] for a in meta.get("arms", [])])
-    results_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(new, parquet)
-    _atomic_write(new, results_dir / "runs.csv")
-    return new
+    return save_table(results_dir, table)
 
 
 def _meta_from_trials(storage: Path) -> dict:

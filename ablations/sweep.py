@@ -6,17 +6,28 @@ the table). Without an address Ray starts in-process on this machine, listening 
 with ``--address`` (or ``RAY_ADDRESS``) the sweep joins an existing cluster after checking, within
 seconds, that the address answers and accepts this machine's credentials.
 
-Layout on disk (one experiment per study and preset)::
+Each distinct trial is trained once. Before Ray starts, the sweep reads every
+``<results>/*/runs.parquet`` (what is committed: a fresh clone has the tables and no Ray folders)
+and looks each planned trial up by its identity ``(config_id, seed)`` (:mod:`ablations.store`): a
+trial this study already records is skipped, one another study records (``gate``'s sigmoid arm is
+``reduction``'s r = 16) is copied into this study's table with this study's arm label and
+``reused_from``, and only the rest run on Ray, in a new Tune experiment per launch. So asking for 5
+seeds after 3 trains the 2 new ones, and an interrupted sweep run again trains what it lacks.
 
-    <results>/<study>/study.json            the study's arms, axis, paper numbers, preset, seeds
-    <results>/<study>/ray/<study>-<preset>/ Tune's storage: one folder per trial, checkpoints
-    <results>/<study>/runs.parquet, runs.csv one row per trial (senet collect)
+Layout on disk::
+
+    <results>/<study>/study.json              the study's arms, axis, paper numbers; every launch's
+                                              preset, seeds and code commit; the rows recorded
+    <results>/<study>/ray/<study>-<preset>[-n]/ Tune's storage of launch n: trial folders, checkpoints
+    <results>/<study>/runs.parquet, runs.csv  one row per trial (senet collect): what git keeps
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -27,11 +38,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from senet import config as C
 from senet.errors import UserError
-from senet.recipe import recipe_hash
+from senet.recipe import PRECISION_COLUMN, recipe_hash
 
-from .studies import PRESETS, Arm, Study, base_config, get_study
+from . import store
+from .studies import PRESETS, Arm, Study, base_config, get_study, study_names
 
 #: Experiment-state snapshots every second: after a SIGKILL of the driver, trials that finished
 #: since the last snapshot would otherwise be run again on --resume (a snapshot costs ~20 ms).
@@ -51,14 +65,14 @@ _FORWARD = ("SENET_FAIL_ONCE_AT_EPOCH", "SENET_FAIL_ONCE_DIR", "SENET_SCRATCH", 
 #: How trials run: fixed when a sweep starts (its trials keep their resources and retries on --resume).
 RUN_DEFAULTS = {"cpus_per_trial": 1.0, "gpus_per_trial": None, "max_concurrent": 0, "max_failures": 3}
 #: Trial statuses that count as finished: a diverged arm is a result (the loss became NaN), not a failure.
-FINISHED = ("completed", "diverged")
+FINISHED = store.FINISHED
 
 
 @dataclass(frozen=True)
 class SweepOptions:
     study: str
     preset: str = "quick"
-    seeds: int | None = None  # default: the preset's (on --resume: the sweep's own)
+    seeds: int | None = None  # default: the study's at the preset (on --resume: the sweep's own)
     results: str = "results"
     storage: str | None = None  # default: <results>/<study>/ray
     address: str | None = None  # default: $RAY_ADDRESS, else an in-process local Ray
@@ -72,6 +86,7 @@ class SweepOptions:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     progress_every_s: float = 30.0
     verbose: bool = False  # Ray's and Tune's own output too
+    dry_run: bool = False  # say what would be trained and reused; start nothing, write nothing
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,37 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class Cell:
+    """One planned trial: an arm, a seed and the nuisance values, with its identity ``config_id``."""
+
+    arm: str
+    seed: int
+    nuisance: tuple[tuple[str, Any], ...]
+    config_id: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.config_id, self.seed
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm} seed {self.seed}" + "".join(f" {k}={v}" for k, v in self.nuisance)
+
+    def params(self) -> dict[str, Any]:
+        return {"arm": self.arm, "seed": self.seed, **dict(self.nuisance)}
+
+
+@dataclass(frozen=True)
+class Triage:
+    """Where each planned trial of a study comes from."""
+
+    recorded: tuple[Cell, ...]  # already in this study's table
+    reused: tuple[tuple[Cell, dict], ...]  # in another study's table: copied, with that row
+    earlier: tuple[Cell, ...]  # trained by an earlier study of the same command (dry runs)
+    todo: tuple[Cell, ...]  # to train
+
+
+@dataclass(frozen=True)
 class SweepOutcome:
     """What a sweep left: finished trials (completed or diverged) and a line for each that did not."""
 
@@ -109,6 +155,9 @@ class SweepOutcome:
     finished: int
     unfinished: tuple[str, ...]
     resume_command: str
+    trained: int = 0  # trials this launch ran on Ray (or resumed)
+    reused: int = 0  # rows copied from other studies' tables
+    recorded: int = 0  # trials the study's table already held
 
     @property
     def ok(self) -> bool:
@@ -130,12 +179,32 @@ def plan(opts: SweepOptions) -> Plan:
     arms = study.resolve_arms(base)
     for _cfg in _trial_configs(base, arms, study.nuisance):  # a bad arm fails here, before Ray starts
         pass
-    seeds = preset.seeds if opts.seeds is None else int(opts.seeds)
+    seeds = study.seeds_at(preset.name) if opts.seeds is None else int(opts.seeds)
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     results_dir = Path(opts.results).expanduser().absolute() / study.name
     storage = Path(opts.storage).expanduser().absolute() if opts.storage else results_dir / "ray"
-    return Plan(study, preset.name, seeds, base, arms, results_dir, storage, f"{study.name}-{preset.name}")
+    return Plan(study, preset.name, seeds, base, arms, results_dir, storage,
+                launch_name(study.name, preset.name, results_dir, storage, latest=opts.resume))
+
+
+def launch_name(study: str, preset: str, results_dir: Path, storage: Path, latest: bool = False) -> str:
+    """A new Tune experiment per launch, so launches never mix: ``<study>-<preset>`` the first time,
+    then ``-2``, ``-3``, ... (counting the folders on disk and the launches study.json records, so a
+    fresh clone does not reuse a name). ``latest``: the newest launch with Tune state on disk (resume)."""
+    first = f"{study}-{preset}"
+    pattern = re.compile(rf"{re.escape(first)}(?:-(\d+))?")
+    names = {d.name for d in storage.iterdir() if d.is_dir()} if storage.is_dir() else set()
+    try:
+        names |= set(json.loads((results_dir / "study.json").read_text()).get("experiments") or {})
+    except (OSError, ValueError, AttributeError):
+        pass
+    used = {int(m.group(1) or 1): n for n in names if (m := pattern.fullmatch(n))}
+    if latest:
+        started = [i for i, n in used.items() if any((storage / n).glob("experiment_state-*.json"))]
+        return used[max(started)] if started else first
+    n = max(used, default=0) + 1
+    return first if n == 1 else f"{first}-{n}"
 
 
 def _trial_configs(base: C.Config, arms, nuisance: Mapping[str, tuple]):
@@ -146,6 +215,66 @@ def _trial_configs(base: C.Config, arms, nuisance: Mapping[str, tuple]):
         for key, values in nuisance.items():
             for v in values:
                 yield C.from_flat({key: v}, cfg)
+
+
+def trial_precision(cfg: C.Config) -> str:
+    """The precision a trial of ``cfg`` trains in: ``run.precision``, with ``auto`` resolved for the
+    trial's device as this machine sees it (bf16 on a GPU or a CPU with native bf16, else fp32). It is
+    part of the trial's identity, so a trial recorded in bf16 is not taken for an fp32 one."""
+    from senet.train import resolve_device, resolve_precision  # noqa: PLC0415
+
+    return resolve_precision(cfg, resolve_device(cfg.run.device))[0]
+
+
+def cells(p: Plan) -> tuple[Cell, ...]:
+    """Every planned trial, seed by seed (all arms of seed 0 first: an interrupted sweep leaves whole
+    seeds, which paired comparisons need). Two cells that are one configuration are refused: the
+    table keeps one row per identity, so one arm would silently vanish."""
+    nuisance = list(p.study.nuisance.items())
+    out: list[Cell] = []
+    seen: dict[tuple[str, int], Cell] = {}
+    for seed in range(p.seeds):
+        for arm in p.arms:
+            cfg = C.from_flat(arm.overrides, p.base)
+            resolved = {PRECISION_COLUMN: trial_precision(cfg)}
+            for values in itertools.product(*(v for _, v in nuisance)):
+                point = tuple(zip((k for k, _ in nuisance), values, strict=True))
+                flat = C.flatten(C.from_flat({**dict(point), "seed": seed}, cfg))
+                cell = Cell(arm.label, seed, point, store.config_id({**flat, **resolved}))
+                if cell.key in seen:
+                    raise UserError(f"study {p.study.name!r}: {seen[cell.key].name} and {cell.name} are the "
+                                    "same configuration; give each arm a different setting")
+                seen[cell.key] = cell
+                out.append(cell)
+    return tuple(out)
+
+
+def triage(p: Plan, found: Mapping[tuple[str, int], list[dict]], earlier: frozenset = frozenset()) -> Triage:
+    """Sort the planned trials by what the results folder already records (:func:`store.recorded`)."""
+    recorded, reused, before, todo = [], [], [], []
+    for cell in cells(p):
+        rows = found.get(cell.key, [])
+        if any(r.get("_table") == p.study.name for r in rows):
+            recorded.append(cell)
+        elif rows:
+            reused.append((cell, rows[0]))
+        elif cell.key in earlier:
+            before.append(cell)
+        else:
+            todo.append(cell)
+    return Triage(tuple(recorded), tuple(reused), tuple(before), tuple(todo))
+
+
+def reused_rows(p: Plan, meta: Mapping[str, Any], reused) -> list[dict]:
+    """Rows of other studies' tables relabelled as this study's arms: its study, arm and recipe (the
+    recipe hash leaves out this study's axis keys), and ``reused_from`` naming where it was trained."""
+    out = []
+    for cell, row in reused:
+        new = {k: v for k, v in row.items() if k != "_table"}
+        new.update(study=p.study.name, arm=cell.arm, reused_from=store.origin(row))
+        new["recipe"] = recipe_hash(new, axis_keys(meta), p.study.nuisance)
+        out.append(new)
+    return out
 
 
 def axis_keys(meta: Mapping[str, Any]) -> set[str]:
@@ -167,26 +296,34 @@ def study_meta(p: Plan) -> dict:
             "seeds": p.seeds, "nuisance": {k: list(v) for k, v in s.nuisance.items()},
             "average_nuisance": bool(s.average_nuisance), "fixed": dict(s.fixed), "doc": s.doc,
             "experiment": p.experiment, "base": base}
-    meta["recipe"] = recipe_hash(base, axis_keys(meta), s.nuisance)
+    from senet.provenance import git_commit  # noqa: PLC0415
+
+    code = git_commit()  # the checkout the launch ran from; each row also records its trial's commit
+    meta.update(code_commit=code["git_commit"], code_dirty=code["git_dirty"])
+    meta["recipe"] = recipe_hash({**base, PRECISION_COLUMN: trial_precision(p.base)}, axis_keys(meta), s.nuisance)
     return meta
 
 
-def write_study_json(results_dir: Path, meta: Mapping[str, Any]) -> Path:
+def write_study_json(results_dir: Path, meta: Mapping[str, Any], launch: bool = True) -> Path:
     """``study.json``: the experiment just started or resumed at the top level, and under
     ``experiments`` every experiment of the study by name (a smoke and a quick sweep of one study
-    are two experiments with their own seeds and recipe)."""
+    are two experiments with their own seeds and recipe). ``recorded`` (the trials the table holds,
+    written by collect) is kept. ``launch=False``: a sweep that trained nothing (every trial was
+    recorded) updates the top level alone."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "study.json"
     try:
         old = json.loads(path.read_text())
-        experiments = dict(old.get("experiments") or {}) if isinstance(old, dict) else {}
     except (OSError, ValueError):
-        experiments = {}
-    meta = {k: v for k, v in meta.items() if k != "experiments"}
-    name = meta.get("experiment") or f"{meta.get('name')}-{meta.get('preset')}"
-    experiments[name] = meta
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    experiments = dict(old.get("experiments") or {})
+    kept = {k: old[k] for k in ("recorded",) if k in old}
+    meta = {k: v for k, v in meta.items() if k not in ("experiments", "recorded")}
+    if launch:
+        experiments[meta.get("experiment") or f"{meta.get('name')}-{meta.get('preset')}"] = meta
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**meta, "experiments": experiments}, indent=1) + "\n")
+    tmp.write_text(json.dumps({**meta, "experiments": experiments, **kept}, indent=1) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -262,22 +399,32 @@ def resume_plan(p: Plan, opts: SweepOptions) -> Plan:
 
 
 def param_space(p: Plan) -> dict:
+    """The trials' shared parameters; which (arm, seed, nuisance values) run is :func:`trial_points`."""
     from ray import tune  # noqa: PLC0415
 
     base = C.flatten(p.base)
     base.pop("run.out")
     space: dict[str, Any] = {
         "study": p.study.name, "preset": p.preset,
-        "seed": tune.grid_search(list(range(p.seeds))),
-        "arm": tune.grid_search([a.label for a in p.arms]),
+        "seed": tune.choice(list(range(p.seeds))),
+        "arm": tune.choice([a.label for a in p.arms]),
         "base": base,
         "arms": {a.label: dict(a.overrides) for a in p.arms},
         "nuisance_keys": list(p.study.nuisance),
         "meta": study_meta(p),
     }
     for key, values in p.study.nuisance.items():
-        space[key] = tune.grid_search(list(values))
+        space[key] = tune.choice(list(values))
     return space
+
+
+def trial_points(todo: tuple[Cell, ...]):
+    """Tune's search over exactly the cells to train, which need not be a full arms × seeds grid (a
+    sweep that adds seeds, or reuses another study's arm, trains the missing ones): each cell is a
+    point to evaluate, and there are as many samples as points, so nothing is drawn at random."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: PLC0415
+
+    return BasicVariantGenerator(points_to_evaluate=[c.params() for c in todo]), len(todo)
 
 
 def check_data(p: Plan) -> None:
@@ -441,21 +588,108 @@ def resume_command(opts: SweepOptions, p: Plan) -> str:
     return shlex.join([*args, "--resume"])
 
 
+def _collect_first(p: Plan, err) -> None:
+    """Bring the study's table up to date with its trial folders before looking trials up in it: a
+    driver killed mid-sweep leaves finished trials that only the folders record."""
+    from .collect import collect, experiments  # noqa: PLC0415
+
+    if experiments(p.storage) or (p.results_dir / "runs.parquet").exists():
+        try:
+            collect(p.study.name, p.results_dir.parent, storage=str(p.storage), out=err)
+        except UserError:
+            pass  # nothing recorded yet
+
+
+def _interrupted(p: Plan, todo: tuple[Cell, ...]) -> list[str]:
+    """The launches that left some of ``todo`` unfinished (stopped or failed), by name."""
+    df, _ = store.read_table(p.results_dir / "runs.parquet")
+    if df is None or df.empty or "experiment" not in df:
+        return []
+    df = store.with_ids(df[~df["status"].isin(FINISHED)])
+    keys = {c.key for c in todo}
+    return sorted({str(r["experiment"]) for r in df.to_dict("records") if store.key_of(r) in keys})
+
+
 def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
-    """Run (or with ``resume`` continue) a study; collect its results; say what did not finish."""
+    """Run (or with ``resume`` continue) a study: train the trials no table records, copy those another
+    study's table records, collect; say what did not finish."""
     out = out or sys.stdout
     err = err or sys.stderr
     p = plan(opts)
     exp = p.experiment_path
     has_state = exp.is_dir() and any(exp.glob("experiment_state-*.json"))
-    if has_state and not opts.resume:
-        raise UserError(f"{exp} already holds a {p.experiment} sweep; add --resume to continue it, or "
-                        "choose another --results / --storage")
     if opts.resume and not has_state:
-        raise UserError(f"nothing to resume: no {p.experiment} sweep in {p.storage}")
+        raise UserError(f"nothing to resume: no {p.study.name}-{p.preset} sweep in {p.storage}")
     if opts.resume:
         p = resume_plan(p, opts)
     run = _run_options(opts, p)
+    name = p.study.name
+    if not opts.dry_run:
+        _collect_first(p, err)
+    found = store.recorded(p.results_dir.parent, err)
+    t = triage(p, found)
+    if opts.dry_run:
+        _say_plan(p, t, out, dry=True)
+        return SweepOutcome(p.results_dir, len(cells(p)), len(t.recorded) + len(t.reused), (), "",
+                            trained=len(t.todo), reused=len(t.reused), recorded=len(t.recorded))
+
+    launching = opts.resume or bool(t.todo)
+    meta = study_meta(p)
+    meta.setdefault("run_options", dict(run))
+    meta.setdefault("trials", {"planned": len(cells(p)), "recorded": len(t.recorded),
+                               "reused": len(t.reused), "trained": len(t.todo)})
+    if not launching:
+        meta["experiment"] = None  # no Tune experiment of this name exists
+    if launching or t.reused or not (p.results_dir / "study.json").is_file():
+        write_study_json(p.results_dir, meta, launch=launching)  # a sweep with nothing to do changes nothing
+    if t.reused:  # into the table now, so an interrupted launch keeps them
+        from .collect import save_table  # noqa: PLC0415
+
+        old, _ = store.read_table(p.results_dir / "runs.parquet")
+        save_table(p.results_dir, store.merge(old, pd.DataFrame(reused_rows(p, meta, t.reused))))
+    _say_plan(p, t, out)
+    stale = _interrupted(p, t.todo)
+    if stale and not opts.resume:
+        print(f"[{name}] note: {', '.join(stale)} left some of these unfinished; they start over in "
+              f"{p.experiment} (`--resume` continues {stale[-1]} from its checkpoints instead)", file=err, flush=True)
+
+    wall, trained = 0.0, 0
+    if launching:
+        wall, trained = _launch(p, opts, run, meta, t.todo, out, err)
+
+    from .collect import collect  # noqa: PLC0415
+
+    df = collect(name, opts.results, storage=str(p.storage), out=err)
+    outcome = _outcome(p, df, opts, trained=trained, reused=len(t.reused), recorded=len(t.recorded))
+    print(f"[{name}] {outcome.finished}/{outcome.total} trials finished ({trained} trained in {wall:.0f} s, "
+          f"{outcome.reused} reused from other studies, {outcome.recorded} already recorded); results in "
+          f"{p.results_dir / 'runs.parquet'}", file=out, flush=True)
+    if not outcome.ok:
+        shown = outcome.unfinished[:10]
+        more = f"; and {len(outcome.unfinished) - 10} more" if len(outcome.unfinished) > 10 else ""
+        print(f"[{name}] not finished: {'; '.join(shown)}{more}", file=err, flush=True)
+        print(f"[{name}] continue with: {outcome.resume_command}", file=err, flush=True)
+    return outcome
+
+
+def _say_plan(p: Plan, t: Triage, out, dry: bool = False) -> None:
+    n = len(t.recorded) + len(t.reused) + len(t.earlier) + len(t.todo)
+    shape = (f"{len(p.arms)} arms × {p.seeds} seeds"
+             + "".join(f" × {len(v)} {k}" for k, v in p.study.nuisance.items()))
+    sources = sorted({store.origin(row).split("/")[0] for _, row in t.reused})
+    parts = [f"{len(t.recorded)} recorded", f"{len(t.reused)} reused" + (f" from {', '.join(sources)}" if sources else "")]
+    if t.earlier:
+        parts.append(f"{len(t.earlier)} trained by an earlier study of this command")
+    what = "would train" if dry else "to train"
+    print(f"[{p.study.name}] {n} trials ({shape}), preset {p.preset}: {', '.join(parts)}, "
+          f"{len(t.todo)} {what}", file=out, flush=True)
+
+
+def _launch(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tuple[Cell, ...], out,
+            err) -> tuple[float, int]:
+    """Train ``todo`` on Ray as a new Tune experiment (or, with ``resume``, restore the latest one);
+    return (wall time, trials in the experiment)."""
+    exp = p.experiment_path
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_address(address)
@@ -480,14 +714,13 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
 
         if run["gpus_per_trial"] is None:
             run["gpus_per_trial"] = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+            if not opts.resume:  # a resume keeps the trials' resources as they were started
+                meta["run_options"] = {**meta["run_options"], "gpus_per_trial": run["gpus_per_trial"]}
+                write_study_json(p.results_dir, meta)
         trainable = _trainable(float(run["cpus_per_trial"]), float(run["gpus_per_trial"]))
-        meta = study_meta(p)
-        meta.setdefault("run_options", dict(run))
-        write_study_json(p.results_dir, meta)
-        print(f"[{p.study.name}] {p.n_trials} trials ({len(p.arms)} arms × {p.seeds} seeds"
-              + "".join(f" × {len(v)} {k}" for k, v in p.study.nuisance.items())
-              + f"), preset {p.preset}, {run['cpus_per_trial']:g} CPU / {run['gpus_per_trial']:g} GPU per trial; "
-              f"storage {exp}", file=out, flush=True)
+        print(f"[{p.study.name}] {'resuming ' + p.experiment if opts.resume else p.experiment}: "
+              f"{run['cpus_per_trial']:g} CPU / {run['gpus_per_trial']:g} GPU per trial; storage {exp}",
+              file=out, flush=True)
         t0 = time.time()
         if opts.resume:
             if not tune.Tuner.can_restore(str(exp)):
@@ -496,10 +729,12 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
                 print(f"[{p.study.name}] {note}", file=out, flush=True)
             tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
         else:
+            search, n = trial_points(todo)
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space(p),
                 tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=trial_dirname,
+                                            search_alg=search, num_samples=n,
                                             max_concurrent_trials=int(run["max_concurrent"]) or None),
                 run_config=tune.RunConfig(
                     name=p.experiment, storage_path=str(p.storage), verbose=1 if opts.verbose else 0,
@@ -521,19 +756,40 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
             ray.shutdown()
 
     from .checkpoints import prune_superseded  # noqa: PLC0415
-    from .collect import collect  # noqa: PLC0415
 
     prune_superseded(exp)  # fit wrote its final experiment state before returning
-    df = collect(p.study.name, opts.results, storage=str(p.storage), out=err)
-    outcome = _outcome(p, df, len(grid), opts)
-    print(f"[{p.study.name}] {outcome.finished}/{outcome.total} trials finished in {wall:.0f} s; "
-          f"results in {p.results_dir / 'runs.parquet'}", file=out, flush=True)
-    if not outcome.ok:
-        shown = outcome.unfinished[:10]
-        more = f"; and {len(outcome.unfinished) - 10} more" if len(outcome.unfinished) > 10 else ""
-        print(f"[{p.study.name}] not finished: {'; '.join(shown)}{more}", file=err, flush=True)
-        print(f"[{p.study.name}] continue with: {outcome.resume_command}", file=err, flush=True)
-    return outcome
+    return wall, len(grid)
+
+
+def run_sweeps(opts: SweepOptions, out=None, err=None) -> list[SweepOutcome]:
+    """``senet sweep all`` or ``senet sweep a,b,c``: each study in turn, each reusing what the earlier
+    ones trained (so a trial two studies share is trained once), with its wall time. A dry run
+    counts the distinct trials the whole command would train."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    names = study_names(opts.study)
+    if len(names) == 1:
+        return [run_sweep(opts, out, err)]
+    if opts.resume:
+        raise UserError("--resume continues one study's launch; name that study (senet sweep STUDY --resume)")
+    outcomes = []
+    if opts.dry_run:
+        found = store.recorded(Path(opts.results).expanduser().absolute(), err)
+        earlier: set = set()
+        for n in names:
+            p = plan(replace(opts, study=n))
+            t = triage(p, found, frozenset(earlier))
+            _say_plan(p, t, out, dry=True)
+            earlier |= {c.key for c in t.todo}
+        print(f"[{','.join(names)}] {len(earlier)} distinct trials would be trained", file=out, flush=True)
+        return outcomes
+    for n in names:
+        t0 = time.time()
+        outcomes.append(run_sweep(replace(opts, study=n), out, err))
+        print(f"[{n}] wall time {time.time() - t0:.0f} s", file=out, flush=True)
+    print(f"[{','.join(names)}] {sum(o.trained for o in outcomes)} trials trained, "
+          f"{sum(o.reused for o in outcomes)} reused", file=out, flush=True)
+    return outcomes
 
 
 def _trial_error(exp: Path, trial_id: str) -> str:
@@ -548,19 +804,28 @@ def _trial_error(exp: Path, trial_id: str) -> str:
     return ""
 
 
-def _outcome(p: Plan, df, n_grid: int, opts: SweepOptions) -> SweepOutcome:
-    mine = df[df["experiment"] == p.experiment] if "experiment" in df else df
-    total = max(p.n_trials, n_grid, len(mine))
-    finished = int(mine["status"].isin(FINISHED).sum())
-    lines = []
-    nuisance = list(p.study.nuisance)
-    for _, row in mine[~mine["status"].isin(FINISHED)].iterrows():
-        name = f"{row['arm']} seed {row['seed']}" + "".join(f" {k}={row[k]}" for k in nuisance if k in row)
-        if row["status"] == "error":
-            why = _trial_error(p.experiment_path, str(row["trial_id"]))
-            lines.append(f"{name} failed" + (f" ({why})" if why else ""))
+def _outcome(p: Plan, df, opts: SweepOptions, *, trained: int = 0, reused: int = 0,
+             recorded: int = 0) -> SweepOutcome:
+    """Every planned trial against the table: finished, failed (with its error) or never started."""
+    planned = cells(p)
+    rows = {}
+    for r in store.with_ids(df).to_dict("records"):
+        k = store.key_of(r)
+        if k not in rows or r["status"] in FINISHED:
+            rows[k] = r
+    finished, lines, never = 0, [], 0
+    for cell in planned:
+        row = rows.get(cell.key)
+        if row is None:
+            never += 1
+        elif row["status"] in FINISHED:
+            finished += 1
+        elif row["status"] == "error":
+            why = _trial_error(p.storage / str(row.get("experiment")), str(row.get("trial_id")))
+            lines.append(f"{cell.name} failed" + (f" ({why})" if why else ""))
         else:
-            lines.append(f"{name} stopped before it finished")
-    if total > len(mine):
-        lines.append(f"{total - len(mine)} trial(s) never started")
-    return SweepOutcome(p.results_dir, total, finished, tuple(lines), resume_command(opts, p))
+            lines.append(f"{cell.name} stopped before it finished")
+    if never:
+        lines.append(f"{never} trial(s) never started")
+    return SweepOutcome(p.results_dir, len(planned), finished, tuple(lines), resume_command(opts, p),
+                        trained=trained, reused=reused, recorded=recorded)

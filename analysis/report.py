@@ -480,6 +480,14 @@ def write_report(results: str | Path, study: str, *, n_boot: int = 10000, preset
     tags = [f"{c} `{'/'.join(map(str, dict.fromkeys(runs[c].dropna())))}`" for c in ("preset", "experiment")
             if c in runs and runs[c].notna().any()]
     parts += [f"Recipe `{runs['recipe'].iloc[0]}`" + (f" ({', '.join(tags)})" if tags else "") + ".", ""]
+    if "git_commit" in runs and runs["git_commit"].notna().any():  # each row's trial, as it recorded
+        commits = ", ".join(f"`{c[:12]}`" for c in sorted(set(runs["git_commit"].dropna().astype(str))))
+        dirty = (" (some in a working tree with uncommitted changes)"
+                 if "git_dirty" in runs and runs["git_dirty"].eq(True).any() else "")
+        shared = runs["reused_from"].dropna() if "reused_from" in runs else pd.Series(dtype=str)
+        shared = (f" {len(shared)} of its {len(runs)} trials were trained for another study and are shared "
+                  f"with it ({', '.join(sorted(set(shared.astype(str))))})." if len(shared) else "")
+        parts += [f"Trained at commit {commits}{dirty}.{shared}", ""]
     groups = nuisance_groups(runs, meta)
     for gi, (title, g, note) in enumerate(groups):
         suffix = f"_{gi + 1}" if len(groups) > 1 else ""

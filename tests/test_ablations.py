@@ -110,7 +110,7 @@ def test_study_json_records_whether_nuisance_values_may_be_averaged(tmp_path):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, expect", [
     (["sweep", "gat"], "unknown study 'gat'; choose one of: reduction"),
-    (["sweep", "gate", "--preset", "huge"], "unknown preset 'huge'; choose one of: smoke, quick, full"),
+    (["sweep", "gate", "--preset", "huge"], "unknown preset 'huge'; choose one of: smoke, quick, standard, full"),
     (["sweep", "gate", "--se.gate", "tanh"], "swept by the gate study"),
     (["sweep", "gate", "--optim.epoch", "3"], "unknown config key 'optim.epoch'"),
     (["sweep", "custom"], "needs --spec"),
@@ -484,8 +484,11 @@ def test_smoke_sweep_custom_with_nuisance(ray_session, tmp_path):
     df = pd.read_parquet(tmp_path / "mine" / "runs.parquet")
     assert len(df) == 2 and set(df["status"]) == {"completed"}
     assert sorted(zip(df["se.reduction"], df["optim.lr"], strict=True)) == [(4, 0.05), (4, 0.1)]
-    # a second sweep into the same folder must not silently mix two runs
-    assert _sweep("custom", tmp_path, "--spec", str(spec)) == 2
+    # the same sweep again trains nothing: every (configuration, seed) is recorded (issue 12; it
+    # used to be refused), and it starts no second Tune experiment to mix with the first
+    assert _sweep("custom", tmp_path, "--spec", str(spec)) == 0
+    assert [d.name for d in (tmp_path / "mine" / "ray").iterdir() if d.is_dir()] == ["mine-smoke"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "mine" / "runs.parquet"), df)
 
 
 def _named_but_missing(exp) -> list[str]:

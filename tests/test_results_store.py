@@ -1,0 +1,356 @@
+"""The results store (issue 12): each distinct (configuration, seed) is trained once and every study
+reads it; a sweep continues from the committed runs.parquet tables; collect merges what a table
+records with the trial folders on disk and never drops a recorded row; git keeps the tables, not
+Ray's folders. Fast tests build tables by hand; one scenario runs real smoke sweeps on Ray."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ablations import store
+from ablations import studies as S
+from ablations import sweep as W
+from ablations.collect import collect
+from senet import config as C
+from senet.cli import main
+from senet.recipe import recipe_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plan(study, preset="smoke", results="results", **kw) -> W.Plan:
+    return W.plan(W.SweepOptions(study, preset=preset, results=str(results), **kw))
+
+
+def _ids(study, preset="smoke") -> dict[str, str]:
+    """arm -> config_id of seed 0."""
+    return {c.arm: c.config_id for c in W.cells(_plan(study, preset)) if c.seed == 0}
+
+
+def _rows(p: W.Plan, seeds, status="completed", experiment=None, err=10.0) -> list[dict]:
+    """Table rows as a sweep of ``p`` records them: the trial's whole flat config, its status and errors."""
+    rows = []
+    for seed in seeds:
+        for arm in p.arms:
+            flat = C.flatten(C.from_flat({**arm.overrides, "seed": seed}, p.base))
+            flat.update({"run.threads": 1, "run.device": "cpu"})  # bookkeeping a trial resolves
+            flat["precision"] = W.trial_precision(p.base)  # provenance: what `auto` resolved to
+            rows.append({**flat, "study": p.study.name, "arm": arm.label, "trial_id": f"{arm.label}-{seed}",
+                         "status": status, "test_top1_err": err + seed, "preset": p.preset,
+                         "experiment": experiment or p.experiment, "git_commit": "c0ffee"})
+    return rows
+
+
+def _write(results: Path, study: str, rows: list[dict]) -> Path:
+    (results / study).mkdir(parents=True, exist_ok=True)
+    path = results / study / "runs.parquet"
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# The standard preset and the studies' seeds
+# ------------------------------------------------------------------------------------------------
+def test_standard_preset_is_the_published_recipe(capsys):
+    cfg = S.base_config(S.STUDIES.get("gate"), "standard")
+    d, o = cfg.data, cfg.optim
+    assert (cfg.model.name, d.name, d.subset, d.test_subset) == ("se_resnet20", "fashion-mnist", 20000, 0)
+    assert round(d.val_fraction * d.subset) == 2000  # held out of the training file, beside the 20,000
+    assert (o.epochs, o.schedule, o.batch_size, o.lr) == (5, "cosine", 128, 0.1) and o.warmup_epochs > 0
+    assert (d.augment, cfg.run.precision) == ("crop_flip", "auto")
+    # seeds: gate 5 at standard, every other study the preset's 3; other presets unchanged
+    assert {n: S.STUDIES.get(n).seeds_at("standard") for n in S.RUN_ORDER} == {
+        "gate": 5, "reduction": 3, "squeeze": 3, "placement": 3, "stages": 3}
+    assert S.STUDIES.get("gate").seeds_at("quick") == 2
+    assert _plan("gate", "standard").seeds == 5 and _plan("gate", "standard", seeds=2).seeds == 2
+    assert main(["studies"]) == 0
+    out = capsys.readouterr().out
+    assert "gate: Excitation gate" in out and "5 at standard" in out.split("gate: ")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("preset", ["smoke", "standard"])
+def test_the_arms_studies_share_are_one_configuration(preset):
+    gate, red, sq, pl, st = (_ids(n, preset) for n in S.RUN_ORDER)
+    # the paper's default SE (r=16, avg, sigmoid, standard, all stages) in five studies
+    assert gate["sigmoid"] == red["r=16"] == sq["avg"] == pl["standard"] == st["all"]
+    assert red["baseline"] == st["none"]  # the plain network
+    assert len({gate["sigmoid"], gate["tanh"], red["r=8"], red["baseline"], st["stage2"]}) == 5
+    assert _ids("gate", "quick")["sigmoid"] != gate["sigmoid"]  # another recipe is another trial
+
+
+def test_config_id_ignores_bookkeeping_and_fills_keys_an_old_table_lacks():
+    flat = C.flatten(C.from_flat({"se.gate": "tanh"}))
+    cid = store.config_id(flat)
+    assert store.config_id({**flat, "run.threads": 2, "run.out": "/x", "seed": 7}) == cid
+    older = {k: v for k, v in flat.items() if k != "run.precision"}  # a key added since, at its default
+    assert store.config_id(older) == cid
+    assert store.config_id({**flat, "run.precision": "bf16"}) != cid
+    assert store.config_id({**flat, "se.gate": "relu"}) != cid
+
+
+def test_a_study_whose_arms_coincide_is_refused(tmp_path, capsys):
+    spec = tmp_path / "dup.yaml"  # one table row per (configuration, seed): one arm would vanish
+    spec.write_text("name: dup\naxes: {se.reduction: [16, 16.0]}\n")
+    rc = main(["sweep", "custom", "--spec", str(spec), "--preset", "smoke", "--results", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "reduction=16 seed 0 and reduction=16.0 seed 0 are the same configuration" in err, err
+
+
+# ------------------------------------------------------------------------------------------------
+# What a sweep trains: only what no table records
+# ------------------------------------------------------------------------------------------------
+def test_recorded_trials_are_skipped_and_shared_ones_copied(tmp_path):
+    gate = _plan("gate", results=tmp_path)
+    _write(tmp_path, "gate", _rows(gate, [0, 1]) + [
+        {**_rows(gate, [2])[1], "status": "error"}])  # tanh seed 2 failed: not a result
+    found = store.recorded(tmp_path)
+    t = W.triage(_plan("gate", results=tmp_path, seeds=3), found)
+    assert len(t.recorded) == 14 and not t.reused
+    assert sorted(c.name for c in t.todo) == sorted(f"{a.label} seed 2" for a in gate.arms)
+
+    red = _plan("reduction", results=tmp_path, seeds=3)
+    t = W.triage(red, found)
+    assert [c.name for c, _ in t.reused] == ["r=16 seed 0", "r=16 seed 1"]
+    assert len(t.todo) == 6 * 3 - 2 and not t.recorded
+    meta = W.study_meta(red)
+    rows = W.reused_rows(red, meta, t.reused)
+    assert {(r["study"], r["arm"], r["reused_from"]) for r in rows} == {("reduction", "r=16", "gate/gate-smoke")}
+    assert {r["test_top1_err"] for r in rows} == {10.0, 11.0}  # gate's sigmoid seeds 0 and 1, as recorded
+    assert {r["recipe"] for r in rows} == {meta["recipe"]}  # one recipe with reduction's own arms
+
+
+def test_a_trial_recorded_in_another_precision_is_another_configuration(tmp_path, monkeypatch):
+    """`run.precision auto` is bf16 on a CPU with native bf16 and fp32 elsewhere: a trial recorded in
+    bf16 is not reused where auto means fp32 (it is trained anew), and the two never share a recipe."""
+    import senet.train
+
+    gate = _plan("gate", results=tmp_path, seeds=2)
+    rows = [{**r, "precision": "bf16"} for r in _rows(gate, [0])]
+    _write(tmp_path, "gate", rows)
+    found = store.recorded(tmp_path)
+    for here, recorded in (("bf16", 7), ("fp32", 0)):
+        monkeypatch.setattr(senet.train, "default_precision", lambda device, here=here: here)
+        t = W.triage(gate, found)
+        assert len(t.recorded) == recorded, here
+        assert len(t.todo) == 14 - recorded, here
+    fp32 = {**rows[0], "precision": "fp32"}
+    assert store.config_id(rows[0]) != store.config_id(fp32)
+    assert recipe_hash(rows[0]) != recipe_hash(fp32)
+    assert recipe_hash({**rows[0], "run.precision": "bf16"}) == recipe_hash(rows[0])  # auto -> bf16 is bf16
+
+def test_dry_run_counts_the_distinct_trials_of_several_studies(tmp_path, capsys):
+    assert main(["sweep", "all", "--preset", "smoke", "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # 7 gate + 6 reduction + 5 squeeze + 5 placement + 5 stages arms, 1 seed: the default SE is
+    # shared by five studies and the plain net by two, so 28 - 4 - 1 = 23 are distinct
+    assert "[gate,reduction,squeeze,placement,stages] 23 distinct trials would be trained" in out
+    assert "[reduction] 6 trials" in out and "1 trained by an earlier study" in out
+    assert not (tmp_path / "gate").exists()  # a dry run writes nothing
+
+
+def test_several_studies_run_in_turn_each_with_its_wall_time(tmp_path, monkeypatch, capsys):
+    ran = []
+
+    def fake(opts, out=None, err=None):
+        ran.append(opts.study)
+        return W.SweepOutcome(Path(), 1, 1, (), "", trained=1)
+
+    monkeypatch.setattr(W, "run_sweep", fake)
+    assert main(["sweep", "all", "--preset", "smoke", "--results", str(tmp_path)]) == 0
+    assert ran == list(S.RUN_ORDER)
+    out = capsys.readouterr().out
+    assert all(f"[{s}] wall time" in out for s in S.RUN_ORDER)
+    assert main(["sweep", "gate,stages", "--resume", "--results", str(tmp_path)]) == 2
+    assert main(["sweep", "gate,gat", "--results", str(tmp_path)]) == 2
+
+
+def test_a_launch_gets_a_new_experiment_name(tmp_path):
+    p = _plan("gate", results=tmp_path)
+    assert p.experiment == "gate-smoke"
+    (p.storage / "gate-smoke").mkdir(parents=True)
+    assert _plan("gate", results=tmp_path).experiment == "gate-smoke-2"
+    W.write_study_json(p.results_dir, {**W.study_meta(p), "experiment": "gate-smoke-7"})
+    shutil.rmtree(p.storage)  # a fresh clone: study.json remembers the launches
+    assert _plan("gate", results=tmp_path).experiment == "gate-smoke-8"
+    meta = json.loads((p.results_dir / "study.json").read_text())
+    assert meta["code_commit"] == meta["experiments"]["gate-smoke-7"]["code_commit"]
+    assert "code_dirty" in meta
+
+
+# ------------------------------------------------------------------------------------------------
+# collect merges: the table's rows + the trial folders, one row per (config_id, seed)
+# ------------------------------------------------------------------------------------------------
+def _trial(exp: Path, arm: str, seed: int, tid: str, status="completed", err=10.0, epochs=1) -> Path:
+    """A finished gate trial folder as Tune leaves it (no Ray needed)."""
+    d = exp / f"{arm}_seed{seed}_{tid}"
+    d.mkdir(parents=True)
+    base = {"model.name": "se_resnet20", "se.bias": False, "optim.epochs": epochs}
+    params = {"study": "gate", "preset": "smoke", "arm": arm, "seed": seed, "nuisance_keys": [],
+              "base": base, "arms": {arm: {"se.gate": arm}}, "meta": {"axis": "se.gate"}}
+    (d / "params.json").write_text(json.dumps(params))
+    rows = [{"trial_id": tid, "epoch": 1, "test_top1_err": err, "final": False}]
+    if status != "running":
+        rows.append({"trial_id": tid, "final": True, "status": status, "test_top1_err": err, "epochs_run": 1,
+                     "provenance": {"git_commit": "abc"}})
+    (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def test_collect_keeps_committed_rows_whose_ray_folders_are_absent(tmp_path):
+    """A fresh clone: the committed table and no Ray folders; a new launch's trials are added."""
+    ray = tmp_path / "gate" / "ray"
+    _trial(ray / "gate-smoke", "sigmoid", 0, "a0")
+    _trial(ray / "gate-smoke", "tanh", 0, "a1")
+    first = collect("gate", tmp_path)
+    shutil.rmtree(ray)
+    pd.testing.assert_frame_equal(collect("gate", tmp_path), first)  # nothing on disk: nothing lost
+    _trial(ray / "gate-smoke-2", "sigmoid", 1, "b0", err=12.0)
+    df = collect("gate", tmp_path)
+    assert sorted(zip(df["arm"], df["seed"], df["experiment"], strict=True)) == [
+        ("sigmoid", 0, "gate-smoke"), ("sigmoid", 1, "gate-smoke-2"), ("tanh", 0, "gate-smoke")]
+    assert df["config_id"].notna().all() and df["reused_from"].isna().all()
+
+
+def test_collect_keeps_the_recorded_row_of_a_trial_and_a_finished_one_over_an_unfinished(tmp_path):
+    ray = tmp_path / "gate" / "ray"
+    _trial(ray / "gate-smoke", "sigmoid", 0, "a0", err=10.0)
+    _trial(ray / "gate-smoke", "tanh", 0, "a1", status="running", err=30.0)
+    collect("gate", tmp_path)
+    # the same configurations and seeds trained again in a later launch (a stale clone, say)
+    _trial(ray / "gate-smoke-2", "sigmoid", 0, "b0", err=99.0)
+    _trial(ray / "gate-smoke-2", "tanh", 0, "b1", err=11.0)
+    df = collect("gate", tmp_path).set_index("arm")
+    assert len(df) == 2
+    assert (df.loc["sigmoid", "trial_id"], df.loc["sigmoid", "test_top1_err"]) == ("a0", 10.0)  # recorded kept
+    assert (df.loc["tanh", "trial_id"], df.loc["tanh", "status"]) == ("b1", "completed")  # finished wins
+
+
+def test_a_corrupted_table_is_rebuilt_and_says_whether_rows_were_lost(tmp_path, capsys):
+    ray = tmp_path / "gate" / "ray" / "gate-smoke"
+    _trial(ray, "sigmoid", 0, "a0")
+    tanh = _trial(ray, "tanh", 0, "a1")
+    collect("gate", tmp_path)
+    parquet = tmp_path / "gate" / "runs.parquet"
+    parquet.write_bytes(b"PAR1 truncated")
+    df = collect("gate", tmp_path)
+    err = capsys.readouterr().err
+    assert "could not be read" in err and "all 2 trials it recorded are recovered" in err and "lost" not in err
+    assert len(df) == 2 and (tmp_path / "gate" / "runs.parquet.unreadable").read_bytes() == b"PAR1 truncated"
+
+    parquet.write_bytes(b"garbage")
+    shutil.rmtree(tanh)  # its only other record
+    df = collect("gate", tmp_path)
+    err = capsys.readouterr().err
+    assert "1 of the 2 trials it recorded are lost" in err and "tanh seed 0" in err
+    assert list(df["arm"]) == ["sigmoid"]
+    assert "rebuilding it from the trial folders" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Git keeps the tables and reports, never Ray's folders
+# ------------------------------------------------------------------------------------------------
+KEPT = ["results/gate/runs.parquet", "results/gate/runs.csv", "results/gate/study.json", "results/gate/report.md",
+        "results/gate/table.tex", "results/gate/figures/points.png", "results/gate/figures/points.pdf",
+        "results/gate/analysis/summary.md", "results/README.md", "results/reference/se_resnet20/checkpoint.pt",
+        "results/reference/se_resnet20/metrics.jsonl"]
+IGNORED = ["results/gate/ray/gate-standard/sigmoid_seed0_x/params.json",
+           "results/gate/ray/gate-standard/sigmoid_seed0_x/checkpoint_000004/checkpoint.pt",
+           "results/reference/resnet20/checkpoint.pt", "results/gate/analysis/model.pt",
+           "results/gate/.runs.parquet.123.tmp", "results/gate/runs.parquet.unreadable", "runs/demo/gate/runs.parquet"]
+
+
+def test_gitignore_keeps_results_tables_and_drops_ray_folders():
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    r = subprocess.run(["git", "check-ignore", "--no-index", "--stdin", "-n", "-v"], cwd=ROOT, text=True,
+                       input="\n".join(KEPT + IGNORED) + "\n", capture_output=True)
+    # -v -n: "source:line:pattern<TAB>path" for every path; "::" = no pattern, "!..." = re-included
+    matched = dict(reversed(ln.split("\t", 1)) for ln in r.stdout.splitlines())
+    ignored = {path for path, how in matched.items() if how != "::" and not how.split(":", 2)[2].startswith("!")}
+    assert ignored == set(IGNORED), r.stdout
+
+
+def test_make_results_runs_every_study_in_order_and_is_phony():
+    text = (ROOT / "Makefile").read_text()
+    phony = next(ln for ln in text.splitlines() if ln.startswith(".PHONY"))
+    assert " results" in phony  # results/ exists: a non-phony target would always be "up to date"
+    assert "STUDIES ?= gate reduction squeeze placement stages" in text
+    recipe = text.split("\nresults:", 1)[1].split("\n\n", 1)[0]
+    assert recipe.index("senet sweep") < recipe.index("senet collect") < recipe.index("senet report")
+    assert "--preset standard" in recipe and "done in" in recipe
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole story on real Ray, at the smoke preset
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    scratch = tmp_path_factory.mktemp("scratch")
+    old = os.environ.get("SENET_SCRATCH")
+    os.environ["SENET_SCRATCH"] = str(scratch)
+    started = W.connect(None)
+    yield
+    import ray
+
+    if started:
+        ray.shutdown()
+    if old is None:
+        os.environ.pop("SENET_SCRATCH", None)
+    else:
+        os.environ["SENET_SCRATCH"] = old
+
+
+def _trained(results: Path, study: str) -> dict[str, int]:
+    """Trial folders per Tune experiment: the trials that really ran on Ray."""
+    ray = results / study / "ray"
+    return {e.name: len(list(e.glob("*/params.json"))) for e in sorted(ray.iterdir())} if ray.is_dir() else {}
+
+
+def _sweep(results, spec, seeds) -> int:
+    return main(["sweep", "custom", "--spec", str(spec), "--preset", "smoke", "--seeds", str(seeds),
+                 "--results", str(results), "--cpus-per-trial", "1"])
+
+
+@pytest.mark.slow
+def test_each_trial_is_trained_once_across_seeds_studies_and_clones(ray_session, tmp_path, capsys):
+    res = tmp_path / "results"
+    gate, red = tmp_path / "gate.yaml", tmp_path / "red.yaml"
+    gate.write_text("name: g\naxes: {se.gate: [sigmoid, tanh]}\n")
+    red.write_text("name: r\naxes: {se.reduction: [16, 8]}\n")  # r=16 with sigmoid: g's sigmoid arm
+
+    assert _sweep(res, gate, 1) == 0
+    assert _sweep(res, gate, 2) == 0  # 2 seeds after 1: only seed 1 is trained
+    assert _trained(res, "g") == {"g-smoke": 2, "g-smoke-2": 2}
+    g = pd.read_parquet(res / "g" / "runs.parquet")
+    assert sorted(zip(g["arm"], g["seed"], strict=True)) == [("gate=sigmoid", 0), ("gate=sigmoid", 1),
+                                                            ("gate=tanh", 0), ("gate=tanh", 1)]
+
+    assert _sweep(res, red, 2) == 0  # r=16 is g's sigmoid: copied, not trained
+    assert _trained(res, "r") == {"r-smoke": 2}
+    r = pd.read_parquet(res / "r" / "runs.parquet").set_index(["arm", "seed"])
+    assert r.loc[("reduction=16", 0), "reused_from"] == "g/g-smoke"
+    assert r.loc[("reduction=16", 1), "reused_from"] == "g/g-smoke-2"
+    assert r.loc[("reduction=16", 1), "trial_id"] == g.set_index(["arm", "seed"]).loc[("gate=sigmoid", 1), "trial_id"]
+    assert r["recipe"].nunique() == 1 and r["reused_from"].loc["reduction=8"].isna().all()
+    out = capsys.readouterr().out
+    print(out)
+    assert "4/4 trials finished (2 trained" in out and "2 reused from other studies" in out
+
+    # a fresh clone: the tables without Ray's folders
+    for study in ("g", "r"):
+        shutil.rmtree(res / study / "ray")
+    pd.testing.assert_frame_equal(collect("g", res), g)
+    assert main(["report", "r", "--results", str(res), "--n-boot", "1000"]) == 0
+    report = (res / "r" / "report.md").read_text()
+    assert "Trained at commit" in report and "2 of its 4 trials were trained for another study" in report
+    assert _sweep(res, gate, 3) == 0  # continues from the tables: seed 2 only, in a new experiment
+    assert _trained(res, "g") == {"g-smoke-3": 2}
+    assert len(pd.read_parquet(res / "g" / "runs.parquet")) == 6
+    print(capsys.readouterr().out)
