@@ -27,6 +27,9 @@ BOOKKEEPING = frozenset({
     "run.channels_last", "run.deterministic", "data.download",
     "run.eval_test",  # when the test set is evaluated; the final and best-val test errors are the same
 })
+#: The results column (from the run's provenance) holding the precision ``run.precision auto``
+#: resolved to.
+PRECISION_COLUMN = "precision"
 
 
 def _canonical(value: Any) -> Any:
@@ -57,6 +60,11 @@ def recipe_items(flat: Mapping[str, Any], axis_keys: Iterable[str] = (),
             v = _canonical(flat[key])
             if v is not None:
                 out[key] = v
+    # `auto` is bf16 on one machine and fp32 on another: a row (or a planned trial) that says what it
+    # resolved to (PRECISION_COLUMN) is hashed with that, so the two arithmetics are never one recipe
+    resolved = _canonical(flat.get(PRECISION_COLUMN))
+    if out.get("run.precision") == "auto" and resolved in ("fp32", "bf16"):
+        out["run.precision"] = resolved
     return out
 
 
