@@ -10,6 +10,7 @@ and SE-ResNet-56 at batch 512 is added.
 
     python benchmarks/train_loop.py                     # Fashion-MNIST (or synthetic if absent)
     python benchmarks/train_loop.py --images 4096 --reps 3 --threads 2
+    python benchmarks/train_loop.py --precision fp32     # the SE step ratio in fp32 on any CPU
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def fit_loop(cfg: C.Config, ds: Datasets) -> float:
 def compare(model: str, batch: int, ds: Datasets, args, device) -> tuple[float, float]:
     cfg = C.from_flat({"model.name": model, "optim.batch_size": batch, "optim.epochs": 1,
                        "optim.schedule": "constant", "run.progress": False, "run.device": args.device,
-                       "data.augment": "crop_flip", "run.threads": args.threads})
+                       "data.augment": "crop_flip", "run.threads": args.threads,
+                       "run.precision": args.precision})
     bare, ours = [], []
     for _ in range(args.reps):
         bare.append(bare_loop(cfg, ds, device))
@@ -87,6 +89,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="alternating runs of each loop; the best counts")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="run.precision of both loops: auto | fp32 | bf16")
     p.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
                    help="cpu: process CPU time (fair on a CPU shared with other jobs); auto: cpu on a "
                         "CPU device, wall on a GPU")
@@ -105,7 +108,8 @@ def main() -> None:
     # a small test split: fit evaluates each epoch, outside the timed training phase
     ds = Datasets(full.train_x, full.train_y, full.val_x, full.val_y, full.test_x[:256], full.test_y[:256],
                   full.classes, full.mean, full.std, full.name).to(device)
-    precision, cl = resolve_precision(C.from_flat({"run.device": args.device}), device)
+    precision, cl = resolve_precision(C.from_flat({"run.device": args.device, "run.precision": args.precision}),
+                                      device)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"{precision}, channels_last={cl}, threads {torch.get_num_threads()}, {ds.name} "
           f"{len(ds.train_x)} images of {tuple(ds.train_x.shape[1:])}, {args.reps} alternating runs each, "

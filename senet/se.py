@@ -38,7 +38,15 @@ Several descriptors (``avgmax``, ``avgstd``) go through one shared excitation an
 the gate, as CBAM's channel attention does.
 
 The module never knows where it sits: placement belongs to the residual block
-(:mod:`senet.models.blocks`).
+(:mod:`senet.models.blocks`). A block whose SE scaling feeds its residual addition calls
+:meth:`SqueezeExcitation.scale_add` for ``x + U·s`` in one pass; the result equals ``x + se(U)``.
+
+Cost: with a pooled squeeze the FCs run as matrix products on the (N, C) descriptors (the 1×1
+convolutions' weights viewed as matrices; names and shapes stay timm's), because a convolution on a
+1×1 map costs several times the product at batch 1. In training, the average pooling and the fused
+scale-add have hand-written backward passes that skip the full-size temporaries autograd's generic
+ones make (a materialised broadcast, a multiplication by 1), see :class:`_SpatialMean` and
+:class:`_ScaleAdd`.
 """
 from __future__ import annotations
 
@@ -47,8 +55,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
+from .errors import UserValueError
 from .registry import Registry
 
 SQUEEZES: Registry[Callable[[], nn.Module]] = Registry("squeeze")
@@ -65,11 +76,11 @@ def hidden_width(channels: int, reduction: float, divisor: int | None = None) ->
     multiple (never below ``divisor`` nor below 90% of C/r), as timm and torchvision do.
     """
     if not reduction or reduction <= 0:
-        raise ValueError(f"reduction ratio r must be > 0, got {reduction!r}")
+        raise UserValueError(f"reduction ratio r must be > 0, got {reduction!r}")
     if divisor is None:
         return max(1, int(channels // reduction))
     if divisor <= 0:
-        raise ValueError(f"se.divisor must be a positive integer, got {divisor!r}")
+        raise UserValueError(f"se.divisor must be a positive integer, got {divisor!r}")
     v = channels / reduction
     out = max(divisor, int(v + divisor / 2) // divisor * divisor)
     if out < 0.9 * v:
@@ -78,33 +89,138 @@ def hidden_width(channels: int, reduction: float, divisor: int | None = None) ->
 
 
 # --------------------------------------------------------------------------------------------
+# Autograd for the two full-size operations of the block
+# --------------------------------------------------------------------------------------------
+class _SpatialMean(torch.autograd.Function):
+    """``u.mean((2, 3))`` whose gradient stays a broadcast view of the (N, C) one.
+
+    Autograd's own mean backward materialises the (N, C, H, W) gradient (and in NCHW even for a
+    channels_last u), which is then added to the scaling's gradient of U: one full-size write and
+    one read more per block than adding the view in place, which is what the engine does with it.
+    """
+
+    @staticmethod
+    def forward(u):
+        return u.mean((2, 3))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g / (ctx.shape[2] * ctx.shape[3]))[:, :, None, None].expand(ctx.shape)
+
+    @staticmethod
+    def jvp(ctx, du):
+        return du.mean((2, 3))
+
+
+def spatial_mean(u: torch.Tensor) -> torch.Tensor:
+    """Mean over H and W: (N, C, H, W) -> (N, C)."""
+    if u.requires_grad and torch.is_grad_enabled():
+        return _SpatialMean.apply(u)
+    return u.mean((2, 3))
+
+
+class _ScaleAdd(torch.autograd.Function):
+    """``x + u·s`` (s broadcast over u) in one pass, with the backward of ``u * s + x``.
+
+    ``torch.addcmul``'s own backward multiplies u by the scalar value 1 at full size before using
+    it; this one computes exactly the gradients of the unfused product and sum.
+    """
+
+    @staticmethod
+    def forward(x, u, s):
+        return torch.addcmul(x, u, s)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, u, s = inputs
+        ctx.save_for_backward(u, s)
+        ctx.save_for_forward(u, s)
+
+    @staticmethod
+    def backward(ctx, g):
+        u, s = ctx.saved_tensors
+        _, need_u, need_s = ctx.needs_input_grad
+        gu = gs = None
+        if need_s:
+            prod = g * u
+            gs = prod.sum_to_size(s.shape)
+            if (need_u and not torch.is_grad_enabled() and s.shape != prod.shape
+                    and prod.dtype == torch.result_type(g, s)):
+                # g·s into g·u's memory once reduced (not under create_graph): a fresh full-size
+                # buffer costs page faults on top of its pass (large freed blocks go back to the OS)
+                gu = torch.mul(g, s, out=prod)
+        if need_u and gu is None:
+            gu = g * s
+        return g, gu, gs
+
+    @staticmethod
+    def jvp(ctx, dx, du, ds):
+        u, s = ctx.saved_tensors
+        out = torch.zeros_like(u) if dx is None else dx.clone()
+        if du is not None:
+            out.addcmul_(du, s)
+        if ds is not None:
+            out.addcmul_(u, ds)
+        return out
+
+
+def scale_add(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``x + u * s`` in one pass over the feature maps."""
+    if torch.is_grad_enabled() and (x.requires_grad or u.requires_grad or s.requires_grad):
+        return _ScaleAdd.apply(x, u, s)
+    return torch.addcmul(x, u, s)
+
+
+def has_hooks(m: nn.Module) -> bool:
+    """Whether calling ``m`` would run hooks, by the same test as ``nn.Module.__call__``.
+
+    Where a module would be skipped for a cheaper equivalent (its ``forward``'s arithmetic without
+    the call, or two modules' work in one pass), hooks on it must still see it called.
+    """
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+                or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
+
+
+# --------------------------------------------------------------------------------------------
 # F_sq: (N, C, H, W) -> (N, K, C, h, w), K descriptors per channel; h = w = 1 unless NoSqueeze.
 # --------------------------------------------------------------------------------------------
 class Squeeze(nn.Module):
-    """Base class: ``descriptors`` is K; ``ops_per_element`` is the FLOPs the counter charges."""
+    """Base class: ``descriptors`` is K; ``ops_per_element`` is the FLOPs the counter charges.
+
+    A pooled squeeze defines ``vectors`` (its descriptors as (N·K, C) rows, image-major: what the
+    excitation's matrix products take) or ``forward`` ((N, K, C, 1, 1)); each derives the other.
+    """
 
     descriptors = 1
     ops_per_element = 1.0
     pooled = True
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def vectors(self, u: torch.Tensor) -> torch.Tensor:
+        return self.forward(u).reshape(-1, u.shape[1])
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.vectors(u).reshape(u.shape[0], self.descriptors, u.shape[1], 1, 1)
 
 
 @SQUEEZES.register("avg")
 class AvgSqueeze(Squeeze):
     """Global average pooling (paper Eq. 2)."""
 
-    def forward(self, u):
-        return u.mean((2, 3), keepdim=True).unsqueeze(1)
+    def vectors(self, u):
+        return spatial_mean(u)
 
 
 @SQUEEZES.register("max")
 class MaxSqueeze(Squeeze):
     """Global max pooling (paper Table 11)."""
 
-    def forward(self, u):
-        return u.amax((2, 3), keepdim=True).unsqueeze(1)
+    def vectors(self, u):
+        return u.amax((2, 3))
 
 
 @SQUEEZES.register("avgmax")
@@ -114,8 +230,8 @@ class AvgMaxSqueeze(Squeeze):
     descriptors = 2
     ops_per_element = 2.0
 
-    def forward(self, u):
-        return torch.stack((u.mean((2, 3), keepdim=True), u.amax((2, 3), keepdim=True)), 1)
+    def vectors(self, u):
+        return torch.stack((spatial_mean(u), u.amax((2, 3))), 1).view(-1, u.shape[1])
 
 
 @SQUEEZES.register("avgstd")
@@ -125,9 +241,9 @@ class AvgStdSqueeze(Squeeze):
     descriptors = 2
     ops_per_element = 3.0  # sum, and squared deviations (subtract, multiply-add)
 
-    def forward(self, u):
-        var, mean = torch.var_mean(u, (2, 3), keepdim=True, correction=0)
-        return torch.stack((mean, (var + 1e-5).sqrt()), 1)
+    def vectors(self, u):
+        var, mean = torch.var_mean(u, (2, 3), correction=0)
+        return torch.stack((mean, (var + 1e-5).sqrt()), 1).view(-1, u.shape[1])
 
 
 @SQUEEZES.register("none")
@@ -190,10 +306,19 @@ GATE_RANGES: dict[str, tuple[float, float]] = {
 
 # --------------------------------------------------------------------------------------------
 # W2 δ W1: builders take (channels, hidden, act, bias) and map (M, C, h, w) -> (M, C, h, w).
-# 1×1 convolutions serve both pooled (h = w = 1, an FC layer) and NoSqueeze inputs.
+# 1×1 convolutions serve both pooled (h = w = 1, an FC layer) and NoSqueeze inputs. An excitation
+# with ``takes_vectors = True`` also maps (M, C) -> (M, C), which the block uses for pooled squeezes.
 # --------------------------------------------------------------------------------------------
+def _fc(z: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1×1 convolution applied to (M, C) rows as a matrix product, with the same parameters
+    (the module is not called: its callers call it instead where it has hooks)."""
+    return F.linear(z, conv.weight.flatten(1), conv.bias)
+
+
 class FCExcitation(nn.Module):
     """W2 δ(W1 z) (paper Eq. 3). Parameter names match timm's SEModule (fc1, fc2)."""
+
+    takes_vectors = True
 
     def __init__(self, channels: int, hidden: int, act: nn.Module, bias: bool = True):
         super().__init__()
@@ -202,17 +327,25 @@ class FCExcitation(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
 
     def forward(self, z):
+        if z.dim() == 2:
+            if has_hooks(self.fc1) or has_hooks(self.fc2):
+                return self.fc2(self.act(self.fc1(z[:, :, None, None]))).flatten(1)
+            return _fc(self.act(_fc(z, self.fc1)), self.fc2)
         return self.fc2(self.act(self.fc1(z)))
 
 
 class LinearExcitation(nn.Module):
     """One C × C FC layer, no reduction (ECA-Net's "SE-Var3")."""
 
+    takes_vectors = True
+
     def __init__(self, channels: int, hidden: int, act: nn.Module, bias: bool = True):
         super().__init__()
         self.fc = nn.Conv2d(channels, channels, 1, bias=bias)
 
     def forward(self, z):
+        if z.dim() == 2:
+            return self.fc(z[:, :, None, None]).flatten(1) if has_hooks(self.fc) else _fc(z, self.fc)
         return self.fc(z)
 
 
@@ -225,12 +358,16 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
 class ECAExcitation(nn.Module):
     """A 1-D convolution across channels (ECA-Net): local cross-channel interaction, no reduction."""
 
+    takes_vectors = True
+
     def __init__(self, channels: int, hidden: int, act: nn.Module, bias: bool = False):
         super().__init__()
         k = eca_kernel_size(channels)
         self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
 
     def forward(self, z):
+        if z.dim() == 2:
+            return self.conv(z.unsqueeze(1)).squeeze(1)
         m, c, h, w = z.shape
         y = z.permute(0, 2, 3, 1).reshape(m * h * w, 1, c)
         y = self.conv(y)
@@ -279,13 +416,34 @@ class SqueezeExcitation(nn.Module):
         #: The paper's block name, SE_<stage>_<block>; set by the network that owns the block.
         self.block_name = ""
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def excite(self, u: torch.Tensor) -> torch.Tensor:
+        """The excitation s of U through the gate module: (N, C, 1, 1), or (N, C, H, W) for NoSqueeze."""
+        sq = self.squeeze
+        if isinstance(sq, Squeeze) and sq.pooled and getattr(self.excitation, "takes_vectors", False):
+            # Descriptors as (N·K, C) rows; the squeeze module is called only for its hooks: each
+            # module call and view costs microseconds, which add up in a network at batch 1.
+            n, c = u.shape[:2]
+            k = sq.descriptors
+            z = sq(u).reshape(n * k, c) if has_hooks(sq) else sq.vectors(u)
+            e = self.excitation(z)
+            return self.gate((e.view(n, k, c).sum(1) if k > 1 else e).view(n, c, 1, 1))
         z = self.squeeze(u)  # (N, K, C, h, w)
         n, k = z.shape[:2]
         e = self.excitation(z.flatten(0, 1))
         if k > 1:
             e = e.unflatten(0, (n, k)).sum(1)
-        return u * self.gate(e)
+        return self.gate(e)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return u * self.excite(u)
+
+    def scale_add(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x + self(u)`` in one pass: the residual addition fused with the scaling.
+
+        Bypasses this module's own hooks (its gate's still run), so a caller must use
+        ``self(u) + x`` when the module has any.
+        """
+        return scale_add(x, u, self.excite(u))
 
     def extra_repr(self):
         return f"channels={self.channels}, hidden={self.hidden}, name={self.block_name!r}"
@@ -313,9 +471,9 @@ class SEConfig:
 
         PLACEMENTS.get(self.placement)
         if not isinstance(self.reduction, (int, float)) or self.reduction <= 0:
-            raise ValueError(f"se.reduction must be > 0, got {self.reduction!r}")
+            raise UserValueError(f"se.reduction must be > 0, got {self.reduction!r}")
         if self.divisor < 0:
-            raise ValueError(f"se.divisor must be >= 0, got {self.divisor!r}")
+            raise UserValueError(f"se.divisor must be >= 0, got {self.divisor!r}")
         parse_stages(self.stages, None)
 
     def factory(self) -> Callable[[int], SqueezeExcitation]:
@@ -344,7 +502,7 @@ def parse_stages(stages, valid: tuple[int, ...] | None) -> frozenset[int] | None
         try:
             out = frozenset(int(s) for s in text.replace(" ", "").split(","))
         except ValueError:
-            raise ValueError(
+            raise UserValueError(
                 f"se.stages must be 'all', 'none' or stage numbers like '2,3', got {stages!r}"
             ) from None
     else:
@@ -352,7 +510,7 @@ def parse_stages(stages, valid: tuple[int, ...] | None) -> frozenset[int] | None
     if valid is not None:
         bad = sorted(out - set(valid))
         if bad:
-            raise ValueError(
+            raise UserValueError(
                 f"se.stages {bad} out of range; this network's stages are "
                 f"{', '.join(map(str, valid))} (paper numbering: 2 = conv2_x)"
             )

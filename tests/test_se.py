@@ -2,6 +2,7 @@
 newly registered gate, squeeze, excitation or placement is tested without anyone listing it here."""
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -293,3 +294,306 @@ def test_each_se_is_on_the_forward_path(name, size, n_se):
     changes = _perturbation_changes_output(build_model(name), size)
     assert len(changes) == n_se
     assert all(v > 1e-6 for v in changes.values()), changes
+
+
+# --------------------------------------------------------------------------------------------
+# The fused block (issue 11): the same numbers as the straightforward ``u * gate(...)`` path
+# --------------------------------------------------------------------------------------------
+def _reference_avgstd(u):
+    var, mean = torch.var_mean(u, (2, 3), keepdim=True, correction=0)
+    return torch.stack((mean, (var + 1e-5).sqrt()), 1)
+
+
+#: The squeezes as written before the fused block (plain autograd); a squeeze registered later is
+#: its own reference.
+_REFERENCE_SQUEEZES = {
+    "avg": lambda u: u.mean((2, 3), keepdim=True).unsqueeze(1),
+    "max": lambda u: u.amax((2, 3), keepdim=True).unsqueeze(1),
+    "avgmax": lambda u: torch.stack((u.mean((2, 3), keepdim=True), u.amax((2, 3), keepdim=True)), 1),
+    "avgstd": _reference_avgstd,
+    "none": lambda u: u.unsqueeze(1),
+}
+
+
+def _reference_squeeze(se, u):
+    name = next((n for n in SQUEEZES.names() if type(se.squeeze) is SQUEEZES.get(n)), None)
+    return _REFERENCE_SQUEEZES[name](u) if name in _REFERENCE_SQUEEZES else se.squeeze(u)
+
+
+def _reference_excitation(exc, z):
+    """The excitations' 1×1-convolution path on (M, C, h, w), as before the matrix-product path."""
+    if isinstance(exc, senet.se.FCExcitation):
+        return exc.fc2(exc.act(exc.fc1(z)))
+    if isinstance(exc, senet.se.LinearExcitation):
+        return exc.fc(z)
+    if isinstance(exc, senet.se.ECAExcitation):
+        m, c, h, w = z.shape
+        y = exc.conv(z.permute(0, 2, 3, 1).reshape(m * h * w, 1, c))
+        return y.reshape(m, h, w, c).permute(0, 3, 1, 2)
+    return exc(z)
+
+
+def _reference_se(se, u):
+    z = _reference_squeeze(se, u)
+    n, k = z.shape[:2]
+    e = _reference_excitation(se.excitation, z.flatten(0, 1))
+    if k > 1:
+        e = e.unflatten(0, (n, k)).sum(1)
+    return u * se.gate(e)
+
+
+def _reference_block_forward(block, x):
+    """The residual blocks' forward passes as written before the fused scale-add."""
+    from senet.models.blocks import Bottleneck, PreActBasicBlock, PreActBottleneck
+
+    def at(site, t):
+        return _reference_se(block.se, t) if block.se_site == site else t
+
+    b = block
+    if isinstance(b, (BasicBlock, Bottleneck)):
+        identity = x if b.downsample is None else b.downsample(x)
+        out = at("branch_in", x)
+        out = b.relu(b.bn1(b.conv1(out)))
+        if isinstance(b, Bottleneck):
+            out = b.relu(b.bn2(b.conv2(out)))
+            out = at("inner", out)
+            out = b.bn3(b.conv3(out))
+        else:
+            out = at("inner", out)
+            out = b.bn2(b.conv2(out))
+        out = at("branch_out", out)
+        out = out + at("shortcut", identity)
+        return at("block_out", b.relu(out))
+    assert isinstance(b, (PreActBasicBlock, PreActBottleneck)), type(b)
+    pre = b.relu(b.bn1(x))
+    identity = x if b.downsample is None else b.downsample(pre)
+    out = at("branch_in", pre)
+    if isinstance(b, PreActBottleneck):
+        out = b.conv1(out)
+        out = b.conv2(b.relu(b.bn2(out)))
+        out = b.relu(b.bn3(out))
+        out = at("inner", out)
+        out = b.conv3(out)
+    else:
+        out = b.conv1(out)
+        out = b.relu(b.bn2(out))
+        out = at("inner", out)
+        out = b.conv2(b.drop(out))
+    out = at("branch_out", out)
+    return at("block_out", out + at("shortcut", identity))
+
+
+def _reference_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose blocks run the reference forward passes (same weights)."""
+    import types
+
+    from senet.models.blocks import SESlot
+
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, SESlot):
+            m.forward = types.MethodType(_reference_block_forward, m)
+    return twin
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _assert_same_numbers(model: nn.Module, size: int, channels_last=False):
+    """Outputs, input and parameter gradients of ``model`` and of its reference twin, in training
+    mode (batch statistics) and in eval mode.
+
+    In float64 they agree to 1e-10 tensor by tensor: the same arithmetic, in another order. In
+    float32 the output, the input's gradient and the parameters' gradient (all tensors as one
+    vector) agree to 1e-5 relative; a single small tensor (an SE bias of 2 elements, a BN scale)
+    only to 1e-3, as the reference itself does against float64 there (sums that cancel).
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 3, size, size)
+    for dtype in (torch.float64, torch.float32):
+        new = copy.deepcopy(model).to(dtype=dtype, memory_format=fmt)
+        ref = _reference_twin(new)
+        xd = x.to(dtype).contiguous(memory_format=fmt)
+        for train in (True, False):
+            results = []
+            for m in (new, ref):
+                m.train(train)
+                xi = xd.clone().requires_grad_()
+                out = m(xi)
+                (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum().backward()
+                results.append([out.detach(), xi.grad] + [p.grad for p in m.parameters()])
+            where = (dtype, "train" if train else "eval")
+            names = ["output", "input"] + [n for n, _ in new.named_parameters()]
+            for name, g, r in zip(names, *results, strict=True):
+                assert (g is None) == (r is None), name
+                if r is not None:
+                    tol = 1e-10 if dtype == torch.float64 else 1e-5 if name in ("output", "input") else 1e-3
+                    assert _rel(g, r) <= tol, (name, *where, _rel(g, r))
+            if dtype == torch.float32:
+                flat = [torch.cat([t.flatten() for t in res[2:] if t is not None]) for res in results]
+                assert _rel(*flat) <= 1e-5, ("parameter gradients", *where, _rel(*flat))
+
+
+@pytest.mark.parametrize("gate,squeeze,excitation", list(itertools.product(
+    GATES.names(), SQUEEZES.names(), EXCITATIONS.names())))
+def test_every_se_design_gives_the_unfused_numbers(gate, squeeze, excitation):
+    for placement in PLACEMENTS.names():
+        torch.manual_seed(0)
+        _assert_same_numbers(_tiny_resnet(SEConfig(reduction=2, gate=gate, squeeze=squeeze,
+                                                   excitation=excitation, placement=placement)), 6)
+
+
+@pytest.mark.parametrize("name,size,kw", [
+    ("se_resnet20", 16, {}),
+    ("bottleneck", 32, dict(stride_in_1x1=True)),  # se_resnet50's blocks, narrow and short
+    ("bottleneck", 32, dict(stride_in_1x1=False)),
+    ("preact_basic", 16, {}),  # the wide ResNets' blocks
+    ("preact_bottleneck", 16, {}),  # ResNet-164's
+])
+@pytest.mark.parametrize("placement", PLACEMENTS.names())
+def test_every_residual_block_gives_the_unfused_numbers(name, size, kw, placement):
+    from senet.models.blocks import Bottleneck, PreActBasicBlock, PreActBottleneck
+
+    se = SEConfig(reduction=4, placement=placement)
+    torch.manual_seed(0)
+    if name == "bottleneck":
+        model = ResNet(Bottleneck, (2, 1), (8, 16), stem_width=8, num_classes=5, se=se, **kw)
+    elif name == "preact_basic":
+        model = ResNet(PreActBasicBlock, (2, 1), (8, 16), stem="cifar", stem_width=8,
+                       shortcut="conv_nobn", num_classes=5, se=se)
+    elif name == "preact_bottleneck":
+        model = ResNet(PreActBottleneck, (2, 1), (4, 8), stem="cifar", stem_width=8,
+                       shortcut="conv_nobn", num_classes=5, se=se)
+    else:
+        model = build_model(name, num_classes=5, se=se)
+    with torch.no_grad():  # BN statistics away from their initial values, so eval mode differs
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    _assert_same_numbers(model, size)
+    _assert_same_numbers(model, size, channels_last=True)
+
+
+def test_standard_and_identity_se_scale_inside_the_residual_addition():
+    """The scaling feeds the addition in one pass (addcmul), with no full-size product of its own;
+    in training its backward makes the two full-size products it needs (g·s, g·u) and nothing else
+    of the SE's at full size (no multiplication by addcmul's value 1, no materialised mean gradient)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.full = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.shape == (2, 8, 6, 6):
+                self.full.append(func.overloadpacket.__name__)
+            return out
+
+    for placement in ("standard", "identity"):
+        block = BasicBlock(8, 8, se_factory=SEConfig(placement=placement, reduction=2).factory(),
+                           placement=placement).train()
+        x = torch.randn(2, 8, 6, 6)
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad), Ops() as ops:
+                out = block(x.clone().requires_grad_(grad))
+            assert "addcmul" in ops.full and "mul" not in ops.full and "add" not in ops.full, \
+                (placement, grad, ops.full)
+            torch.testing.assert_close(out, _reference_block_forward(block, x))
+            if grad:
+                with Ops() as ops:
+                    out.backward(torch.randn_like(out))
+                assert ops.full.count("mul") == 2 and "div" not in ops.full, (placement, ops.full)
+
+
+@pytest.mark.parametrize("placement", ["standard", "identity"])
+def test_a_hook_on_the_se_module_sees_and_replaces_its_output(placement):
+    """Hooks on ``se`` (the complexity counter, SE removal) see ``u * s`` and can replace it."""
+    block = BasicBlock(8, 8, se_factory=SEConfig(placement=placement, reduction=2).factory(),
+                       placement=placement).eval()
+    x = torch.randn(2, 8, 5, 5)
+    seen = {}
+    h1 = block.se.gate.register_forward_hook(lambda m, i, o: seen.update(s=o))
+    h2 = block.se.register_forward_hook(lambda m, i, o: seen.update(io=(i[0], o)))
+    with torch.no_grad():
+        fused = block(x)
+    h2.remove()
+    u, out = seen["io"]
+    torch.testing.assert_close(out, u * seen["s"])
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), fused)  # unhooked again: the fused pass, same numbers
+    h1.remove()
+    with block.se.register_forward_hook(lambda m, i, o: torch.zeros_like(o)), torch.no_grad():
+        if placement == "standard":  # the branch is switched off: relu(x + 0)
+            torch.testing.assert_close(block(x), torch.relu(x))
+        else:  # the shortcut is: the block is its branch
+            branch = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
+            torch.testing.assert_close(block(x), torch.relu(branch))
+
+
+def test_pooled_excitation_keeps_the_gate_shape_and_parameter_names():
+    """The matrix-product FCs use the 1×1 convolutions' own parameters: timm's names and shapes."""
+    se = SqueezeExcitation(32, 4)
+    assert {n: tuple(p.shape) for n, p in se.named_parameters()} == {
+        "excitation.fc1.weight": (8, 32, 1, 1), "excitation.fc1.bias": (8,),
+        "excitation.fc2.weight": (32, 8, 1, 1), "excitation.fc2.bias": (32,)}
+    for excitation in EXCITATIONS.names():
+        se = SqueezeExcitation(32, 4, excitation=excitation)
+        seen = {}
+        se.gate.register_forward_hook(lambda m, i, o: seen.update(s=o))
+        u = torch.randn(3, 32, 5, 5).contiguous(memory_format=torch.channels_last)
+        out = se(u)
+        assert seen["s"].shape == (3, 32, 1, 1), excitation
+        assert out.is_contiguous(memory_format=torch.channels_last), excitation
+        torch.testing.assert_close(out, _reference_se(se, u))
+
+
+def test_fused_ops_have_the_unfused_gradients_and_forward_derivatives():
+    from senet.se import scale_add, spatial_mean
+
+    x, u = (torch.randn(2, 3, 4, 5, dtype=torch.double, requires_grad=True) for _ in range(2))
+    for s in (torch.rand(2, 3, 1, 1, dtype=torch.double, requires_grad=True),
+              torch.rand(2, 3, 4, 5, dtype=torch.double, requires_grad=True)):
+        assert torch.autograd.gradcheck(scale_add, (x, u, s), check_forward_ad=True)
+        assert torch.autograd.gradgradcheck(scale_add, (x, u, s))
+    assert torch.autograd.gradcheck(spatial_mean, (u,), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(spatial_mean, (u,))
+
+
+@pytest.mark.parametrize("excitation", EXCITATIONS.names())
+@pytest.mark.parametrize("squeeze", [n for n in SQUEEZES.names() if SQUEEZES.get(n).pooled])
+def test_hooks_inside_the_se_see_their_modules_called_as_before(squeeze, excitation):
+    """The pooled path skips module calls only where nothing watches them: a hook on the squeeze
+    or on an FC sees it called with the shapes it always had, and the numbers do not change."""
+    se = SqueezeExcitation(16, 4, squeeze=squeeze, excitation=excitation)
+    u = torch.randn(3, 16, 5, 5)
+    convs = [m for m in se.excitation.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d))]
+    seen = []
+    handles = [m.register_forward_hook(lambda m, i, o: seen.append((type(m).__name__, i[0].shape, o.shape)))
+               for m in [se.squeeze, *convs]]
+    expected = _reference_se(se, u)  # calls the convs (not the squeeze module) as the old forward did
+    reference_calls, seen[:] = list(seen), []
+    torch.testing.assert_close(se(u), expected)
+    k = SQUEEZES.get(squeeze).descriptors
+    assert seen == [(type(se.squeeze).__name__, (3, 16, 5, 5), (3, k, 16, 1, 1)), *reference_calls]
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(se(u), expected)
+
+
+def test_a_squeeze_that_defines_only_forward_still_works():
+    """A user's pooled squeeze written against the (N, K, C, 1, 1) contract needs no ``vectors``."""
+    from senet.se import Squeeze
+
+    class SquareMean(Squeeze):
+        def forward(self, u):
+            return u.square().mean((2, 3), keepdim=True).unsqueeze(1)
+
+    se = SqueezeExcitation(8, 2, squeeze=SquareMean)
+    u = torch.randn(3, 8, 4, 4)
+    torch.testing.assert_close(se(u), _reference_se(se, u))
+    x = torch.randn(3, 8, 4, 4)
+    torch.testing.assert_close(se.scale_add(u, x), _reference_se(se, u) + x)

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _torch_module
 
 from ..errors import UserValueError
 from ..registry import Registry
+from ..se import has_hooks
 
 
 @dataclass(frozen=True)
@@ -86,18 +86,11 @@ class SESlot(nn.Module):
             return branch + shortcut
         u, x = (branch, shortcut) if site == "branch_out" else (shortcut, branch)
         se = self.se
-        if _has_hooks(se) or not hasattr(se, "scale_add"):
+        if has_hooks(se) or not hasattr(se, "scale_add"):
             # a hook may read or replace se(u) itself (the complexity counter, analysis/removal):
             # it must see the module called, so the addition stays a separate pass
             return se(u) + x
         return se.scale_add(u, x)
-
-
-def _has_hooks(m: nn.Module) -> bool:
-    """Whether calling ``m`` would run hooks, by the same test as ``nn.Module.__call__``."""
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
-                or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
 
 
 def init_weights(model: nn.Module) -> None:
