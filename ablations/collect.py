@@ -158,7 +158,9 @@ def trial_rows(exp: Path) -> Iterator[dict[str, Any]]:
             "seed": int(params.get("seed", flat.get("seed", 0))),
         }
         row.update({k: v for k, v in flat.items() if k != "seed"})
-        ran = {**flat, "precision": prov.get("precision")}  # the precision `auto` resolved to
+        # the precision `auto` resolved to; a trial that failed before recording it would have run
+        # in the one its identity was planned with
+        ran = {**flat, "precision": prov.get("precision") or store.trial_precision(C.from_flat(flat))}
         row.update({
             "status": status,
             "test_top1_err": last.get("test_top1_err"),
@@ -176,7 +178,7 @@ def trial_rows(exp: Path) -> Iterator[dict[str, Any]]:
             "node": last.get("node", last.get("hostname")), "node_id": last.get("node_id"),
             "git_commit": prov.get("git_commit"), "git_dirty": prov.get("git_dirty"),
             "torch_version": prov.get("torch_version"), "device": prov.get("device"),
-            "precision": prov.get("precision"),
+            "precision": ran["precision"],
             "checkpoint": _latest_checkpoint(tdir),
             "preset": params.get("preset"), "experiment": exp.name,
             "recipe": _recipe(ran, params), "config_id": store.config_id(ran), "reused_from": None,

@@ -51,6 +51,22 @@ def config_id(flat: Mapping[str, Any]) -> str:
     return recipe_hash(full)
 
 
+def trial_precision(cfg: C.Config) -> str:
+    """The precision a trial of ``cfg`` trains in: ``run.precision``, with ``auto`` resolved for the
+    trial's device type as this machine sees it (bf16 on a GPU or a CPU with native bf16, else fp32).
+    It is part of the trial's identity, so a trial recorded in bf16 is not taken for an fp32 one.
+    Nothing is opened here: the driver of a GPU cluster may have no GPU of its own."""
+    if cfg.run.precision != "auto":
+        return cfg.run.precision
+    import torch  # noqa: PLC0415
+
+    from senet.train import default_precision  # noqa: PLC0415
+
+    name = cfg.run.device
+    gpu = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    return default_precision(torch.device("cuda" if gpu else "cpu"))
+
+
 def key_of(row: Mapping[str, Any]) -> tuple[str, int]:
     return str(row["config_id"]), int(row["seed"])
 

@@ -217,15 +217,6 @@ def _trial_configs(base: C.Config, arms, nuisance: Mapping[str, tuple]):
                 yield C.from_flat({key: v}, cfg)
 
 
-def trial_precision(cfg: C.Config) -> str:
-    """The precision a trial of ``cfg`` trains in: ``run.precision``, with ``auto`` resolved for the
-    trial's device as this machine sees it (bf16 on a GPU or a CPU with native bf16, else fp32). It is
-    part of the trial's identity, so a trial recorded in bf16 is not taken for an fp32 one."""
-    from senet.train import resolve_device, resolve_precision  # noqa: PLC0415
-
-    return resolve_precision(cfg, resolve_device(cfg.run.device))[0]
-
-
 def cells(p: Plan) -> tuple[Cell, ...]:
     """Every planned trial, seed by seed (all arms of seed 0 first: an interrupted sweep leaves whole
     seeds, which paired comparisons need). Two cells that are one configuration are refused: the
@@ -236,7 +227,7 @@ def cells(p: Plan) -> tuple[Cell, ...]:
     for seed in range(p.seeds):
         for arm in p.arms:
             cfg = C.from_flat(arm.overrides, p.base)
-            resolved = {PRECISION_COLUMN: trial_precision(cfg)}
+            resolved = {PRECISION_COLUMN: store.trial_precision(cfg)}
             for values in itertools.product(*(v for _, v in nuisance)):
                 point = tuple(zip((k for k, _ in nuisance), values, strict=True))
                 flat = C.flatten(C.from_flat({**dict(point), "seed": seed}, cfg))
@@ -300,7 +291,7 @@ def study_meta(p: Plan) -> dict:
 
     code = git_commit()  # the checkout the launch ran from; each row also records its trial's commit
     meta.update(code_commit=code["git_commit"], code_dirty=code["git_dirty"])
-    meta["recipe"] = recipe_hash({**base, PRECISION_COLUMN: trial_precision(p.base)}, axis_keys(meta), s.nuisance)
+    meta["recipe"] = recipe_hash({**base, PRECISION_COLUMN: store.trial_precision(p.base)}, axis_keys(meta), s.nuisance)
     return meta
 
 

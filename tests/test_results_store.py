@@ -40,7 +40,7 @@ def _rows(p: W.Plan, seeds, status="completed", experiment=None, err=10.0) -> li
         for arm in p.arms:
             flat = C.flatten(C.from_flat({**arm.overrides, "seed": seed}, p.base))
             flat.update({"run.threads": 1, "run.device": "cpu"})  # bookkeeping a trial resolves
-            flat["precision"] = W.trial_precision(p.base)  # provenance: what `auto` resolved to
+            flat["precision"] = store.trial_precision(p.base)  # provenance: what `auto` resolved to
             rows.append({**flat, "study": p.study.name, "arm": arm.label, "trial_id": f"{arm.label}-{seed}",
                          "status": status, "test_top1_err": err + seed, "preset": p.preset,
                          "experiment": experiment or p.experiment, "git_commit": "c0ffee"})
