@@ -23,12 +23,7 @@ from senet import SEConfig, build_model, se_modules
 MEAN, STD = (0.5,), (0.25,)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

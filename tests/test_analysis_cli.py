@@ -15,13 +15,7 @@ from senet.checkpoint import build_from_config, save_checkpoint
 from senet.cli import main
 from senet.data import SYNTHETIC_CLASSES
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _checkpoint(path, model_name, **flat):

@@ -17,13 +17,7 @@ from senet.checkpoint import load_model
 from senet.cli import main
 from senet.data import load_datasets, normalize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
