@@ -133,6 +133,18 @@ class Context:
         return None, (f"no {filename} in {' or '.join(self.rel(d) for d in dirs)} (`senet analyze --best gate "
                       "--out results/gate/analysis` writes one)")
 
+    def analysis_table(self, filename: str, need: set[str]) -> tuple[pd.DataFrame | None, str]:
+        """``filename`` (CSV or Parquet) of the analysis folder and where it came from; (None, why)
+        when no analysis wrote it. A table without the ``need`` columns is refused."""
+        d, why = self.analysis_dir(filename)
+        if d is None:
+            return None, why
+        path = d / filename
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        if not need <= set(table.columns):
+            raise AnalysisInputError(f"{path} lacks the columns {sorted(need - set(table.columns))}")
+        return table, self.rel(d)
+
 
 def recipe_summary(study: str, runs: pd.DataFrame, meta: dict) -> dict:
     """The recipe behind a study's numbers, for the header: preset, data, model, epochs, sizes, seeds,
@@ -364,13 +376,9 @@ class SelectivityDepth:
         return "analysis"
 
     def evaluate(self, ctx: Context) -> SourceResult:
-        d, why = ctx.analysis_dir(self.filename)
-        if d is None:
-            return SourceResult("analysis", missing=why)
-        src = ctx.rel(d)
-        sel = pd.read_csv(d / self.filename)
-        if not {"block", "depth", "eta2"} <= set(sel.columns):
-            raise AnalysisInputError(f"{d / self.filename} lacks the columns block, depth, eta2")
+        sel, src = ctx.analysis_table(self.filename, {"block", "depth", "eta2"})
+        if sel is None:
+            return SourceResult("analysis", missing=src)
         sel = sel.dropna(subset=["eta2"]).sort_values("depth")
         n = len(sel)
         comp = "ρ(depth, η²) over " + (", ".join(sel["block"]) if n <= 12 else f"{n} blocks")
@@ -413,17 +421,13 @@ class StageRemoval:
         return "analysis"
 
     def evaluate(self, ctx: Context) -> SourceResult:
-        d, why = ctx.analysis_dir(self.filename)
-        if d is None:
-            return SourceResult("analysis", missing=why)
-        src = ctx.rel(d)
-        t = pd.read_parquet(d / self.filename)
-        need = {"removed", "n", f"top1_err_{self.mode}", f"delta_top1_{self.mode}"}
-        if not need <= set(t.columns):
-            raise AnalysisInputError(f"{d / self.filename} lacks the columns {sorted(need - set(t.columns))}")
+        t, src = ctx.analysis_table(self.filename, {"removed", "n", f"top1_err_{self.mode}",
+                                                    f"delta_top1_{self.mode}"})
+        if t is None:
+            return SourceResult("analysis", missing=src)
         stages = t[t["removed"].astype(str).str.match(r"^stage \d+$")]
         if stages.empty or not (t["removed"] == "none").any():
-            return SourceResult(src, missing=f"{ctx.rel(d / self.filename)} has no per-stage removal rows")
+            return SourceResult(src, missing=f"{src}/{self.filename} has no per-stage removal rows")
         last = max(stages["removed"], key=lambda s: int(s.split()[1]))
         row, none = t[t["removed"] == last].iloc[0], t[t["removed"] == "none"].iloc[0]
         n = int(row["n"])
