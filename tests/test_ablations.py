@@ -407,25 +407,6 @@ def test_resume_keeps_what_the_sweep_was_started_with(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # The smoke preset of every study through real Ray Tune (one Ray session for all of them)
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    from ablations.sweep import connect
-
-    scratch = tmp_path_factory.mktemp("scratch")
-    old = os.environ.get("SENET_SCRATCH")
-    os.environ["SENET_SCRATCH"] = str(scratch)
-    started = connect(None)
-    yield scratch
-    import ray
-
-    if started:
-        ray.shutdown()
-    if old is None:
-        os.environ.pop("SENET_SCRATCH", None)
-    else:
-        os.environ["SENET_SCRATCH"] = old
-
-
 def _ray_listeners() -> list[str]:
     out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout.splitlines()[1:]
     mine = re.compile(rf"raylet|gcs_server|ray::|pid={os.getpid()},")

@@ -5,7 +5,6 @@ Ray's folders. Fast tests build tables by hand; one scenario runs real smoke swe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -290,23 +289,6 @@ def test_make_results_runs_every_study_in_order_and_is_phony():
 # ------------------------------------------------------------------------------------------------
 # The whole story on real Ray, at the smoke preset
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    scratch = tmp_path_factory.mktemp("scratch")
-    old = os.environ.get("SENET_SCRATCH")
-    os.environ["SENET_SCRATCH"] = str(scratch)
-    started = W.connect(None)
-    yield
-    import ray
-
-    if started:
-        ray.shutdown()
-    if old is None:
-        os.environ.pop("SENET_SCRATCH", None)
-    else:
-        os.environ["SENET_SCRATCH"] = old
-
-
 def _trained(results: Path, study: str) -> dict[str, int]:
     """Trial folders per Tune experiment: the trials that really ran on Ray."""
     ray = results / study / "ray"
