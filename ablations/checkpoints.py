@@ -19,6 +19,8 @@ import re
 import shutil
 from pathlib import Path
 
+from senet.layout import read_json
+
 _CKPT = re.compile(r"checkpoint_(\d{6})")
 
 
@@ -26,6 +28,46 @@ def newest_state_file(exp: Path) -> Path | None:
     """The snapshot ``Tuner.restore`` reads: the greatest ``experiment_state-<time>.json`` by name."""
     states = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.name)
     return states[-1] if states else None
+
+
+class LocalExperiment:
+    """A Tune experiment folder on this machine, as the functions below read and change it; an
+    object store's experiment (:class:`ablations.storage.StoredExperiment`) offers the same methods."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def state(self) -> object:
+        """The newest experiment-state snapshot's JSON (None when there is none or it is unreadable)."""
+        path = newest_state_file(self.path)
+        return read_json(path) if path is not None else None
+
+    def has_trial(self, logdir: str) -> bool:
+        return (self.path / logdir).is_dir()
+
+    def checkpoints(self, logdir: str) -> dict[int, str]:
+        """The trial's checkpoint folders by index."""
+        out = {}
+        for d in (self.path / logdir).glob("checkpoint_*"):
+            i = _index(d.name)
+            if i is not None and d.is_dir():
+                out[i] = d.name
+        return out
+
+    def remove(self, logdir: str, name: str) -> None:
+        shutil.rmtree(self.path / logdir / name, ignore_errors=True)
+
+    def copy(self, logdir: str, src: str, dst: str) -> None:
+        """Copy a checkpoint folder under a new name, which appears whole or not at all."""
+        trial_dir = self.path / logdir
+        tmp = trial_dir / f".{dst}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(trial_dir / src, tmp)
+        tmp.rename(trial_dir / dst)
+
+
+def _experiment(exp) -> LocalExperiment:
+    return LocalExperiment(exp) if isinstance(exp, (str, Path)) else exp
 
 
 def _index(name: str | None) -> int | None:
@@ -52,19 +94,16 @@ def _latest_registered(run: dict, logdir: str) -> int | None:
     return max((int(i) for i in found), default=None)
 
 
-def named_checkpoints(exp: Path) -> dict[str, str]:
+def named_checkpoints(exp) -> dict[str, str]:
     """Trial folder name -> the checkpoint folder that the newest snapshot on storage restores it from.
 
-    Trials whose snapshot holds no checkpoint, or one this reader cannot make out, are left out
-    (nothing of theirs is deleted); an unreadable snapshot (one being copied) gives ``{}``.
+    ``exp``: an experiment folder, or an object store's experiment. Trials whose snapshot holds no
+    checkpoint, or one this reader cannot make out, are left out (nothing of theirs is deleted); an
+    unreadable snapshot (one being copied) gives ``{}``.
     """
-    path = newest_state_file(exp)
-    if path is None:
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        entries = data["trial_data"]
-    except (OSError, ValueError, KeyError, TypeError):
+    data = _experiment(exp).state()
+    entries = data.get("trial_data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
         return {}
     out = {}
     for entry in entries:
@@ -80,43 +119,35 @@ def named_checkpoints(exp: Path) -> dict[str, str]:
     return out
 
 
-def _checkpoint_dirs(trial_dir: Path) -> dict[int, Path]:
-    out = {}
-    for d in trial_dir.glob("checkpoint_*"):
-        i = _index(d.name)
-        if i is not None and d.is_dir():
-            out[i] = d
-    return out
-
-
-def prune_superseded(exp: Path) -> int:
+def prune_superseded(exp) -> int:
     """Delete each trial's checkpoints older than the one the snapshot on storage names; return how many."""
+    exp = _experiment(exp)
     removed = 0
     for logdir, name in named_checkpoints(exp).items():
         keep = _index(name)
-        for i, d in _checkpoint_dirs(exp / logdir).items():
+        for i, folder in exp.checkpoints(logdir).items():
             if i < keep:
-                shutil.rmtree(d, ignore_errors=True)
+                exp.remove(logdir, folder)
                 removed += 1
     return removed
 
 
-def repair_missing(exp: Path) -> list[str]:
+def repair_missing(exp) -> list[str]:
     """Where the named checkpoint of a trial is gone and a newer one exists, copy the newest one to the
     missing name; return one line per mended trial."""
+    exp = _experiment(exp)
     notes = []
     for logdir, name in named_checkpoints(exp).items():
-        trial_dir = exp / logdir
-        if not trial_dir.is_dir() or (trial_dir / name).exists():
+        if not exp.has_trial(logdir):
             continue
-        newer = {i: d for i, d in _checkpoint_dirs(trial_dir).items() if i > _index(name)}
+        have = exp.checkpoints(logdir)
+        if _index(name) in have:
+            continue
+        newer = {i: d for i, d in have.items() if i > _index(name)}
         if not newer:
             continue
         src = newer[max(newer)]
-        tmp = trial_dir / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        tmp.rename(trial_dir / name)
+        exp.copy(logdir, src, name)
         notes.append(f"{logdir}: {name}, which the experiment state names, was gone; "
-                     f"it resumes from {src.name} instead")
+                     f"it resumes from {src} instead")
     return notes

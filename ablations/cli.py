@@ -2,24 +2,17 @@
 entry point; Ray is imported only when a sweep starts)."""
 from __future__ import annotations
 
-import json
+from senet.cli import Command, ListingCommand, command
 
-from senet.cli import Command, command
-
-from .studies import PRESETS, STUDIES
+from .studies import PRESETS, STUDIES, base_config
 
 
 @command
-class StudiesCommand(Command):
+class StudiesCommand(ListingCommand):
     name = "studies"
     help = "list the ablation studies (paper Tables 10-16), their arms and the presets"
 
-    def configure(self, p):
-        p.add_argument("--json", action="store_true", help="print JSON")
-
-    def run(self, args, overrides):
-        from .studies import base_config  # noqa: PLC0415
-
+    def rows(self):
         rows = []
         for name, study in STUDIES.items():
             arms = () if name == "custom" else study.resolve_arms(base_config(study, "quick"))
@@ -27,11 +20,13 @@ class StudiesCommand(Command):
                          "axis": study.axis, "reference_arm": study.reference_arm,
                          "fixed": dict(study.fixed), "arms": [a.to_dict() for a in arms],
                          "seeds": {preset: study.seeds_at(preset) for preset in PRESETS.names()}})
-        if args.json:
-            print(json.dumps({"studies": rows, "presets": {n: {"doc": p.doc, "seeds": p.seeds,
-                                                               "overrides": dict(p.overrides)}
-                                                           for n, p in PRESETS.items()}}, indent=1))
-            return 0
+        return rows
+
+    def as_json(self, rows):
+        return {"studies": rows, "presets": {n: {"doc": p.doc, "seeds": p.seeds, "overrides": dict(p.overrides)}
+                                             for n, p in PRESETS.items()}}
+
+    def print_text(self, rows):
         for r in rows:
             table = f" ({r['paper_table']})" if r["paper_table"] else ""
             seeds = ", ".join(f"{n} at {preset}" for preset, n in r["seeds"].items())
@@ -45,7 +40,6 @@ class StudiesCommand(Command):
             if r["name"] == "custom":
                 print("  (arms from --spec FILE.yaml: axes as a grid or random samples)")
         print("presets: " + "; ".join(f"{n} ({p.doc})" for n, p in PRESETS.items()))
-        return 0
 
 
 @command
@@ -62,8 +56,9 @@ class SweepCommand(Command):
         p.add_argument("--seeds", type=int, default=None,
                        help="seeds per arm (default: the study's at the preset, see `senet studies`)")
         p.add_argument("--results", default="results", help="results folder (default: results)")
-        p.add_argument("--storage", default=None, help="Tune storage (default: <results>/<study>/ray); "
-                       "on a cluster, a path every node shares")
+        p.add_argument("--storage", default=None, help="Tune storage: a folder or an object store's URI "
+                       "(s3://BUCKET/PREFIX, gs://...; credentials from the environment) (default: "
+                       "<results>/<study>/ray); on a cluster, one every node reaches")
         p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT or auto; "
                        "default: $RAY_ADDRESS, else a local Ray on loopback)")
         p.add_argument("--cpus-per-trial", type=float, default=None,
@@ -85,7 +80,9 @@ class SweepCommand(Command):
                     "config: every key's value, default, choices, meaning and what the study sweeps.")
 
     def run(self, args, overrides):
-        from .sweep import SweepOptions, run_sweeps  # noqa: PLC0415
+        # here, not at the top: every senet command loads this module, only a sweep needs pandas
+        from .plan import SweepOptions
+        from .sweep import run_sweeps
 
         outcomes = run_sweeps(SweepOptions(
             study=args.study, preset=args.preset, seeds=args.seeds, results=args.results,
@@ -105,10 +102,11 @@ class CollectCommand(Command):
     def configure(self, p):
         p.add_argument("study", help="the study's name (its folder under --results)")
         p.add_argument("--results", default="results", help="results folder (default: results)")
-        p.add_argument("--storage", default=None, help="Tune storage (default: <results>/<study>/ray)")
+        p.add_argument("--storage", default=None, help="Tune storage the sweep used: a folder or a URI "
+                       "(s3://BUCKET/PREFIX, ...) (default: <results>/<study>/ray)")
 
     def run(self, args, overrides):
-        from .collect import collect  # noqa: PLC0415
+        from .collect import collect  # here: every senet command loads this module
 
         df = collect(args.study, args.results, storage=args.storage)
         counts = df["status"].value_counts().to_dict()

@@ -5,7 +5,7 @@ so ``senet config`` (which lives in senet and never imports this package) gains 
 """
 from __future__ import annotations
 
-from senet import config as C
+from senet import config
 from senet.config_cmd import CONFIG_SOURCES, ConfigSource
 
 from .studies import PRESETS, STUDIES, base_config, get_study
@@ -27,9 +27,9 @@ class StudySource(ConfigSource):
         preset = PRESETS.get(args.preset or "quick").name
         if not args.study:
             if args.spec:
-                raise C.ConfigError("--spec describes the custom study: add --study custom")
-            user = {C.ALIASES.get(k, k): v for k, v in overrides.items()}
-            return C.from_flat({**PRESETS.get(preset).overrides, **user}), f"preset {preset}", {}
+                raise config.ConfigError("--spec describes the custom study: add --study custom")
+            user = {config.ALIASES.get(k, k): v for k, v in overrides.items()}
+            return config.from_flat({**PRESETS.get(preset).overrides, **user}), f"preset {preset}", {}
         study = get_study(args.study, args.spec)
         cfg = base_config(study, preset, overrides)
         notes = {"seed": "swept: one trial per seed (senet sweep --seeds N)"}

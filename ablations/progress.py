@@ -15,6 +15,7 @@ from pathlib import Path
 from ray import tune
 
 from .checkpoints import prune_superseded
+from .storage import tune_experiment
 
 _STATES = ("pending", "running", "done", "failed")
 
@@ -149,8 +150,12 @@ class CheckpointPruner(tune.Callback):
     Tune itself keeps every checkpoint (``num_to_keep=None``): its own deletion runs ahead of the
     experiment-state snapshot that ``--resume`` reads (see :mod:`ablations.checkpoints`). The
     experiment folder is taken from the trials, so a sweep moved to another folder and resumed
-    there prunes the right one.
+    there prunes the right one. In an object store each round lists the experiment, so it runs less
+    often there, and a round the store did not answer is left to the next.
     """
+
+    #: Seconds between rounds in an object store (a class attribute: Tune restores pickled callbacks).
+    STORE_EVERY_S = 10.0
 
     def __init__(self, every_s: float = 2.0):
         self.every_s = every_s
@@ -160,7 +165,15 @@ class CheckpointPruner(tune.Callback):
         self._last = 0.0
 
     def on_step_end(self, iteration, trials, **info):
+        if not trials:
+            return
+        exp = tune_experiment(trials[0].storage)
         now = time.monotonic()
-        if trials and now - self._last >= self.every_s:
-            self._last = now
-            prune_superseded(Path(trials[0].storage.experiment_fs_path))
+        if now - self._last < (self.every_s if isinstance(exp, Path) else max(self.every_s, self.STORE_EVERY_S)):
+            return
+        self._last = now
+        try:
+            prune_superseded(exp)
+        except OSError:
+            if isinstance(exp, Path):
+                raise

@@ -15,7 +15,6 @@ clone has the tables alone, and a sweep or a collect there must keep every row t
 from __future__ import annotations
 
 import io
-import json
 import re
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -24,14 +23,15 @@ from typing import Any
 
 import pandas as pd
 
-from senet import config as C
+from senet import config
+from senet.layout import StudyPaths, study_paths
 from senet.recipe import PRECISION_COLUMN, recipe_hash
 
 #: Trial statuses that are results: a diverged arm (the loss became NaN) is an answer, not a failure.
 FINISHED = ("completed", "diverged")
 #: Columns the store adds to a runs.parquet row.
 ID_COLUMNS = ("config_id", "reused_from")
-_DEFAULTS = C.flatten(C.Config())
+_DEFAULTS = config.flatten(config.Config())
 
 
 def _missing(v: Any) -> bool:
@@ -51,19 +51,30 @@ def config_id(flat: Mapping[str, Any]) -> str:
     return recipe_hash(full)
 
 
-def trial_precision(cfg: C.Config) -> str:
+def trial_precision(cfg: config.Config) -> str:
     """The precision a trial of ``cfg`` trains in: ``run.precision``, with ``auto`` resolved for the
     trial's device type as this machine sees it (bf16 on a GPU or a CPU with native bf16, else fp32).
     It is part of the trial's identity, so a trial recorded in bf16 is not taken for an fp32 one.
     Nothing is opened here: the driver of a GPU cluster may have no GPU of its own."""
-    if cfg.run.precision != "auto":
-        return cfg.run.precision
-    import torch  # noqa: PLC0415
+    return resolve_precision(cfg.run.precision, cfg.run.device)
 
-    from senet.train import default_precision  # noqa: PLC0415
 
-    name = cfg.run.device
-    gpu = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+def flat_precision(flat: Mapping[str, Any]) -> str:
+    """:func:`trial_precision` of a flat config (``run.precision`` and ``run.device`` as a trial
+    resolved them), without building the config again."""
+    return resolve_precision(str(flat.get("run.precision", _DEFAULTS["run.precision"])),
+                             str(flat.get("run.device", _DEFAULTS["run.device"])))
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision != "auto":
+        return precision
+    # torch only where `auto` has to be resolved: planning a sweep of fixed precision loads none
+    import torch
+
+    from senet.runtime import default_precision
+
+    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     return default_precision(torch.device("cuda" if gpu else "cpu"))
 
 
@@ -146,24 +157,32 @@ def committed_copy(path: Path) -> pd.DataFrame | None:
         return None
 
 
+def study_folders(results: str | Path) -> list[StudyPaths]:
+    """The studies of a results folder: one per folder in it."""
+    root = Path(results)
+    if not root.is_dir():
+        return []
+    return [study_paths(root, d.name) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+
+
 def recorded(results: Path, out=None) -> dict[tuple[str, int], list[dict]]:
     """Every finished row of every ``<results>/*/runs.parquet`` by ``(config_id, seed)``: rows trained
     in their own study first (a copy's ``reused_from`` already names its origin), then by study."""
     found: dict[tuple[str, int], list[dict]] = {}
-    for path in sorted(Path(results).glob("*/runs.parquet")):
-        df, why = read_table(path)
+    for study in study_folders(results):
+        df, why = read_table(study.runs_parquet)
         if df is None:
             if why and out is not None:
-                print(f"senet: note: {path} could not be read ({why}); its trials are not reused "
-                      f"(`senet collect {path.parent.name}` rebuilds it)", file=out, flush=True)
+                print(f"senet: note: {study.runs_parquet} could not be read ({why}); its trials are not reused "
+                      f"(`senet collect {study.study}` rebuilds it)", file=out, flush=True)
             continue
         if df.empty or "status" not in df or "seed" not in df:
             continue
         df = with_ids(df[df["status"].isin(FINISHED)])
         for row in df.to_dict("records"):
-            row["_table"] = path.parent.name  # the folder, whatever a row's study column says
+            row["_table"] = study.study  # the folder, whatever a row's study column says
             if _missing(row.get("study")):
-                row["study"] = path.parent.name
+                row["study"] = study.study
             found.setdefault(key_of(row), []).append(row)
     for rows in found.values():
         rows.sort(key=lambda r: (not _missing(r.get("reused_from")), str(r.get("study"))))
@@ -192,10 +211,3 @@ def lost_rows(recorded_rows: Iterable[Mapping[str, Any]], now: pd.DataFrame) -> 
     have = {key_of(r) for r in now.to_dict("records")} if not now.empty else set()
     return [dict(r) for r in recorded_rows if (str(r["config_id"]), int(r["seed"])) not in have]
 
-
-def read_manifest(results_dir: Path) -> list[dict] | None:
-    try:
-        rows = json.loads((results_dir / "study.json").read_text()).get("recorded")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return rows if isinstance(rows, list) else None

@@ -5,7 +5,9 @@ the *nuisance* parameters that are swept identically for every arm, the baseline
 always; a learning-rate grid if the user asks), and the parameters held *fixed* for every arm (the
 paper's ablations remove the FC biases of the excitation, so ``se.bias`` is off throughout).
 Each arm carries the paper's ImageNet top-1 / top-5 error for SE-ResNet-50 where the paper reports
-one, so a report can set the measured ordering beside the published one.
+one, so a report can set the measured ordering beside the published one. The gate, squeeze and
+placement studies read their arms, and those numbers, from the SE slots' registries
+(:class:`SlotArms`): a newly registered gate is an arm of the gate study with no change here.
 
 Presets size the shared recipe: ``smoke`` (synthetic data, seconds, run by the tests), ``quick``
 (a Fashion-MNIST subset and a CIFAR-style SE-ResNet-20, minutes per study on two CPU cores),
@@ -18,14 +20,18 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from senet import config as C
+import yaml
+
+from senet import config
 from senet.errors import UserValueError
+from senet.models import MODELS, build_model, se_modules
 from senet.registry import Registry
+from senet.se import GATES, PLACEMENTS, SQUEEZES, SEConfig
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,31 @@ class Arm:
                 "paper_top1": self.paper_top1, "paper_top5": self.paper_top5}
 
 
+class SlotArms(Sequence[Arm]):
+    """The arms of a study of one SE slot: every choice its registry holds, in registration order,
+    labelled by name, with the paper's numbers its registration carries (``paper=``). Read from the
+    registry whenever used, so a newly registered gate is an arm of the gate study by itself."""
+
+    def __init__(self, registry: Registry, key: str):
+        self.registry, self.key = registry, key
+
+    def _arms(self) -> tuple[Arm, ...]:
+        return tuple(Arm(name, {self.key: name}, *(self.registry.info(name).paper or (None, None)))
+                     for name in self.registry)
+
+    def __getitem__(self, i):
+        return self._arms()[i]
+
+    def __len__(self) -> int:
+        return len(self.registry)
+
+    def __iter__(self) -> Iterator[Arm]:
+        return iter(self._arms())
+
+    def __repr__(self) -> str:
+        return f"SlotArms({self.registry.kind}: {', '.join(self.registry)})"
+
+
 #: The paper's baseline ResNet-50 (no SE), §6: 23.30 / 6.55.
 PAPER_BASELINE = (23.30, 6.55)
 #: The paper's default SE-ResNet-50 (r = 16, avg squeeze, sigmoid, standard, all stages): 22.28 / 6.03.
@@ -55,15 +86,16 @@ BASELINE = Arm("baseline", {"se.stages": "none"}, *PAPER_BASELINE)
 class Study:
     """A named ablation: base config + one scientific axis (the arms) + nuisance + fixed parameters.
 
-    ``arms`` is a tuple, or a callable ``Config -> tuple[Arm, ...]`` when the arms depend on the
-    backbone (Table 13's stages are numbered from the network's own stages).
+    ``arms`` is a sequence (a tuple, or :class:`SlotArms`, read from a slot's registry), or a
+    callable ``Config -> tuple[Arm, ...]`` when the arms depend on the backbone (Table 13's stages
+    are numbered from the network's own stages).
     """
 
     name: str
     title: str
     paper_table: str
     axis: str  # the flat config key(s) the arms vary, e.g. "se.gate"
-    arms: tuple[Arm, ...] | Callable[[C.Config], tuple[Arm, ...]]
+    arms: Sequence[Arm] | Callable[[config.Config], tuple[Arm, ...]]
     reference_arm: str  # the arm the others are compared with (the paper's default SE or the baseline)
     fixed: Mapping[str, Any] = field(default_factory=lambda: {"se.bias": False})
     nuisance: Mapping[str, tuple] = field(default_factory=dict)  # swept for every arm; seeds are added
@@ -78,7 +110,7 @@ class Study:
     def seeds_at(self, preset: str) -> int:
         return int(self.seeds.get(preset, PRESETS.get(preset).seeds))
 
-    def resolve_arms(self, base: C.Config) -> tuple[Arm, ...]:
+    def resolve_arms(self, base: config.Config) -> tuple[Arm, ...]:
         arms = self.arms(base) if callable(self.arms) else self.arms
         labels = [a.label for a in arms]
         if len(set(labels)) != len(labels):
@@ -148,19 +180,17 @@ PRESETS.add("full", Preset("full", {
 }, 3, "GPU: all of CIFAR-10, SE-ResNet-56, He et al.'s 164-epoch step schedule (§5.1 recipe)"))
 
 
-def base_config(study: Study, preset: str, overrides: Mapping[str, Any] | None = None) -> C.Config:
+def base_config(study: Study, preset: str, overrides: Mapping[str, Any] | None = None) -> config.Config:
     """Config() <- preset <- study's fixed parameters <- the user's overrides (last wins)."""
     p = PRESETS.get(preset)
-    user = {C.ALIASES.get(k, k): v for k, v in (overrides or {}).items()}
+    user = {config.ALIASES.get(k, k): v for k, v in (overrides or {}).items()}
     flat = {**p.overrides, **study.fixed, **user}
     flat["model.name"] = se_twin(str(flat["model.name"]))
-    return C.from_flat(flat)
+    return config.from_flat(flat)
 
 
 def se_twin(name: str) -> str:
     """Every arm, the baseline included, runs on the se_ twin (``se.stages=none`` is the plain net)."""
-    from senet.models import MODELS  # noqa: PLC0415
-
     spec = MODELS.get(name)
     if spec.se_default:
         return name
@@ -171,11 +201,8 @@ def se_twin(name: str) -> str:
     return twin
 
 
-def model_stages(cfg: C.Config) -> tuple[int, ...]:
+def model_stages(cfg: config.Config) -> tuple[int, ...]:
     """The paper-numbered stages (2 = conv2_x) of the configured backbone, read from its SE blocks."""
-    from senet.models import build_model, se_modules  # noqa: PLC0415
-    from senet.se import SEConfig  # noqa: PLC0415
-
     model = build_model(cfg.model.name, num_classes=10, in_chans=3, se=SEConfig())
     stages = sorted({int(n.split("_")[1]) for n in se_modules(model)})
     return tuple(stages)
@@ -196,43 +223,27 @@ register_study(Study(
 ))
 
 register_study(Study(
-    "squeeze", "Squeeze operator F_sq", "Tables 11, 16", "se.squeeze",
-    (Arm("avg", {"se.squeeze": "avg"}, 22.28, 6.03),
-     Arm("max", {"se.squeeze": "max"}, 22.57, 6.09),
-     Arm("avgmax", {"se.squeeze": "avgmax"}),
-     Arm("avgstd", {"se.squeeze": "avgstd"}),
-     Arm("none", {"se.squeeze": "none"}, 22.93, 6.39)),
-    "avg", doc="global pooling vs. max, CBAM's avg+max, SRM's mean+std and NoSqueeze (1×1 convs)",
+    "squeeze", "Squeeze operator F_sq", "Tables 11, 16", "se.squeeze", SlotArms(SQUEEZES, "se.squeeze"), "avg",
+    doc="global pooling vs. max, CBAM's avg+max, SRM's mean+std and NoSqueeze (1×1 convs)",
 ))
 
 register_study(Study(
-    "gate", "Excitation gate σ", "Table 12", "se.gate",
-    (Arm("sigmoid", {"se.gate": "sigmoid"}, 22.28, 6.03),
-     Arm("tanh", {"se.gate": "tanh"}, 23.00, 6.38),
-     Arm("relu", {"se.gate": "relu"}, 23.47, 6.98),
-     Arm("softmax", {"se.gate": "softmax"}),
-     Arm("softmax_c", {"se.gate": "softmax_c"}),
-     Arm("hard_sigmoid", {"se.gate": "hard_sigmoid"}),
-     Arm("identity", {"se.gate": "identity"})),
-    "sigmoid", doc="the non-linearity that turns the excitation into channel weights",
+    "gate", "Excitation gate σ", "Table 12", "se.gate", SlotArms(GATES, "se.gate"), "sigmoid",
+    doc="the non-linearity that turns the excitation into channel weights",
     seeds={"standard": 5},
 ))
 
 register_study(Study(
     "placement", "Integration of the SE block", "Tables 14, 15", "se.placement",
-    (Arm("standard", {"se.placement": "standard"}, 22.28, 6.03),
-     Arm("pre", {"se.placement": "pre"}, 22.23, 6.00),
-     Arm("post", {"se.placement": "post"}, 22.78, 6.35),
-     Arm("identity", {"se.placement": "identity"}, 22.20, 6.15),
-     Arm("inner", {"se.placement": "inner"}, 22.48, 6.02)),
-    "standard", doc="where the block sits relative to the residual unit (Fig. 5)",
+    SlotArms(PLACEMENTS, "se.placement"), "standard",
+    doc="where the block sits relative to the residual unit (Fig. 5)",
 ))
 
 #: Table 13, keyed by paper stage number; conv5_x alone is not reported.
 _TABLE13 = {2: (23.03, 6.48), 3: (23.04, 6.32), 4: (22.68, 6.22)}
 
 
-def _stage_arms(base: C.Config) -> tuple[Arm, ...]:
+def _stage_arms(base: config.Config) -> tuple[Arm, ...]:
     arms = [Arm(f"stage{s}", {"se.stages": str(s)}, *_TABLE13.get(s, (None, None)))
             for s in model_stages(base)]
     arms.append(Arm("all", {"se.stages": "all"}, *PAPER_DEFAULT))
@@ -267,7 +278,7 @@ def _values(p: Path, where: str, key: str, raw: Any) -> list:
 
 def _check_setting(p: Path, where: str, key: str, value: Any) -> None:
     try:
-        C.from_flat({key: value})
+        config.from_flat({key: value})
     except UserValueError as e:
         raise UserValueError(f"{p}: {where}: {e}") from None
 
@@ -288,8 +299,6 @@ def load_custom(path: str | Path) -> Study:
         fixed: {se.bias: false}
         nuisance: {optim.lr: [0.05, 0.1]}
     """
-    import yaml  # noqa: PLC0415
-
     p = Path(path)
     if not p.is_file():
         raise UserValueError(f"custom study spec not found: {p}")

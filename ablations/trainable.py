@@ -1,6 +1,6 @@
 """The Ray Tune trainable: one trial = one arm × one seed (× one nuisance setting) of a study.
 
-It wraps :func:`senet.train.fit` and nothing else: fit writes ``checkpoint.pt`` after every epoch
+It wraps :func:`senet.engine.fit` and nothing else: fit writes ``checkpoint.pt`` after every epoch
 and then calls ``report``, which copies the checkpoint into a scratch folder and hands it to Tune
 (``tune.report(..., checkpoint=tune.Checkpoint.from_directory(...))``). A trial that crashes is
 restarted by Tune (``FailureConfig``) and continues from ``tune.get_checkpoint()`` through
@@ -13,9 +13,7 @@ in Tune's storage, readable without Ray.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -24,7 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from senet import config as C
+from senet import config
+from senet.layout import CHECKPOINT, FINAL_JSON, RUN_FILES, nan_to_null, read_json, write_json
+
+from .trial import params_flat
 
 #: Environment switches for the fault-tolerance tests: raise once in every trial at this epoch
 #: (before its report, so the last recorded checkpoint is the previous epoch's). The flag files in
@@ -34,7 +35,6 @@ FAIL_DIR_ENV = "SENET_FAIL_ONCE_DIR"
 SCRATCH_ENV = "SENET_SCRATCH"
 
 _DATASETS: dict[Any, Any] = {}  # one in-memory copy per data config and worker process
-_RUN_FILES = ("config.json", "metrics.jsonl", "final.json")
 
 
 class InjectedFailure(RuntimeError):
@@ -49,18 +49,9 @@ def scratch_root() -> Path:
     return Path(os.environ.get(SCRATCH_ENV) or Path(tempfile.gettempdir()) / "senet-scratch")
 
 
-def trial_flat(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The trial's flat config: base <- its arm's overrides <- nuisance values <- seed."""
-    flat = dict(params["base"])
-    flat.update(params["arms"][params["arm"]])
-    flat.update({k: params[k] for k in params.get("nuisance_keys", ())})
-    flat["seed"] = int(params["seed"])
-    return flat
-
-
 def datasets_for(data_cfg):
     """Load the data once per worker: with ``reuse_actors`` later trials find it here."""
-    from senet.data import load_datasets  # noqa: PLC0415
+    from senet.data import load_datasets
 
     if data_cfg not in _DATASETS:
         _DATASETS.clear()  # keep one dataset per worker; a new study's data replaces the old
@@ -72,19 +63,9 @@ def _device(requested: str) -> str:
     """Ray leaves CUDA_VISIBLE_DEVICES alone on 0-GPU trials, so ask Ray which GPUs this trial owns."""
     if requested != "auto":
         return requested
-    import ray  # noqa: PLC0415
+    import ray
 
     return "cuda" if ray.get_gpu_ids() else "cpu"
-
-
-def _clean(d: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON-safe metrics (NaN/inf -> None), so result.json stays readable by every parser."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        out[k] = v
-    return out
 
 
 def _maybe_fail(trial_id: str, epoch: int) -> None:
@@ -102,11 +83,13 @@ def _maybe_fail(trial_id: str, epoch: int) -> None:
 
 def senet_trial(params: dict) -> None:
     """Train one cell of a study; every epoch reports metrics and a checkpoint to Tune."""
-    import ray  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    from ray import tune  # noqa: PLC0415
+    # in the trial's worker: the driver imports this module to name the trainable, not to train
+    import ray
+    import torch
+    from ray import tune
 
-    from senet.train import fit  # noqa: PLC0415
+    from senet.engine import fit
+    from senet.tensorboard import TensorBoardCallback
 
     # one "checkpoint created" line per epoch and trial would drown the sweep's progress table
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -114,14 +97,12 @@ def senet_trial(params: dict) -> None:
     trial_id = ctx.get_trial_id()
     work = scratch_root() / ctx.get_experiment_name() / trial_id
     run_dir = work / "run"
-    flat = trial_flat(params)
-    threads = torch.get_num_threads()  # Tune sets it to the trial's CPUs
+    flat = params_flat(params)
     if not flat.get("run.threads"):
-        flat["run.threads"] = threads
-    flat["run.out"] = str(run_dir)
-    flat["run.progress"] = False
-    cfg = C.from_flat(flat)
-    cfg = C.from_flat({"run.device": _device(cfg.run.device)}, cfg)
+        flat["run.threads"] = torch.get_num_threads()  # Tune sets it to the trial's CPUs
+    flat.update({"run.out": str(run_dir), "run.progress": False,
+                 "run.device": _device(str(flat.get("run.device", "auto")))})
+    cfg = config.from_flat(flat)  # the one config the trial trains and records as resolved
     node = {"node": os.uname().nodename, "node_id": ray.get_runtime_context().get_node_id()}
     tag = {"arm": params["arm"], "seed": cfg.seed, **node}
 
@@ -129,7 +110,7 @@ def senet_trial(params: dict) -> None:
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            final = Path(d) / "final.json"
+            final = Path(d) / FINAL_JSON
             if final.exists():
                 # Finished before the driver recorded it as finished. The snapshot that names this
                 # checkpoint was taken after the final result was logged, so result.json holds it:
@@ -138,47 +119,51 @@ def senet_trial(params: dict) -> None:
                 return
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
-            shutil.copy2(Path(d) / "checkpoint.pt", run_dir / "checkpoint.pt")
-        resume = run_dir / "checkpoint.pt"
+            shutil.copy2(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
+        resume = run_dir / CHECKPOINT
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
 
     def report(metrics: dict) -> None:
         _maybe_fail(trial_id, int(metrics["epoch"]))
         src = metrics.pop("checkpoint", None)
-        metrics = _clean({**metrics, **tag, "final": False})
+        metrics = nan_to_null({**metrics, **tag, "final": False})
         if not src:  # a diverged epoch writes no checkpoint
             tune.report(metrics)
             return
         copy = Path(tempfile.mkdtemp(prefix=f"e{metrics['epoch']}-", dir=work))
-        shutil.copy2(src, copy / "checkpoint.pt")
+        shutil.copy2(src, copy / CHECKPOINT)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(copy)))
         shutil.rmtree(copy, ignore_errors=True)  # Tune has persisted it to storage by now
 
     datasets = datasets_for(cfg.data)
-    result = fit(cfg, report, resume=resume, datasets=datasets)
+    # events go to the trial's working directory, which Tune copies into the trial's folder on
+    # storage at every checkpoint (SyncConfig(sync_artifacts=True)) from whichever node runs it;
+    # get_trial_dir() names it only for a reused actor (a fresh one gets the driver's staging folder)
+    tensorboard = TensorBoardCallback.when_wanted(cfg, ctx.get_storage().trial_working_directory)
+    result = fit(cfg, report, resume=resume, datasets=datasets, callbacks=[tensorboard])
     # the sizes of the evaluation splits set the resolution of every error a report compares
     sizes = {"num_val": len(datasets.val_x), "num_test": len(datasets.test_x)}
     result = {**sizes, **result}
 
     final_dir = Path(tempfile.mkdtemp(prefix="final-", dir=work))
-    for name in ("checkpoint.pt", *_RUN_FILES):
+    for name in (CHECKPOINT, *RUN_FILES):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, final_dir / name)
-    if (final_dir / "final.json").exists():  # so a trial reported again after a resume says the same
-        final = json.loads((final_dir / "final.json").read_text())
-        (final_dir / "final.json").write_text(json.dumps({**sizes, **final}, indent=1) + "\n")
+    final = read_json(final_dir / FINAL_JSON)
+    if isinstance(final, dict):  # so a trial reported again after a resume says the same
+        write_json(final_dir / FINAL_JSON, {**sizes, **final})
     tune.report(_final_metrics(result, cfg, tag), checkpoint=tune.Checkpoint.from_directory(str(final_dir)))
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _final_metrics(result: Mapping[str, Any], cfg: C.Config, tag: Mapping[str, Any]) -> dict:
+def _final_metrics(result: Mapping[str, Any], cfg: config.Config, tag: Mapping[str, Any]) -> dict:
     out = {k: v for k, v in result.items() if k != "checkpoint"}
     out["epoch"] = out.get("epochs_run")
     out["final"] = True
-    out["resolved"] = C.flatten(cfg)  # the config the trial really ran (threads, device included)
+    out["resolved"] = config.flatten(cfg)  # the config the trial really ran (threads, device included)
     out.update(tag)
-    return _clean(out)
+    return nan_to_null(out)
 
 
 def trial_dirname(trial) -> str:

@@ -20,7 +20,7 @@ constant gate is not fitted to the evaluated images.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,20 @@ import pandas as pd
 import torch
 
 from senet import se_modules
+from senet.checkpoint import load_model
+from senet.data import normalize
 from senet.errors import UserError, UserValueError
+from senet.layout import write_atomic
+from senet.storage import fetch, is_uri
 
-from . import figures as F
-from . import stats as S
+from . import figures
+from .attribution import channel_importance, gradcam, gradcam_layer
 from .extract import extract_excitations, pick_device, run_precision, select_blocks
-from .report import markdown
+from .loading import load_data, load_trained
+from .removal import mean_excitations, removal_table
+from .stats import selectivity, spearman
 from .style import save
+from .tables import markdown
 
 SPLITS = ("train", "val", "test")
 
@@ -76,19 +83,8 @@ def parse_classes(spec: str, names: list[str], default: int = 4) -> list[str]:
 def _load(checkpoint: str, overrides: dict):
     """The model, its config (with the ``--data.*`` overrides), the config it was trained with,
     its metadata, the datasets, the normalisation and the class names."""
-    from senet import config as C  # noqa: PLC0415
-    from senet.checkpoint import load_model  # noqa: PLC0415
-    from senet.data import load_datasets  # noqa: PLC0415
-
-    bad = [k for k in overrides if not k.startswith("data.")]
-    if bad:
-        raise UserError(f"analyze takes --data.* options, not --{bad[0]}")
-    model, trained, meta = load_model(checkpoint)
-    cfg = C.from_flat(overrides, base=trained)
-    ds = load_datasets(cfg.data)
-    data = meta.get("data", {}) or {}
-    mean, std = data.get("mean", ds.mean), data.get("std", ds.std)
-    classes = list(data.get("classes") or ds.classes)
+    model, cfg, trained, meta = load_trained(checkpoint, overrides, "analyze")
+    ds, mean, std, classes = load_data(cfg, meta)
     out_features = getattr(getattr(model, "fc", None), "out_features", len(classes))
     if out_features != len(ds.classes):
         raise UserError(f"{checkpoint} predicts {out_features} classes but {cfg.data.name} has "
@@ -116,8 +112,6 @@ def mean_split(ds, opt: AnalyzeOptions) -> str:
 def _load_compare(path: str, trained, names: list[str]):
     """The ``--compare`` checkpoint, refused unless it is a plain network (no SE block) trained on
     the SE model's dataset (same ``data.name`` and classes)."""
-    from senet.checkpoint import load_model  # noqa: PLC0415
-
     plain, pcfg, pmeta = load_model(path)
     pdata = pmeta.get("data", {}) or {}
     se = list(se_modules(plain))
@@ -143,10 +137,18 @@ def _display(x: torch.Tensor) -> np.ndarray:
 def run_analysis(checkpoint: str, out: str | Path, overrides: dict | None = None,
                  opt: AnalyzeOptions = AnalyzeOptions()) -> dict:
     """Run the whole analysis, in the precision the run was trained in; returns the paths written
-    and the headline numbers."""
+    and the headline numbers. A checkpoint given by its URI (``s3://...``) is fetched into
+    ``<out>/.remote`` first."""
+    checkpoint = _local(checkpoint, Path(out))
+    if opt.compare:
+        opt = replace(opt, compare=_local(opt.compare, Path(out)))
     loaded = _load(checkpoint, overrides or {})
     with run_precision(trained_precision(loaded[3])):
         return _run(checkpoint, Path(out), loaded, opt)
+
+
+def _local(checkpoint: str, out: Path) -> str:
+    return str(fetch(checkpoint, out / ".remote")) if is_uri(checkpoint) else checkpoint
 
 
 def trained_precision(meta: dict) -> str | None:
@@ -155,9 +157,6 @@ def trained_precision(meta: dict) -> str | None:
 
 
 def _run(checkpoint: str, out: Path, loaded: tuple, opt: AnalyzeOptions) -> dict:
-    from .attribution import channel_importance, gradcam, gradcam_layer  # noqa: PLC0415 - captum only here
-    from .removal import mean_excitations, removal_table  # noqa: PLC0415
-
     figdir = out / "figures"
     model, cfg, trained, meta, ds, mean, std, names = loaded
     x, y = _split(ds, opt.split)
@@ -184,11 +183,11 @@ def _run(checkpoint: str, out: Path, loaded: tuple, opt: AnalyzeOptions) -> dict
                                       device=opt.device, progress=opt.progress)
     stats.to_parquet(out / "excitations.parquet", index=False)
     hist.to_parquet(out / "excitation_hist.parquet", index=False)
-    sel = S.selectivity(stats, hist)
+    sel = selectivity(stats, hist)
     sel.to_csv(out / "selectivity.csv", index=False)
-    save(F.excitation_means(stats, present, blocks), figdir / "fig6_excitation_means")
-    save(F.excitation_bands(stats, present[:2], blocks), figdir / "fig7_excitation_bands")
-    save(F.selectivity_depth(sel), figdir / "selectivity_depth")
+    save(figures.excitation_means(stats, present, blocks), figdir / "fig6_excitation_means")
+    save(figures.excitation_bands(stats, present[:2], blocks), figdir / "fig7_excitation_bands")
+    save(figures.selectivity_depth(sel), figdir / "selectivity_depth")
 
     means = mean_excitations(model, xr, mean, std, batch_size=opt.batch_size, device=opt.device,
                              progress=opt.progress)
@@ -198,12 +197,10 @@ def _run(checkpoint: str, out: Path, loaded: tuple, opt: AnalyzeOptions) -> dict
     removal = removal_table(model, x, y, mean, std, means=means, singles=opt.singles,
                             batch_size=opt.batch_size, device=opt.device, progress=opt.progress)
     removal.to_parquet(out / "removal.parquet", index=False)
-    save(F.removal_bars(removal), figdir / "se_removal")
+    save(figures.removal_bars(removal), figdir / "se_removal")
     intact = removal.iloc[0]
 
     # Captum: channel ablation at the SE output on the chosen classes' images (float32, no autocast).
-    from senet.data import normalize  # noqa: PLC0415
-
     model = model.to(dev).float().eval()
     idx = torch.cat([torch.nonzero(y == names.index(c)).flatten()[:opt.attr_images] for c in present])
     xa = normalize(x[idx].to(dev), mean, std)
@@ -212,9 +209,9 @@ def _run(checkpoint: str, out: Path, loaded: tuple, opt: AnalyzeOptions) -> dict
     attr = imp.merge(stats[["block", "class", "channel", "mean"]].rename(columns={"mean": "mean_excitation"}),
                      on=["block", "class", "channel"])
     attr.to_parquet(out / "attribution.parquet", index=False)
-    rho = pd.DataFrame([{"block": b, "spearman": S.spearman(g["mean_excitation"], g["importance"]),
+    rho = pd.DataFrame([{"block": b, "spearman": spearman(g["mean_excitation"], g["importance"]),
                          "channels": g["channel"].nunique()} for b, g in attr.groupby("block", sort=False)])
-    save(F.attribution_scatter(attr), figdir / "importance_vs_excitation")
+    save(figures.attribution_scatter(attr), figdir / "importance_vs_excitation")
 
     # Grad-CAM on the same images for the SE model and, if given, the plain one.
     per = max(1, opt.gradcam_images // len(present))
@@ -227,7 +224,7 @@ def _run(checkpoint: str, out: Path, loaded: tuple, opt: AnalyzeOptions) -> dict
         xp = normalize(xg.to(dev), pdata.get("mean", mean), pdata.get("std", std))
         maps[f"plain: {pcfg.model.name}"] = gradcam(plain, xp, yg.to(dev))
     captions = [names[int(t)] for t in yg]
-    save(F.gradcam_grid(_display(xg), maps, captions, title="Grad-CAM at the last block"),
+    save(figures.gradcam_grid(_display(xg), maps, captions, title="Grad-CAM at the last block"),
          figdir / "gradcam")
 
     summary = _summary(checkpoint, cfg, opt, len(x), sel, removal, rho, present, out,
@@ -300,6 +297,4 @@ def _summary(checkpoint, cfg, opt, n, sel, removal, rho, classes, out: Path, *, 
         "![importance](figures/importance_vs_excitation.png)", "",
         "## Grad-CAM (last block of the last stage)", "", gradcam_text, "", "![gradcam](figures/gradcam.png)", "",
     ]
-    p = out / "summary.md"
-    p.write_text("\n".join(text))
-    return p
+    return write_atomic(out / "summary.md", "\n".join(text))

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from captum.attr import LayerAttribution, LayerFeatureAblation, LayerGradCam
 from torch import nn
+from tqdm.auto import tqdm
 
 from senet import se_modules
 from senet.models.blocks import SESlot
@@ -35,8 +36,6 @@ def channel_importance(model: nn.Module, blocks: list[str], x: torch.Tensor, y: 
     mods = se_modules(model)
     work = blocks
     if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
         work = tqdm(blocks, desc="channel ablation", unit="block", leave=False)
     y_np = y.cpu().numpy()
     rows = []

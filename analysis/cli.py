@@ -1,5 +1,9 @@
-"""``senet analyze``, ``senet report`` and ``senet curves`` (registered through the
-``senet.commands`` entry point)."""
+"""``senet analyze``, ``report``, ``curves``, ``findings`` and ``gates`` (registered through the
+``senet.commands`` entry point).
+
+``senet`` imports this module for every command, so each command imports its own module only when
+it runs: ``senet models`` never loads torch, matplotlib or captum through here.
+"""
 from __future__ import annotations
 
 import sys
@@ -9,24 +13,45 @@ from senet.cli import Command, UserError, command
 
 from .errors import AnalysisInputError
 
+RESULTS_HELP = "results directory (default ./results)"
+#: The columns of runs.parquet that choose one recipe's trials among a study's.
+RECIPE_CHOICE = {"preset": "this preset's trials", "experiment": "this Ray experiment's trials",
+                 "recipe": "this recipe hash's trials (a prefix will do)"}
+
+
+def study_options(p, lead: str, keys=tuple(RECIPE_CHOICE), results: str = RESULTS_HELP) -> None:
+    """``--results`` and the options that choose one recipe (``--preset``, ``--experiment``, ``--recipe``)."""
+    p.add_argument("--results", default="results", help=results)
+    for k in keys:
+        p.add_argument(f"--{k}", default=None, help=f"{lead} {RECIPE_CHOICE[k]}")
+
+
+def split_list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+class AnalysisCommand(Command):
+    """A command of this package: named in its class statement, its docstring is its help, and bad
+    input to the analysis prints as one line."""
+
+    user_errors = (AnalysisInputError,)
+
+    def __init_subclass__(cls, *, name: str, overrides: bool = False, **kw):
+        super().__init_subclass__(**kw)
+        cls.name, cls.overrides, cls.help = name, overrides, " ".join((cls.__doc__ or "").split())
+
 
 @command
-class AnalyzeCommand(Command):
-    name = "analyze"
-    user_errors = (AnalysisInputError,)
-    help = ("excitation statistics per block, class and channel (paper Fig. 6-7), selectivity, "
-            "saturation, SE removal, captum attribution and Grad-CAM of a checkpoint")
-    overrides = True
+class AnalyzeCommand(AnalysisCommand, name="analyze", overrides=True):
+    """excitation statistics per block, class and channel (paper Fig. 6-7), selectivity, saturation, SE
+    removal, captum attribution and Grad-CAM of a checkpoint"""
 
     def configure(self, p):
         p.add_argument("checkpoint", nargs="?", default="",
                        help="a suite checkpoint (checkpoint.pt or its run directory)")
         p.add_argument("--best", default="", metavar="STUDY",
                        help="instead of CHECKPOINT: the best completed SE trial of a collected study")
-        p.add_argument("--results", default="results", help="results directory for --best")
-        p.add_argument("--preset", default=None, help="with --best: choose among this preset's trials")
-        p.add_argument("--experiment", default=None, help="with --best: choose among this Ray experiment's trials")
-        p.add_argument("--recipe", default=None, help="with --best: choose among this recipe hash's trials")
+        study_options(p, "with --best: choose among", results="results directory for --best")
         p.add_argument("--out", required=True, help="output directory for tables, figures, summary.md")
         p.add_argument("--split", default="test", help="train | val | test (default test)")
         p.add_argument("--classes", default="", help="class names or indices, comma separated "
@@ -49,7 +74,8 @@ class AnalyzeCommand(Command):
         p.epilog = "dataset options: --data.name NAME --data.root DIR (default: the checkpoint's)"
 
     def run(self, args, overrides):
-        from .analyze import AnalyzeOptions, run_analysis  # noqa: PLC0415
+        from .analyze import AnalyzeOptions, run_analysis
+        from .study import best_checkpoint
 
         if args.max_images < 0 or args.bins < 1 or args.batch_size < 1:
             raise UserError("--max-images must be >= 0, --bins and --batch-size >= 1")
@@ -64,19 +90,14 @@ class AnalyzeCommand(Command):
             raise UserError("--preset, --experiment and --recipe choose among a study's trials: use them with --best")
         checkpoint = args.checkpoint
         if args.best:
-            from .report import ReportInputError, best_checkpoint  # noqa: PLC0415
-
-            try:
-                checkpoint, row = best_checkpoint(args.results, args.best, preset=args.preset,
-                                                  experiment=args.experiment, recipe=args.recipe)
-            except ReportInputError as e:
-                raise UserError(str(e)) from None
+            checkpoint, row = best_checkpoint(args.results, args.best, preset=args.preset,
+                                              experiment=args.experiment, recipe=args.recipe)
             print(f"best SE trial of {args.best} by validation: {row['arm']} seed {row['seed']} "
                   f"({row['best_val_top1_err']:.2f}% best val top-1 err; {row['test_top1_err']:.2f}% test) "
                   f"-> {checkpoint}")
         res = run_analysis(checkpoint, args.out, overrides, opt)
         sel = res["selectivity"]
-        num = lambda v, nd, none: none if v != v else f"{v:.{nd}f}"  # noqa: E731 - NaN: undefined
+        num = lambda v, nd, none: none if v != v else f"{v:.{nd}f}"  # NaN: undefined
         print(f"{res['images']} {res['split']} images: top-1 error {res['top1_err']:.2f}%, "
               f"top-5 {res['top5_err']:.2f}% (intact model)")
         print("per block: η² (class selectivity), saturated share (n/a where the gate does not saturate)")
@@ -93,43 +114,33 @@ class AnalyzeCommand(Command):
 
 
 @command
-class ReportCommand(Command):
-    name = "report"
-    user_errors = (AnalysisInputError,)
-    help = ("paper-style tables, paired tests with Holm's correction, power and figures of a study "
-            "into <results>/<study>/report.md")
+class ReportCommand(AnalysisCommand, name="report"):
+    """paper-style tables, paired tests with Holm's correction, power and figures of a study into
+    <results>/<study>/report.md"""
 
     def configure(self, p):
         p.add_argument("study", help="a study with collected results (results/<study>/runs.parquet)")
-        p.add_argument("--results", default="results", help="results directory (default ./results)")
+        study_options(p, "report only")
         p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (at least 200)")
-        p.add_argument("--preset", default=None, help="report the trials of this preset only (a table "
-                       "holding several recipes is refused until one is chosen)")
-        p.add_argument("--experiment", default=None, help="report the trials of this Ray experiment only")
-        p.add_argument("--recipe", default=None, help="report the trials of this recipe hash (or prefix) only")
         p.add_argument("--effect", type=float, default=None, metavar="PP", help="difference (points) the "
                        "power line sizes the seeds for (default 0.5, or one test image if larger)")
+        p.epilog = "a table holding several recipes is refused until --preset, --experiment or --recipe chooses one"
 
     def run(self, args, overrides):
-        from .report import ReportInputError, write_report  # noqa: PLC0415
+        from .report import write_report
 
         if not Path(args.results).is_dir():
             raise UserError(f"results directory not found: {args.results}")
-        try:
-            path = write_report(args.results, args.study, n_boot=args.n_boot, preset=args.preset,
-                                experiment=args.experiment, recipe=args.recipe, effect=args.effect)
-        except (ReportInputError, FileNotFoundError) as e:
-            raise UserError(str(e)) from None
+        path = write_report(args.results, args.study, n_boot=args.n_boot, preset=args.preset,
+                            experiment=args.experiment, recipe=args.recipe, effect=args.effect)
         print(path.read_text().split("## Figures")[0].rstrip())
         print(f"\nwrote {path}")
         return 0
 
 
 @command
-class CurvesCommand(Command):
-    name = "curves"
-    user_errors = (AnalysisInputError,)
-    help = "training curves and a summary table of run directories side by side (metrics.jsonl)"
+class CurvesCommand(AnalysisCommand, name="curves"):
+    """training curves and a summary table of run directories side by side (metrics.jsonl)"""
 
     def configure(self, p):
         p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by senet train --out")
@@ -142,52 +153,48 @@ class CurvesCommand(Command):
         p.add_argument("--title", default="Training curves")
 
     def run(self, args, overrides):
-        from . import curves  # noqa: PLC0415
-        from .report import markdown  # noqa: PLC0415
-        from .style import save  # noqa: PLC0415
+        from senet.layout import write_atomic
 
-        split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-        try:
-            history = curves.load_history(args.runs, split(args.labels) if args.labels else None)
-            for name, why in history.attrs["skipped"]:
-                print(f"note: skipping {name}: {why}", file=sys.stderr)
-            summary = curves.run_summary(history)
-            fig = curves.training_curves(history, split(args.metrics) or None, title=args.title)
-        except curves.ReportInputError as e:
-            raise UserError(str(e)) from None
+        from . import curves
+        from .style import save
+        from .tables import markdown
+
+        history = curves.load_history(args.runs, split_list(args.labels) if args.labels else None)
+        for name, why in history.attrs["skipped"]:
+            print(f"note: skipping {name}: {why}", file=sys.stderr)
+        summary = curves.run_summary(history)
+        fig = curves.training_curves(history, split_list(args.metrics) or None, title=args.title)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         figs = save(fig, out / "training_curves")
         history.to_csv(out / "curves.csv", index=False)
         table = markdown(curves.SUMMARY_HEADER, curves.summary_rows(summary))
-        (out / "summary.md").write_text(f"# {args.title}\n\n{table}\n![curves](training_curves.png)\n")
+        write_atomic(out / "summary.md", f"# {args.title}\n\n{table}\n![curves](training_curves.png)\n")
         print(table.rstrip())
         print(f"\nwrote {out / 'summary.md'}, {out / 'curves.csv'}, {', '.join(str(f) for f in figs)}")
         return 0
 
 
 @command
-class FindingsCommand(Command):
-    name = "findings"
-    user_errors = (AnalysisInputError,)
-    help = ("the findings table: each finding of the paper against the committed results (effect, 95 percent CI, "
-            "n, verdict, power) into <results>/README.md")
+class FindingsCommand(AnalysisCommand, name="findings"):
+    """the findings table: each finding of the paper against the committed results (effect, 95 percent
+    CI, n, verdict, power) into <results>/README.md"""
 
     def configure(self, p):
-        p.add_argument("--results", default="results", help="results directory (default ./results)")
+        study_options(p, "read only", keys=("preset",))
         p.add_argument("--out", default=None, help="where to write the table (default <results>/README.md; "
                        "findings.csv goes beside it)")
-        p.add_argument("--preset", default=None, help="read the trials of this preset only (a study holding "
-                       "several recipes is refused until one is chosen)")
         p.add_argument("--analysis", default=None, metavar="DIR", help="the `senet analyze` folder for the "
                        "excitation findings (default: the first of results/analysis, results/gate/analysis, "
                        "results/reference/se_resnet20/analysis that exists)")
         p.add_argument("--metric", default="test_top1_err", help="the error compared (default test_top1_err, "
                        "as the reports' tables)")
         p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (at least 200)")
+        p.epilog = "a study holding several recipes is refused until --preset chooses one"
 
     def run(self, args, overrides):
-        from .findings import table, write_findings  # noqa: PLC0415
+        from .findings import write_findings
+        from .findings.render import table
 
         out, df = write_findings(args.results, args.out, preset=args.preset, analysis=args.analysis,
                                  metric=args.metric, n_boot=args.n_boot)
@@ -197,21 +204,15 @@ class FindingsCommand(Command):
 
 
 @command
-class GatesCommand(Command):
-    name = "gates"
-    user_errors = (AnalysisInputError,)
-    help = ("gating choices compared by what they learn: the excitations of each gate arm's best run per stage "
-            "(one figure, one table)")
-    overrides = True
+class GatesCommand(AnalysisCommand, name="gates", overrides=True):
+    """gating choices compared by what they learn: the excitations of each gate arm's best run per
+    stage (one figure, one table)"""
 
     def configure(self, p):
         p.add_argument("paths", nargs="*", metavar="STUDY_DIR|CHECKPOINT",
                        help="a gate study folder (its runs.parquet: the best run of each arm by validation) or "
                        "checkpoints (checkpoint.pt or run folders); default <results>/gate")
-        p.add_argument("--results", default="results", help="results directory (default ./results)")
-        p.add_argument("--preset", default=None, help="choose among this preset's trials")
-        p.add_argument("--experiment", default=None, help="choose among this Ray experiment's trials")
-        p.add_argument("--recipe", default=None, help="choose among this recipe hash's trials")
+        study_options(p, "choose among")
         p.add_argument("--out", default=None, help="output folder (default <study>/gates; required with "
                        "checkpoints only)")
         p.add_argument("--split", default="test", help="train | val | test (default test)")
@@ -223,20 +224,24 @@ class GatesCommand(Command):
         p.epilog = "dataset options: --data.name NAME --data.root DIR (default: the checkpoints')"
 
     def run(self, args, overrides):
-        from .gates import GateRun, GatesOptions, best_runs, write_gates  # noqa: PLC0415
+        from senet.layout import CHECKPOINT, study_paths
+
+        from .gates import GateRun, GatesOptions, best_runs, write_gates
+        from .gates_render import pct
+        from .study import checkpoint_file
 
         if args.max_images < 0 or args.figure_images < 0 or args.batch_size < 1:
             raise UserError("--max-images and --figure-images must be >= 0, --batch-size >= 1")
-        paths = [Path(p) for p in args.paths] or [Path(args.results) / "gate"]
+        paths = [Path(p) for p in args.paths] or [study_paths(args.results, "gate").dir]
         runs, notes, study = [], [], None
         for p in paths:
-            if (p / "runs.parquet").is_file():
+            if study_paths(p.parent, p.name).runs_parquet.is_file():
                 got, skipped = best_runs(p, preset=args.preset, experiment=args.experiment, recipe=args.recipe)
                 runs += got
                 notes += skipped
                 study = study or p
-            elif p.is_file() or (p / "checkpoint.pt").is_file():
-                runs.append(GateRun("", str(p if p.is_file() else p / "checkpoint.pt"), {}))  # label: its gate
+            elif p.is_file() or (p / CHECKPOINT).is_file():
+                runs.append(GateRun("", str(checkpoint_file(p)), {}))  # label: its gate
             else:
                 raise UserError(f"{p}: neither a study folder with runs.parquet nor a checkpoint")
         if args.out is None and study is None:
@@ -246,13 +251,10 @@ class GatesCommand(Command):
         res = write_gates(runs, args.out or study / "gates", overrides, opt, notes)
         for n in res["notes"]:
             print(f"note: not analysed: {n}", file=sys.stderr)
-        t = res["table"]
-        pct = lambda v: "n/a" if v != v else f"{100 * v:.1f}%"  # noqa: E731 - NaN: no bound
-        eta = lambda v: "undefined" if v != v else f"{v:.3f}"  # noqa: E731 - NaN: no channel varies
+        eta = lambda v: "undefined" if v != v else f"{v:.3f}"  # NaN: no channel varies
         print("gate / stage: mean ± std of s, near the gate's bounds, class selectivity η², constant channels")
-        for r in t.itertuples(index=False):
+        for r in res["table"].itertuples(index=False):
             print(f"  {r.label:<14} stage {r.stage}  {r.mean:.3f} ± {r.std:.3f}  near bounds {pct(r.near_bounds):>6}"
                   f"  η² {eta(r.eta2)}  constant {pct(r.constant_channels)}")
         print(f"wrote {res['markdown']}, {res['out'] / 'gates.csv'}, {', '.join(str(f) for f in res['figures'])}")
         return 0
-

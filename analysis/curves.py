@@ -21,8 +21,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .report import ReportInputError, _num
+from senet.layout import CONFIG_JSON, FINAL_JSON, METRICS_JSONL, read_json
+
+from .errors import ReportInputError
 from .style import apply, colors, label
+from .tables import num
 
 #: Panels drawn when the caller names none (those with no finite value in any run are left out).
 DEFAULT_METRICS = ("train_loss", "val_top1_err", "test_top1_err")
@@ -30,16 +33,18 @@ DEFAULT_METRICS = ("train_loss", "val_top1_err", "test_top1_err")
 
 def _run_dir(path: str | Path) -> Path:
     p = Path(path)
-    if p.is_file() and p.name == "metrics.jsonl":
+    if p.is_file() and p.name == METRICS_JSONL:
         p = p.parent
     if not p.is_dir():
         raise ReportInputError(f"run directory not found: {path}")
-    if not (p / "metrics.jsonl").is_file() and not (p / "config.json").is_file():
-        raise ReportInputError(f"no metrics.jsonl in {path} (is it a `senet train --out` directory?)")
+    if not (p / METRICS_JSONL).is_file() and not (p / CONFIG_JSON).is_file():
+        raise ReportInputError(f"no {METRICS_JSONL} in {path} (is it a `senet train --out` directory?)")
     return p  # a run that has written its config but no epoch yet: load_history skips it
 
 
 def _read_metrics(path: Path) -> list[dict]:
+    """The epochs of a run's metrics.jsonl. Unlike :func:`senet.layout.read_jsonl`, a damaged line
+    other than the last is an error: the curves would silently miss an epoch."""
     lines = path.read_text().splitlines()
     rows = []
     for i, line in enumerate(lines, 1):
@@ -78,7 +83,7 @@ def load_history(runs: list[str | Path], labels: list[str] | None = None) -> pd.
         raise ReportInputError(f"run labels must differ: {', '.join(labels)}")
     frames, kept, skipped = [], {}, []
     for d, name in zip(dirs, labels, strict=True):
-        metrics = d / "metrics.jsonl"
+        metrics = d / METRICS_JSONL
         rows = _read_metrics(metrics) if metrics.is_file() else []
         if not rows:
             skipped.append((name, f"{d} has no epoch logged yet"))
@@ -98,10 +103,8 @@ def load_history(runs: list[str | Path], labels: list[str] | None = None) -> pd.
 
 def _read_json(path: Path) -> dict:
     """A run's JSON file, or {} while it is missing or being written."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    d = read_json(path, {})
+    return d if isinstance(d, dict) else {}
 
 
 def best_val_epoch(h: pd.DataFrame):
@@ -122,8 +125,8 @@ def run_summary(history: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, h in history.groupby("run", observed=True, sort=True):
         d = Path(history.attrs["run_dirs"][name])
-        fin = _read_json(d / "final.json")
-        model = _read_json(d / "config.json").get("model") or {}
+        fin = _read_json(d / FINAL_JSON)
+        model = _read_json(d / CONFIG_JSON).get("model") or {}
         last = h.iloc[-1]
         best_i = best_val_epoch(h)
         wall = fin.get("wall_time_s")
@@ -220,8 +223,8 @@ def _duration(s: float) -> str:
 
 def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
     """The per-run summary as strings, in :data:`SUMMARY_HEADER` order."""
-    return [[str(r.run), r.model, str(r.epochs), str(r.status), _num(r.test_top1_err), _num(r.test_top5_err),
+    return [[str(r.run), r.model, str(r.epochs), str(r.status), num(r.test_top1_err), num(r.test_top5_err),
              "–" if r.best_epoch is None or pd.isna(r.best_epoch)
-             else f"{r.best_val_top1_err:.2f} ({int(r.best_epoch)})", _num(r.test_top1_err_at_best_val),
-             _duration(r.wall_time_s), _num(r.images_per_s, "{:.0f}")]
+             else f"{r.best_val_top1_err:.2f} ({int(r.best_epoch)})", num(r.test_top1_err_at_best_val),
+             _duration(r.wall_time_s), num(r.images_per_s, "{:.0f}")]
             for r in summary.itertuples(index=False)]

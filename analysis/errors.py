@@ -8,3 +8,8 @@ this package names it in ``user_errors``, so the CLI prints it as one line like 
 
 class AnalysisInputError(ValueError):
     """What the user asked the analysis for does not exist or makes no sense."""
+
+
+class ReportInputError(AnalysisInputError):
+    """A table or a choice the report cannot use (unreadable, ambiguous, lacking a column): the CLI
+    prints it as one line."""

@@ -3,9 +3,9 @@
 The paper's §7.2 (Figures 6 and 7) reads the excitations s = σ(W2 δ(W1 z)) of chosen SE blocks on
 the images of chosen classes. Here a forward hook on each ``<block>.se.gate`` sees s for every image
 of a dataset split, and an :class:`ExcitationAccumulator` folds each batch into per-(class, channel)
-running moments and a fixed-bin histogram over the gate's range
-(:data:`senet.se.GATE_RANGES`). Its state has a fixed size, so memory does not grow with the number
-of images; ``forward`` is never touched.
+running moments and a fixed-bin histogram over the gate's range (the ``range`` its registration
+in :data:`senet.slots.GATES` declares, within :data:`DEFAULT_RANGE`). Its state has a fixed size,
+so memory does not grow with the number of images; ``forward`` is never touched.
 
 Pooled gates give s of shape (N, C, 1, 1); a NoSqueeze gate (paper Table 16) gives (N, C, H, W) and is
 averaged over positions first, so every block contributes one value per image and channel.
@@ -24,9 +24,10 @@ from torch import nn
 
 from senet import se_modules
 from senet.errors import UserValueError
-from senet.se import GATE_RANGES
+from senet.se import GATES
 
-#: Histogram range for a gate missing from GATE_RANGES (a custom callable gate).
+#: The histogram window: a gate's range where it is narrower (bounded gates), all of it for an
+#: unbounded side and for a custom callable gate, whose range is not registered.
 DEFAULT_RANGE = (-4.0, 4.0)
 #: Gates whose output saturates at the bounds of (0, 1), where s = 1 is the identity: only for these
 #: does "saturation" (the share of channels near a bound) mean anything. A softmax also lies in
@@ -227,11 +228,11 @@ def batches(x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int, device
             progress: str | None = None):
     """Yield normalised float batches on ``device`` from uint8 images (normalised per batch, so a
     whole split is never held as floats)."""
-    from senet.data import normalize  # noqa: PLC0415 - only needed when reading a dataset
+    from senet.data import normalize  # only needed when reading a dataset
 
     rng = range(0, len(x), batch_size)
     if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from tqdm.auto import tqdm
 
         rng = tqdm(rng, desc=progress, unit="batch", leave=False)
     for i in rng:
@@ -280,7 +281,8 @@ def attach(model: nn.Module, acc: ExcitationAccumulator, blocks: list[str],
     for name in blocks:
         m = mods[name]
         gate = getattr(m, "gate_name", "")
-        acc.add_block(name, m.channels, GATE_RANGES.get(gate, DEFAULT_RANGE), device,
+        lo, hi = GATES.info(gate).range if gate in GATES else DEFAULT_RANGE
+        acc.add_block(name, m.channels, (max(lo, DEFAULT_RANGE[0]), min(hi, DEFAULT_RANGE[1])), device,
                       saturating=gate in SATURATING_GATES)
 
         def keep(mod, inputs, out, _name=name):

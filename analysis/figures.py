@@ -22,8 +22,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from . import stats as S
 from .errors import AnalysisInputError
+from .stats import block_order, pooled, spearman, t_quantile
 from .style import ALL_COLOR, apply, colors, label
 
 
@@ -40,7 +40,7 @@ def _grid(n: int, ncols: int = 3, w: float = 3.0, h: float = 2.3, sharey: bool =
 
 
 def _blocks(frame: pd.DataFrame, blocks: list[str] | None) -> list[str]:
-    order = S.block_order(frame)
+    order = block_order(frame)
     if blocks is None:
         return order
     missing = [b for b in blocks if b not in order]
@@ -56,54 +56,46 @@ def _check_classes(stats: pd.DataFrame, classes: list[str]) -> None:
         raise AnalysisInputError(f"unknown class {bad[0]!r}; choose from: {', '.join(have)}")
 
 
-def excitation_means(stats: pd.DataFrame, classes: list[str], blocks: list[str] | None = None,
-                     title: str = "Mean excitation per channel (cf. paper Fig. 6)"):
-    """One panel per block: mean excitation against channel index for each class, and the mean
-    over all classes (black)."""
+def _class_panels(stats: pd.DataFrame, classes: list[str], blocks: list[str] | None, ylabel: str, title: str,
+                  *, bands: bool = False, all_classes: bool = False):
+    """One panel per block against channel index: each class's mean excitation, its ± one standard
+    deviation band (``bands``) and the mean over all classes (``all_classes``, black)."""
     _check_classes(stats, classes)
     blocks = _blocks(stats, blocks)
-    allc = S.pooled(stats)
+    allc = pooled(stats) if all_classes else None
     fig, axes = _grid(len(blocks))
     cols = colors(len(classes))
     for ax, block in zip(axes, blocks, strict=False):
         for cls, col in zip(classes, cols, strict=False):
             d = stats[(stats["block"] == block) & (stats["class"] == cls)].sort_values("channel")
             ax.plot(d["channel"], d["mean"], color=col, label=cls)
-        d = allc[allc["block"] == block].sort_values("channel")
-        ax.plot(d["channel"], d["mean"], color=ALL_COLOR, ls="--", label=label("all_classes"))
-        _channel_axes(ax, block, "mean_excitation")
+            if bands:
+                ax.fill_between(d["channel"], d["mean"] - d["std"], d["mean"] + d["std"], color=col,
+                                alpha=0.25, lw=0)
+        if allc is not None:
+            d = allc[allc["block"] == block].sort_values("channel")
+            ax.plot(d["channel"], d["mean"], color=ALL_COLOR, ls="--", label=label("all_classes"))
+        ax.set_title(block)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(label("channel"))
+        ax.set_ylabel(label(ylabel))
     axes[0].legend(loc="best", frameon=True)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def _channel_axes(ax, block: str, ylabel: str) -> None:
-    """A per-block panel against channel index (Fig. 6 and Fig. 7 share it)."""
-    ax.set_title(block)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(label("channel"))
-    ax.set_ylabel(label(ylabel))
+def excitation_means(stats: pd.DataFrame, classes: list[str], blocks: list[str] | None = None,
+                     title: str = "Mean excitation per channel (cf. paper Fig. 6)"):
+    """One panel per block: mean excitation against channel index for each class, and the mean
+    over all classes (black)."""
+    return _class_panels(stats, classes, blocks, "mean_excitation", title, all_classes=True)
 
 
 def excitation_bands(stats: pd.DataFrame, classes: list[str], blocks: list[str] | None = None,
                      title: str = "Excitation mean ± std over the images of a class (cf. paper Fig. 7)"):
     """One panel per block: mean ± one standard deviation of each class's excitations."""
-    _check_classes(stats, classes)
-    blocks = _blocks(stats, blocks)
-    fig, axes = _grid(len(blocks))
-    cols = colors(len(classes))
-    for ax, block in zip(axes, blocks, strict=False):
-        for cls, col in zip(classes, cols, strict=False):
-            d = stats[(stats["block"] == block) & (stats["class"] == cls)].sort_values("channel")
-            ax.plot(d["channel"], d["mean"], color=col, label=cls)
-            ax.fill_between(d["channel"], d["mean"] - d["std"], d["mean"] + d["std"], color=col,
-                            alpha=0.25, lw=0)
-        _channel_axes(ax, block, "excitation")
-    axes[0].legend(loc="best", frameon=True)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _class_panels(stats, classes, blocks, "excitation", title, bands=True)
 
 
 def selectivity_depth(sel: pd.DataFrame, title: str = "Class selectivity and saturation by depth"):
@@ -175,7 +167,7 @@ def attribution_scatter(attr: pd.DataFrame, title: str = "Channel importance vs 
         for cls in classes:
             e = d[d["class"] == cls]
             ax.scatter(e["mean_excitation"], e["importance"], s=7, alpha=0.7, color=cols[cls], label=cls)
-        rho = S.spearman(d["mean_excitation"], d["importance"])
+        rho = spearman(d["mean_excitation"], d["importance"])
         ax.set_title(f"{block}  ρ = {rho:.2f}")
         ax.set_xlabel(label("mean_excitation"))
         if ax.get_subplotspec().is_first_col():  # the long label would run into the panel beside
@@ -224,7 +216,7 @@ def seed_interval(values, level: float = 0.95) -> tuple[float, float, int]:
     n = len(v)
     if n < 2:
         return (float(v.mean()) if n else math.nan), math.nan, n
-    half = S.t_quantile(1 - (1 - level) / 2, n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
+    half = t_quantile(1 - (1 - level) / 2, n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
     return float(v.mean()), half, n
 
 

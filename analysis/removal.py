@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager, contextmanager
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from senet import se_modules
 from senet.registry import Registry
@@ -34,15 +35,21 @@ def se_params(model: nn.Module) -> dict[str, int]:
 
 
 @contextmanager
-def identity_se(model: nn.Module, blocks):
-    """Within the context, the named SE blocks return their input (Ũ = U, i.e. s = 1)."""
-    mods = se_modules(model)
-    handles = [mods[b].register_forward_hook(lambda m, inputs, out: inputs[0]) for b in blocks]
+def _hooked(model: nn.Module, handles):
+    """``model`` with the forward hooks ``handles`` until the context ends."""
     try:
         yield model
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def identity_se(model: nn.Module, blocks):
+    """Within the context, the named SE blocks return their input (Ũ = U, i.e. s = 1)."""
+    mods = se_modules(model)
+    with _hooked(model, [mods[b].register_forward_hook(lambda m, inputs, out: inputs[0]) for b in blocks]):
+        yield model
 
 
 @contextmanager
@@ -60,12 +67,8 @@ def mean_se(model: nn.Module, blocks, means: dict[str, torch.Tensor]):
             return c.expand_as(out)
         return hook
 
-    handles = [mods[b].gate.register_forward_hook(fixed(means[b])) for b in blocks]
-    try:
+    with _hooked(model, [mods[b].gate.register_forward_hook(fixed(means[b])) for b in blocks]):
         yield model
-    finally:
-        for h in handles:
-            h.remove()
 
 
 #: How a removal takes the SE's recalibration away: ``(model, blocks, means) -> context manager``.
@@ -145,8 +148,6 @@ def removal_table(model: nn.Module, x, y, mean, std, *, means: dict[str, torch.T
     variants = removal_variants(list(se_modules(model)), singles)
     it = variants
     if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
         it = tqdm(variants, desc="SE removal", unit="variant", leave=False)
     rows = []
     base = None  # the intact model's top-1 hits per image: the removals are paired with it

@@ -45,8 +45,9 @@ import torch
 from torch import nn
 
 import senet
+from senet.engine import param_groups
 from senet.provenance import device_name
-from senet.train import CPUINFO, autocast, cpu_has_native_bf16, eval_batch, param_groups
+from senet.runtime import CPUINFO, autocast, cpu_has_native_bf16, eval_batch
 
 PRECISIONS = ("fp32", "bf16")
 PAPER_MS = {"ResNet-50": 164.0, "SE-ResNet-50": 167.0}  # §4: one 224² image on a CPU
@@ -167,31 +168,30 @@ def eval_batches(sizes: list[int], images: int, rounds: int, clock: Timer, devic
 # ---------------------------------------------------------------------------------------------
 def epoch_times(images: int, clock: Timer, device) -> dict[str, dict]:
     """Train and evaluation seconds of one epoch of ``fit`` per setting (by the bench's clock)."""
-    import senet.train as T  # noqa: PLC0415
-    from senet import config as C  # noqa: PLC0415
-    from senet.data import DatasetNotFoundError, load_datasets  # noqa: PLC0415
+    from senet import config, engine, runtime
+    from senet.data import DatasetNotFoundError, load_datasets
 
     data = {"data.name": "fashion-mnist", "data.subset": images}
     try:
-        ds = load_datasets(C.from_flat(data).data)
+        ds = load_datasets(config.from_flat(data).data)
     except DatasetNotFoundError as e:
         print(f"({e}; using synthetic data)")
         data = {"data.name": "synthetic", "data.synthetic_train": images, "data.synthetic_test": images // 2}
-        ds = load_datasets(C.from_flat(data).data)
+        ds = load_datasets(config.from_flat(data).data)
     settings = {"before: fp32, eval batch 1024": ({"run.precision": "fp32"}, 1024),
                 "now: defaults": ({}, None)}
-    saved = T.clock, dict(T.EVAL_BATCH)
-    T.clock = clock
+    saved = engine.clock, dict(runtime.EVAL_BATCH)
+    engine.clock = clock
     got = {}
     try:
         for label, (over, batch) in settings.items():
-            T.EVAL_BATCH.update(saved[1])
+            runtime.EVAL_BATCH.update(saved[1])
             if batch:
-                T.EVAL_BATCH[device.type] = batch
-            cfg = C.from_flat({"model.name": "se_resnet20", **data, "optim.epochs": 1, "run.threads": 1,
+                runtime.EVAL_BATCH[device.type] = batch
+            cfg = config.from_flat({"model.name": "se_resnet20", **data, "optim.epochs": 1, "run.threads": 1,
                                "run.progress": False, "run.device": str(device), **over})
             lines: list[dict] = []
-            r = T.fit(cfg, lines.append, datasets=ds)
+            r = engine.fit(cfg, lines.append, datasets=ds)
             m = lines[0]
             seen = len(ds.train_x) // cfg.optim.batch_size * cfg.optim.batch_size
             train_s = seen / m["images_per_s"]
@@ -199,9 +199,9 @@ def epoch_times(images: int, clock: Timer, device) -> dict[str, dict]:
                           "precision": r["provenance"]["precision"], "images": len(ds.train_x),
                           "evaluated": len(ds.val_x) + len(ds.test_x)}
     finally:
-        T.clock = saved[0]
-        T.EVAL_BATCH.clear()
-        T.EVAL_BATCH.update(saved[1])
+        engine.clock = saved[0]
+        runtime.EVAL_BATCH.clear()
+        runtime.EVAL_BATCH.update(saved[1])
     return got
 
 
@@ -219,7 +219,7 @@ def sweep_rate(cpus: int, preset: str, seeds: int) -> tuple[float, int, float]:
         wall = time.perf_counter() - t0
         if done.returncode != 0:
             raise SystemExit(f"bench: `senet sweep ... --cpus-per-trial {cpus}` failed:\n{done.stderr[-2000:]}")
-        import pandas as pd  # noqa: PLC0415 (only here: the rest of the benchmark needs no pandas)
+        import pandas as pd  # only here: the rest of the benchmark needs no pandas
 
         trials = len(pd.read_parquet(Path(tmp) / "gate" / "runs.parquet"))
     return trials / wall * 3600, trials, wall
@@ -325,7 +325,7 @@ def inference_models(device) -> dict[str, dict[str, nn.Module]]:
         "SE-ResNet-50": senet.build_model("se_resnet50", stride_in_1x1=s1)}
         for where, s1 in (("1×1 (paper)", True), ("3×3 (v1.5)", False))}
     try:
-        import timm  # noqa: PLC0415 (a test dependency)
+        import timm  # a test dependency
 
         pairs["timm"] = {"ResNet-50": timm.create_model("resnet50", pretrained=False),
                          "SE-ResNet-50": timm.create_model("seresnet50", pretrained=False)}

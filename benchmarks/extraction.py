@@ -25,7 +25,7 @@ import torch
 
 
 def _data(args):
-    from senet import config as C
+    from senet import config
     from senet.data import DatasetNotFoundError, load_datasets
 
     flat = {"data.name": args.data_name, "data.val_fraction": 0.0, "data.synthetic_train": 256,
@@ -33,12 +33,12 @@ def _data(args):
     if args.data_root:
         flat["data.root"] = args.data_root
     try:
-        ds = load_datasets(C.from_flat(flat).data)
+        ds = load_datasets(config.from_flat(flat).data)
     except DatasetNotFoundError as e:
         print(f"{args.data_name} not found ({str(e).splitlines()[0][:80]}...); using the synthetic set",
               file=sys.stderr)
         flat["data.name"] = "synthetic"
-        ds = load_datasets(C.from_flat(flat).data)
+        ds = load_datasets(config.from_flat(flat).data)
     x, y = ds.test_x, ds.test_y
     if len(x) < args.images:  # repeat the split to reach the requested count
         reps = -(-args.images // len(x))

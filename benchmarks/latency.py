@@ -33,7 +33,7 @@ def _models(device) -> dict[str, dict[str, torch.nn.Module]]:
         },
     }
     try:
-        import timm  # noqa: PLC0415 (optional: a test dependency)
+        import timm  # optional: a test dependency
 
         pairs["timm"] = {"ResNet-50": timm.create_model("resnet50", pretrained=False),
                          "SE-ResNet-50": timm.create_model("seresnet50", pretrained=False)}

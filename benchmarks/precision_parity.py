@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     if len(seeds) < 2:
         print(f"mean difference {mean:+.2f} pp (one seed: no interval)")
         return 0
-    from scipy import stats  # noqa: PLC0415
+    from scipy import stats
 
     t = stats.ttest_rel([err[("bf16", s)] for s in seeds], [err[("fp32", s)] for s in seeds])
     ci = t.confidence_interval(0.95)

@@ -20,14 +20,14 @@ import time
 import torch
 from torch import nn
 
-import senet.train as T
-from senet import config as C
+from senet import config, engine
 from senet.checkpoint import build_from_config
 from senet.data import DatasetNotFoundError, Datasets, augment, load_datasets, normalize
-from senet.train import autocast, fit, param_groups, resolve_device, resolve_precision
+from senet.engine import fit, param_groups
+from senet.runtime import autocast, resolve_device, resolve_precision
 
 
-def bare_loop(cfg: C.Config, ds: Datasets, device: torch.device) -> float:
+def bare_loop(cfg: config.Config, ds: Datasets, device: torch.device) -> float:
     """One epoch of the plainest loop over the same tensors; returns images/s."""
     torch.manual_seed(cfg.seed)
     precision, channels_last = resolve_precision(cfg, device)
@@ -42,7 +42,7 @@ def bare_loop(cfg: C.Config, ds: Datasets, device: torch.device) -> float:
     gen = torch.Generator(device=device).manual_seed(0)
     bs, n = cfg.optim.batch_size, len(ds.train_x)
     perm = torch.randperm(n).to(device)
-    t0 = T.clock()
+    t0 = engine.clock()
     for i in range(n // bs):
         idx = perm[i * bs:(i + 1) * bs]
         x = normalize(augment(ds.train_x[idx], cfg.data.augment, gen), ds.mean, ds.std)
@@ -55,10 +55,10 @@ def bare_loop(cfg: C.Config, ds: Datasets, device: torch.device) -> float:
         opt.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (n // bs) * bs / (T.clock() - t0)
+    return (n // bs) * bs / (engine.clock() - t0)
 
 
-def fit_loop(cfg: C.Config, ds: Datasets) -> float:
+def fit_loop(cfg: config.Config, ds: Datasets) -> float:
     """One epoch of ``fit`` (its own timer covers the training phase only); returns images/s."""
     out = []
     fit(cfg, out.append, datasets=ds)
@@ -66,7 +66,7 @@ def fit_loop(cfg: C.Config, ds: Datasets) -> float:
 
 
 def compare(model: str, batch: int, ds: Datasets, args, device) -> tuple[float, float]:
-    cfg = C.from_flat({"model.name": model, "optim.batch_size": batch, "optim.epochs": 1,
+    cfg = config.from_flat({"model.name": model, "optim.batch_size": batch, "optim.epochs": 1,
                        "optim.schedule": "constant", "run.progress": False, "run.device": args.device,
                        "data.augment": "crop_flip", "run.threads": args.threads,
                        "run.precision": args.precision})
@@ -97,23 +97,23 @@ def main() -> None:
 
     device = resolve_device(args.device)
     if args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu"):
-        T.clock = time.process_time  # fit's loop and the bare loop read the same clock
+        engine.clock = time.process_time  # fit's loop and the bare loop read the same clock
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        full = load_datasets(C.DataConfig(name=args.data, val_fraction=0, subset=args.images))
+        full = load_datasets(config.DataConfig(name=args.data, val_fraction=0, subset=args.images))
     except DatasetNotFoundError as e:
         print(f"({e}; using synthetic)")
-        full = load_datasets(C.DataConfig(name="synthetic", synthetic_train=args.images, val_fraction=0))
+        full = load_datasets(config.DataConfig(name="synthetic", synthetic_train=args.images, val_fraction=0))
     # a small test split: fit evaluates each epoch, outside the timed training phase
     ds = Datasets(full.train_x, full.train_y, full.val_x, full.val_y, full.test_x[:256], full.test_y[:256],
                   full.classes, full.mean, full.std, full.name).to(device)
-    precision, cl = resolve_precision(C.from_flat({"run.device": args.device, "run.precision": args.precision}),
+    precision, cl = resolve_precision(config.from_flat({"run.device": args.device, "run.precision": args.precision}),
                                       device)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"{precision}, channels_last={cl}, threads {torch.get_num_threads()}, {ds.name} "
           f"{len(ds.train_x)} images of {tuple(ds.train_x.shape[1:])}, {args.reps} alternating runs each, "
-          f"clock {'CPU time' if T.clock is time.process_time else 'wall'}")
+          f"clock {'CPU time' if engine.clock is time.process_time else 'wall'}")
 
     plain_b, plain_f = compare("resnet20", args.batch_size, ds, args, device)
     se_b, se_f = compare("se_resnet20", args.batch_size, ds, args, device)

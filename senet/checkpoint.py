@@ -13,9 +13,12 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from . import config
 from .errors import UserValueError
+from .models import build_from_config
+
+__all__ = ["CheckpointError", "build_from_config", "load_checkpoint", "load_model", "save_checkpoint"]
 
 FORMAT = "senet-checkpoint"
 VERSION = 1
@@ -69,28 +72,17 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def build_from_config(cfg, num_classes: int, in_chans: int) -> nn.Module:
-    """The network a config describes (``model.*`` and ``se.*`` keys)."""
-    from . import config as C  # noqa: PLC0415
-    from .models import build_model  # noqa: PLC0415
-
-    kw = {} if cfg.model.stride_in_1x1 is None else {"stride_in_1x1": cfg.model.stride_in_1x1}
-    return build_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans, se=C.se_for(cfg), **kw)
-
-
 def load_model(path: str | Path, map_location="cpu"):
-    """Rebuild a trained network from a checkpoint: ``(model in eval mode, Config, meta)``.
+    """Rebuild a trained network from a checkpoint: ``(model in eval mode, Config, meta)``, by the
+    one path from a config to a network (:func:`senet.models.build_from_config`).
 
     ``meta`` holds everything but the weights and optimizer state: ``epoch``, ``data`` (``classes``,
     ``mean``, ``std``, ``input_size``, ``in_chans``, ``name``), ``provenance``, ``best``, ``metrics``.
     """
-    from . import config as C  # noqa: PLC0415
-
     ckpt = load_checkpoint(path, map_location=map_location)
-    cfg = C.from_dict(ckpt["config"])
+    cfg = config.from_dict(ckpt["config"])
     data = ckpt.get("data", {})
-    model = build_from_config(cfg, cfg.model.num_classes or len(data.get("classes", [])) or None,
-                              cfg.model.in_chans or data.get("in_chans") or None)
+    model = build_from_config(cfg, len(data.get("classes", [])), data.get("in_chans"))
     model.load_state_dict(ckpt["model"])
     model.to(map_location).eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "schedule", "rng")}

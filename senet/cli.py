@@ -1,6 +1,7 @@
 """The ``senet`` command line: a registry of subcommands.
 
-The library's own commands live here (``models``, ``flops``) and in :mod:`senet.train` (``train``).
+The library's own commands live here (``models``, ``flops``), in :mod:`senet.train_cmd` (``train``)
+and :mod:`senet.config_cmd` (``config``).
 Other packages add theirs through the ``senet.commands`` entry-point group (each entry point names a
 module whose import registers commands), so ``senet`` never imports the sweep or analysis code.
 
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
@@ -40,9 +42,50 @@ class Command:
         raise NotImplementedError
 
 
+class ListingCommand(Command):
+    """A command that lists what is registered: ``rows()`` printed as text, or as JSON with ``--json``."""
+
+    def configure(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    def rows(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def as_json(self, rows: list[dict[str, Any]]) -> Any:
+        return rows
+
+    def print_text(self, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def run(self, args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+        rows = self.rows()
+        if args.json:
+            print(json.dumps(self.as_json(rows), indent=1))
+        else:
+            self.print_text(rows)
+        return 0
+
+
+class ConfiguredCommand(Command):
+    """A command that reads a run config: ``--config FILE`` with ``--key value`` overrides on top."""
+
+    overrides = True
+    config_help = "JSON or YAML config (nested or flat keys)"
+
+    def configure(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help=self.config_help)
+
+    @staticmethod
+    def config_from(args: argparse.Namespace, overrides: dict[str, Any], base=None):
+        """The overrides applied to ``--config FILE`` when given, else to ``base`` (default: the defaults)."""
+        from . import config  # loads torch (through senet.se): only commands that need a config pay for it
+
+        return config.from_flat(overrides, config.load(args.config) if args.config else base)
+
+
 COMMANDS: Registry[Command] = Registry("command")
 #: Modules of this package whose import registers more commands.
-_OWN_COMMANDS: tuple[str, ...] = ("senet.train", "senet.config_cmd")
+_OWN_COMMANDS: tuple[str, ...] = ("senet.train_cmd", "senet.config_cmd")
 
 
 def command(cls: type[Command]) -> type[Command]:
@@ -135,25 +178,20 @@ def main(argv: list[str] | None = None) -> int:
 # senet models, senet flops
 # ---------------------------------------------------------------------------------------------
 @command
-class ModelsCommand(Command):
+class ModelsCommand(ListingCommand):
     name = "models"
     help = "list the registered backbones (each has an se_ twin with the paper's default SE)"
 
-    def configure(self, p):
-        p.add_argument("--json", action="store_true", help="print JSON")
+    def rows(self):
+        from .models import MODELS  # loads torch: senet.cli itself stays light for the plugins that import it
 
-    def run(self, args, overrides):
-        from .models import MODELS  # noqa: PLC0415
-
-        rows = [dict(name=n, family=s.family, input_size=s.input_size, num_classes=s.num_classes,
+        return [dict(name=n, family=s.family, input_size=s.input_size, num_classes=s.num_classes,
                      se=s.se_default, doc=s.doc) for n, s in MODELS.items()]
-        if args.json:
-            print(json.dumps(rows, indent=1))
-        else:
-            w = max(len(r["name"]) for r in rows)
-            for r in rows:
-                print(f"{r['name']:<{w}}  {r['family']:<12} {r['input_size']:>4}px  {r['doc']}")
-        return 0
+
+    def print_text(self, rows):
+        w = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{w}}  {r['family']:<12} {r['input_size']:>4}px  {r['doc']}")
 
 
 @command
@@ -173,11 +211,9 @@ class FlopsCommand(Command):
                    "--model.num_classes N --model.in_chans C (the model is the positional argument)"
 
     def run(self, args, overrides):
-        import warnings  # noqa: PLC0415
-
-        from . import config as C  # noqa: PLC0415
-        from .complexity import UncountedWorkWarning, complexity  # noqa: PLC0415
-        from .models import MODELS, build_model  # noqa: PLC0415
+        from . import config
+        from .complexity import UncountedWorkWarning, complexity
+        from .models import MODELS, build_model
 
         bad = [k for k in overrides if not (k.startswith("se.") or k.startswith("model."))]
         if bad:
@@ -187,7 +223,7 @@ class FlopsCommand(Command):
         if args.input_size is not None and args.input_size <= 0:
             raise UserError(f"--input-size must be a positive number of pixels, got {args.input_size}")
         MODELS.get(args.model)  # an unknown name is the first thing to report
-        cfg = C.from_flat({"model.name": args.model, **overrides})
+        cfg = config.from_flat({"model.name": args.model, **overrides})
         if args.num_classes and cfg.model.num_classes and args.num_classes != cfg.model.num_classes:
             raise UserError(f"--num-classes {args.num_classes} and --model.num_classes "
                             f"{cfg.model.num_classes} disagree; give one")
@@ -195,7 +231,7 @@ class FlopsCommand(Command):
         for opt, v in (("--num-classes", num_classes), ("--model.in_chans", cfg.model.in_chans)):
             if v < 0:
                 raise UserError(f"{opt} must be a positive number (0: the model's), got {v}")
-        se = C.se_for(cfg)
+        se = config.se_for(cfg)
         kw = {} if cfg.model.stride_in_1x1 is None else {"stride_in_1x1": cfg.model.stride_in_1x1}
         model = build_model(args.model, num_classes=num_classes or None,
                             in_chans=cfg.model.in_chans or None, se=se, **kw)
@@ -206,13 +242,13 @@ class FlopsCommand(Command):
             print(f"senet: warning: {w.message}", file=sys.stderr)
         if args.json:
             d = c.to_dict()
-            d.update(model=args.model, gflops=c.flops / 1e9, se=None if se is None else C.flatten(se))
+            d.update(model=args.model, gflops=c.flops / 1e9, se=None if se is None else config.flatten(se))
             print(json.dumps(d))
             return 0
         print(f"{args.model} at {c.input_size[0]}×{c.input_size[1]}")
         print(f"{'block':<12} {'SE':<8} {'params':>11} {'MFLOPs':>9} {'SE params':>10} {'SE MFLOPs':>9} {'C→C/r':>10}")
         for b in c.blocks:
-            width = f"{b.se_channels}→{b.se_hidden}" if b.name else ""
+            width = b.se_width
             print(f"{b.module:<12} {b.name:<8} {b.params:>11,} {b.flops / 1e6:>9.2f} "
                   f"{b.se_params:>10,} {b.se_flops / 1e6:>9.3f} {width:>10}")
         print(f"total: {c.params:,} params ({c.params / 1e6:.2f}M), {c.flops / 1e9:.4f} GFLOPs; "

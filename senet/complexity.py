@@ -117,7 +117,14 @@ class BlockRow:
     se_params: int = 0
     se_flops: int = 0
     se_channels: int = 0
-    se_hidden: int = 0
+    se_hidden: int = 0  # the SE bottleneck's width C/r; 0 without SE or for an excitation with no bottleneck
+
+    @property
+    def se_width(self) -> str:
+        """``"256→16"`` (C → C/r), ``"256"`` for an SE without a bottleneck (eca, linear), or ``""``."""
+        if not self.name:
+            return ""
+        return f"{self.se_channels}→{self.se_hidden}" if self.se_hidden else str(self.se_channels)
 
 
 @dataclass
@@ -307,7 +314,7 @@ def complexity(model: nn.Module, input_size: int | tuple | None = None,
             se_params=sum(q.numel() for q in se_mod.parameters()) if se_mod is not None else 0,
             se_flops=int(round(under(se_path, flops))) if se_path else 0,
             se_channels=getattr(se_mod, "channels", 0) if se_mod is not None else 0,
-            se_hidden=getattr(se_mod, "hidden", 0) if se_mod is not None else 0,
+            se_hidden=(getattr(se_mod, "hidden", 0) or 0) if se_mod is not None else 0,
         ))
     return Complexity(
         params=sum(q.numel() for q in model.parameters()),

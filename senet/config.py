@@ -3,6 +3,11 @@
 The same keys (``se.gate``, ``optim.lr``, ``data.subset``, ``seed``) are the CLI overrides
 (``--se.gate tanh``), Ray Tune's search-space keys and the columns of the results tables. A resolved
 config is saved as ``config.json`` beside every run and inside every checkpoint.
+
+Each field states its own rules in its metadata: ``choices`` (the registry, or the names, its value
+comes from), bounds (``above``, ``at_least``, ``below``) and ``check`` (a format). :func:`validate`
+loops over the fields, and a :class:`Config` runs it on construction (``dataclasses.replace``
+included), so every Config that exists is a valid one.
 """
 from __future__ import annotations
 
@@ -10,12 +15,16 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .errors import UserValueError
+from .models import MODELS
+from .registry import choice_field, choice_names
 from .se import SEConfig
 
 
@@ -23,9 +32,24 @@ class ConfigError(UserValueError):
     """A bad key or value; the message names both. (A ValueError too, for older callers.)"""
 
 
+def _milestones(text: str) -> str | None:
+    """What is wrong with a list of epochs, or None."""
+    try:
+        for epoch in text.split(",") if text else ():
+            int(epoch)
+    except ValueError:
+        return "expected epochs like '8,12'"
+    return None
+
+
+def _rules(default: Any, **rules) -> Any:
+    """A field with validation rules: ``above``, ``at_least``, ``below`` (bounds), ``check``."""
+    return field(default=default, metadata=rules)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "se_resnet20"  # a registered backbone (`senet models`); se_ twins carry SE
+    name: str = choice_field("se_resnet20", MODELS)  # a registered backbone (`senet models`); se_ twins carry SE
     stride_in_1x1: bool | None = None  # ImageNet ResNets: stride in the first 1×1 (paper) or the 3×3
     num_classes: int = 0  # 0: taken from the dataset
     in_chans: int = 0  # 0: taken from the dataset
@@ -33,13 +57,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | imagefolder | synthetic
+    name: str = choice_field("fashion-mnist", "senet.data:DATASETS")  # the dataset (`senet config` lists them)
     root: str = ""  # the only folder searched when given (missing = error); "" searches $SENET_DATA and system locations
-    subset: int = 0  # train on N images of the fixed shuffle, after the validation split (0 = all the rest)
-    val_fraction: float = 0.1  # validation split: this share of the training images, or of data.subset when set (0 = none)
-    test_subset: int = 0  # evaluate on N test images of a fixed shuffle (0 = all; quick sweeps)
-    split_seed: int = 0  # seeds the val/subset/test_subset shuffles; part of the data, so never the run's seed
-    augment: str = "crop_flip"  # crop_flip (pad 4, random crop, horizontal flip) | flip | none
+    subset: int = _rules(0, at_least=0)  # train on N images of the fixed shuffle, after the validation split (0 = all the rest)
+    val_fraction: float = _rules(0.1, at_least=0, below=1)  # validation split: this share of the training images, or of data.subset when set (0 = none)
+    test_subset: int = _rules(0, at_least=0)  # evaluate on N test images of a fixed shuffle (0 = all; quick sweeps)
+    split_seed: int = _rules(0, at_least=0)  # seeds the val/subset/test_subset shuffles; part of the data, so never the run's seed
+    augment: str = choice_field("crop_flip", "senet.data:AUGMENTS")  # crop_flip (pad 4, random crop, horizontal flip) | flip | none
     image_size: int = 0  # resize image folders to this side (0 = the dataset's own)
     synthetic_train: int = 2048  # synthetic dataset: training images
     synthetic_test: int = 512  # synthetic dataset: test images
@@ -48,32 +72,33 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    epochs: int = 15  # training epochs
-    batch_size: int = 128  # images per SGD step
-    lr: float = 0.1  # peak learning rate
+    epochs: int = _rules(15, above=0)  # training epochs
+    batch_size: int = _rules(128, above=0)  # images per SGD step
+    lr: float = _rules(0.1, at_least=0)  # peak learning rate
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = True  # Nesterov momentum
-    weight_decay: float = 5e-4  # L2 weight decay
+    weight_decay: float = _rules(5e-4, at_least=0)  # L2 weight decay
     decay_norm_bias: bool = False  # also decay BN parameters and biases
-    schedule: str = "cosine"  # cosine | step | plateau | constant
-    warmup_epochs: float = 1.0  # linear warm-up before the schedule (cosine and step)
-    milestones: str = ""  # step schedule: epochs where lr is divided by 10, e.g. "8,12"
+    schedule: str = choice_field("cosine", "senet.schedules:SCHEDULES")  # the learning-rate schedule over the epochs
+    warmup_epochs: float = _rules(1.0, at_least=0)  # linear warm-up before the schedule (cosine and step)
+    milestones: str = _rules("", check=_milestones)  # step schedule: epochs where lr is divided by 10, e.g. "8,12"
     plateau_patience: int = 2  # plateau schedule (the paper's): epochs without improvement before ÷10
-    label_smoothing: float = 0.0  # label smoothing ε
+    label_smoothing: float = _rules(0.0, at_least=0, below=1)  # label smoothing ε
 
 
 @dataclass(frozen=True)
 class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on a GPU or a CPU with native bf16, AVX512-BF16/AMX; else fp32) | fp32 | bf16
-    channels_last: str = "auto"  # auto (on GPU) | true | false
+    precision: str = choice_field("auto", ("auto", "fp32", "bf16"))  # auto (bf16 on a GPU or a CPU with native bf16, AVX512-BF16/AMX; else fp32) | fp32 | bf16
+    channels_last: str = choice_field("auto", ("auto", "true", "false"))  # auto (on GPU) | true | false
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # deterministic algorithms (bitwise-reproducible resume on CPU)
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = _rules(0, at_least=0)  # torch CPU threads (0 = torch's default)
     out: str = ""  # output directory (config.json, metrics.jsonl, checkpoint.pt, final.json)
-    checkpoint_every: int = 1  # write the checkpoint every N epochs (and always at the end)
+    checkpoint_every: int = _rules(1, above=0)  # write the checkpoint every N epochs (and always at the end)
     progress: bool = True  # show a progress bar
-    eval_test: str = "every"  # test set every epoch (curves) | end (last epoch and the best-val weights; NaN between)
+    tensorboard: bool = True  # write TensorBoard event logs (scalars, excitation histograms) into the run folder
+    eval_test: str = choice_field("every", ("every", "end"))  # test set every epoch (curves) | end (last epoch and the best-val weights; NaN between)
 
 
 @dataclass(frozen=True)
@@ -84,6 +109,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     seed: int = 0  # seeds every random number generator of the run
+
+    def __post_init__(self):
+        validate(self)
 
 
 #: Short CLI spellings of some keys.
@@ -182,51 +210,57 @@ def from_flat(flat: Mapping[str, Any], base: Config | None = None) -> Config:
     try:
         parts = {h: replace(getattr(base, h), **v) for h, v in groups.items()}
         cfg = replace(base, **parts, **top)
-    except ValueError as e:  # raised by a dataclass's own validation (SEConfig)
+    except ValueError as e:  # raised by the dataclasses' own validation (Config, SEConfig)
         raise ConfigError(str(e)) from None
-    validate(cfg)
     return cfg
 
 
-_CHOICES = {
-    "data.augment": ("crop_flip", "flip", "none"),
-    "optim.schedule": ("cosine", "step", "plateau", "constant"),
-    "run.precision": ("auto", "fp32", "bf16"),
-    "run.channels_last": ("auto", "true", "false"),
-    "run.eval_test": ("every", "end"),
-}
+def _fields(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Field, Any]]:
+    """``(flat key, field, value)`` for every leaf field of ``cfg``."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            yield from _fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, value
+
+
+def _bounds(rules: Mapping[str, Any]) -> str:
+    if "at_least" in rules and "below" in rules:
+        return f"must be in [{rules['at_least']}, {rules['below']})"
+    if "above" in rules:
+        return f"must be > {rules['above']}"
+    return f"must be >= {rules['at_least']}" if "at_least" in rules else f"must be < {rules['below']}"
+
+
+def _problem(key: str, rules: Mapping[str, Any], value: Any) -> str | None:
+    if "choices" in rules:
+        names = choice_names(rules["choices"])
+        if value not in names:
+            return f"bad value for {key}: {value!r}; choose one of: {', '.join(names)}"
+    if (("above" in rules and not value > rules["above"]) or ("at_least" in rules and not value >= rules["at_least"])
+            or ("below" in rules and not value < rules["below"])):
+        return f"bad value for {key}: {value!r} ({_bounds(rules)})"
+    check: Callable[[Any], str | None] | None = rules.get("check")
+    hint = check(value) if check else None
+    return f"bad value for {key}: {value!r} ({hint})" if hint else None
 
 
 def validate(cfg: Config) -> None:
-    """Check values that the dataclasses cannot check alone; raise ConfigError naming the key."""
-    from .models import MODELS  # noqa: PLC0415
+    """Check every value against its field's rules; raise ConfigError naming the key and value.
 
-    flat = flatten(cfg)
-    for key, choices in _CHOICES.items():
-        if flat[key] not in choices:
-            raise ConfigError(f"bad value for {key}: {flat[key]!r}; choose one of: {', '.join(choices)}")
-    if cfg.model.name not in MODELS:
-        raise ConfigError(f"bad value for model.name: {cfg.model.name!r}; choose one of: "
-                          + ", ".join(MODELS.names()))
-    positive = ("optim.epochs", "optim.batch_size", "run.checkpoint_every")
-    for key in positive:
-        if flat[key] <= 0:
-            raise ConfigError(f"bad value for {key}: {flat[key]!r} (must be > 0)")
-    non_negative = ("optim.lr", "optim.weight_decay", "optim.warmup_epochs", "data.subset", "data.test_subset",
-                    "data.split_seed", "run.threads", "optim.label_smoothing")
-    for key in non_negative:
-        if flat[key] < 0:
-            raise ConfigError(f"bad value for {key}: {flat[key]!r} (must be >= 0)")
-    if not 0 <= cfg.data.val_fraction < 1:
-        raise ConfigError(f"bad value for data.val_fraction: {cfg.data.val_fraction!r} (must be in [0, 1))")
-    if cfg.optim.label_smoothing >= 1:
-        raise ConfigError(f"bad value for optim.label_smoothing: {cfg.optim.label_smoothing!r} (must be < 1)")
-    if cfg.optim.milestones:
-        try:
-            [int(m) for m in cfg.optim.milestones.split(",")]
-        except ValueError:
-            raise ConfigError(f"bad value for optim.milestones: {cfg.optim.milestones!r} "
-                              "(expected epochs like '8,12')") from None
+    Runs when a Config is made, so code handed a Config need not call it again.
+    """
+    for key, f, value in _fields(cfg):
+        problem = _problem(key, f.metadata, value)
+        if problem:
+            raise ConfigError(problem)
+
+
+def choices() -> dict[str, list[str]]:
+    """``{flat key: names}`` for every key whose value is one of a list of names."""
+    return {key: choice_names(f.metadata["choices"]) for key, f, _ in _fields(Config())
+            if "choices" in f.metadata}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -248,8 +282,6 @@ def save(cfg: Config, path: str | Path) -> None:
     """Write the nested config as JSON, or as YAML when ``path`` ends in .yaml/.yml."""
     p = Path(path)
     if p.suffix in (".yaml", ".yml"):
-        import yaml  # noqa: PLC0415
-
         p.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     else:
         p.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=False) + "\n")
@@ -263,8 +295,6 @@ def load(path: str | Path, base: Config | None = None) -> Config:
     text = p.read_text()
     try:
         if p.suffix in (".yaml", ".yml"):
-            import yaml  # noqa: PLC0415
-
             data = yaml.safe_load(text) or {}
         else:
             data = json.loads(text)
@@ -280,11 +310,7 @@ def se_for(cfg: Config) -> SEConfig | None:
 
     Raises ConfigError when se.* keys are set on a plain backbone (they would be silently ignored).
     """
-    from .models import MODELS  # noqa: PLC0415
-
-    if MODELS.get(cfg.model.name).se_default:
-        return cfg.se
-    if cfg.se != SEConfig():
-        raise ConfigError(f"model {cfg.model.name!r} has no SE blocks, but se.* keys were set; "
-                          f"use se_{cfg.model.name} or drop the se.* keys")
-    return None
+    try:
+        return MODELS.get(cfg.model.name).se_for(cfg.se)
+    except UserValueError as e:
+        raise ConfigError(str(e)) from None

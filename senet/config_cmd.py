@@ -22,8 +22,8 @@ import typing
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from . import config as C
-from .cli import Command, UserError, command
+from . import config
+from .cli import ConfiguredCommand, UserError, command
 from .registry import Registry
 
 
@@ -37,7 +37,7 @@ class ConfigSource:
     def configure(self, p) -> None:
         pass
 
-    def base(self, args, overrides: dict[str, str]) -> tuple[C.Config, str, dict[str, str]] | None:
+    def base(self, args, overrides: dict[str, str]) -> tuple[config.Config, str, dict[str, str]] | None:
         return None
 
 
@@ -72,19 +72,8 @@ def _flat_fields(cls: type, prefix: str = "") -> dict[str, tuple[type, str, Any]
 
 
 def _choices() -> dict[str, list[str]]:
-    """Keys whose value is one of a list of names."""
-    from .data import DATASETS  # noqa: PLC0415
-    from .models import MODELS  # noqa: PLC0415
-    from .models.blocks import PLACEMENTS  # noqa: PLC0415
-    from .se import ACTIVATIONS, EXCITATIONS, GATES, SQUEEZES  # noqa: PLC0415
-    from .train import SCHEDULES  # noqa: PLC0415
-
-    out = {k: list(v) for k, v in C._CHOICES.items()}
-    out.update({"model.name": MODELS.names(), "se.squeeze": SQUEEZES.names(),
-                "se.excitation": EXCITATIONS.names(), "se.act": ACTIVATIONS.names(),
-                "se.gate": GATES.names(), "se.placement": PLACEMENTS.names(),
-                "data.name": DATASETS.names(), "optim.schedule": SCHEDULES.names()})
-    return out
+    """Keys whose value is one of a list of names (each config field names its registry)."""
+    return config.choices()
 
 
 def _type_choices(typ: Any) -> list[str] | None:
@@ -103,14 +92,14 @@ def _type_name(typ: Any) -> str:
     return typ.__name__
 
 
-def describe(cfg: C.Config) -> list[dict[str, Any]]:
+def describe(cfg: config.Config) -> list[dict[str, Any]]:
     """One dict per flat key: ``key``, ``value``, ``default``, ``type``, ``choices`` (or None),
     ``help`` (the field's comment) and ``alias`` (its short CLI spelling, or None)."""
-    values, defaults = C.flatten(cfg), C.flatten(C.Config())
+    values, defaults = config.flatten(cfg), config.flatten(config.Config())
     named = _choices()
-    aliases = {v: k for k, v in C.ALIASES.items()}
+    aliases = {v: k for k, v in config.ALIASES.items()}
     rows = []
-    for key, (owner, name, typ) in _flat_fields(C.Config).items():
+    for key, (owner, name, typ) in _flat_fields(config.Config).items():
         rows.append({"key": key, "value": values[key], "default": defaults[key], "type": _type_name(typ),
                      "choices": named.get(key) or _type_choices(typ),
                      "help": field_docs(owner).get(name, ""), "alias": aliases.get(key)})
@@ -124,13 +113,13 @@ def _show(v: Any) -> str:
 
 
 @command
-class ConfigCommand(Command):
+class ConfigCommand(ConfiguredCommand):
     name = "config"
     help = "print the resolved config: every key's value, default, choices and meaning"
-    overrides = True
+    config_help = "start from a JSON or YAML config (as senet train does)"
 
     def configure(self, p):
-        p.add_argument("--config", metavar="FILE", help="start from a JSON or YAML config (as senet train does)")
+        super().configure(p)
         p.add_argument("--json", action="store_true", help="print one JSON list of {key, value, default, ...}")
         for source in CONFIG_SOURCES.items():
             source[1].configure(p)
@@ -146,7 +135,7 @@ class ConfigCommand(Command):
         if picked:
             cfg, title, notes = picked[0][1]
         else:
-            cfg = C.from_flat(overrides, C.load(args.config) if args.config else None)
+            cfg = self.config_from(args, overrides)
             title, notes = (f"from {args.config}" if args.config else "defaults") + (
                 " with overrides" if overrides else ""), {}
         rows = describe(cfg)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
+
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> dict:
@@ -40,10 +42,8 @@ def device_name(device: torch.device | str) -> str:
 
 def provenance(device: torch.device | str = "cpu", precision: str = "fp32") -> dict:
     """A JSON-able record of the code, libraries and hardware of a run."""
-    from . import __version__  # noqa: PLC0415
-
     try:
-        import torchvision  # noqa: PLC0415
+        import torchvision  # for its version only; the training core runs without it
 
         tv = str(torchvision.__version__)
     except ImportError:  # pragma: no cover - torchvision is a dependency, but the core must not need it

@@ -17,14 +17,14 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import config as C
+from . import config
 
 #: Config keys that say how or where a run was executed, not what was trained: excluded from the
 #: recipe. ``run.precision`` stays in it (bf16 and fp32 are different arithmetic), and so does
 #: ``data.root`` (another folder may hold other images).
 BOOKKEEPING = frozenset({
     "run.out", "run.device", "run.threads", "run.progress", "run.checkpoint_every", "run.compile",
-    "run.channels_last", "run.deterministic", "data.download",
+    "run.channels_last", "run.deterministic", "data.download", "run.tensorboard",
     "run.eval_test",  # when the test set is evaluated; the final and best-val test errors are the same
 })
 #: The results column (from the run's provenance) holding the precision ``run.precision auto``
@@ -53,7 +53,7 @@ def recipe_items(flat: Mapping[str, Any], axis_keys: Iterable[str] = (),
     are ignored), without the seed, the arm axis keys, the nuisance keys and :data:`BOOKKEEPING`;
     missing values are dropped so an older table without a newer key hashes like one that has it unset."""
     drop = {"seed", *BOOKKEEPING, *(k.strip() for k in axis_keys), *(k.strip() for k in nuisance_keys)}
-    known = set(C.keys())
+    known = set(config.keys())
     out = {}
     for key in sorted(flat):
         if key in known and key not in drop:

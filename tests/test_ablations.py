@@ -15,11 +15,15 @@ import time
 import pandas as pd
 import pytest
 
-from ablations import studies as S
-from ablations import sweep as W
+from ablations import studies, sweep
 from ablations.checkpoints import named_checkpoints, prune_superseded, repair_missing
-from ablations.collect import collect
-from senet import config as C
+from ablations.collect import METRICS, collect
+from ablations.launch import param_space
+from ablations.plan import Plan, SweepOptions, cells, plan, study_meta
+from ablations.resume import resume_plan
+from ablations.study_json import write_study_json
+from ablations.trial import params_flat, trial_flat
+from senet import config
 from senet.cli import main
 from senet.recipe import recipe_hash
 
@@ -34,60 +38,60 @@ REQUIRED = ["study", "arm", "trial_id", "seed", "se.gate", "se.reduction", "se.s
 # The registry
 # ------------------------------------------------------------------------------------------------
 def test_studies_carry_the_papers_numbers():
-    gate = {a.label: (a.paper_top1, a.paper_top5) for a in S.STUDIES.get("gate").arms}
+    gate = {a.label: (a.paper_top1, a.paper_top5) for a in studies.STUDIES.get("gate").arms}
     assert gate["sigmoid"] == (22.28, 6.03) and gate["tanh"] == (23.00, 6.38) and gate["relu"] == (23.47, 6.98)
-    red = {a.label: a for a in S.STUDIES.get("reduction").arms}
+    red = {a.label: a for a in studies.STUDIES.get("reduction").arms}
     assert [red[f"r={r}"].paper_top1 for r in (2, 4, 8, 16, 32)] == [22.29, 22.25, 22.26, 22.28, 22.72]
     assert red["baseline"].paper_top1 == 23.30 and red["baseline"].overrides == {"se.stages": "none"}
-    sq = {a.label: a.paper_top1 for a in S.STUDIES.get("squeeze").arms}
+    sq = {a.label: a.paper_top1 for a in studies.STUDIES.get("squeeze").arms}
     assert sq == {"avg": 22.28, "max": 22.57, "avgmax": None, "avgstd": None, "none": 22.93}
-    pl = {a.label: a.paper_top1 for a in S.STUDIES.get("placement").arms}
+    pl = {a.label: a.paper_top1 for a in studies.STUDIES.get("placement").arms}
     assert pl == {"standard": 22.28, "pre": 22.23, "post": 22.78, "identity": 22.20, "inner": 22.48}
 
 
 def test_every_study_is_one_axis_and_keeps_ablation_fc_bias_off():
-    for name, study in S.STUDIES.items():
+    for name, study in studies.STUDIES.items():
         if name == "custom":
             continue
-        base = S.base_config(study, "smoke")
+        base = studies.base_config(study, "smoke")
         assert base.se.bias is False  # §6: the ablation runs remove the excitation's FC biases
         arms = study.resolve_arms(base)
         assert study.reference_arm in [a.label for a in arms]
         for arm in arms:
             assert set(arm.overrides) <= {study.axis, "se.stages"}, (name, arm)
-            C.from_flat(arm.overrides, base)  # every arm is a valid config
+            config.from_flat(arm.overrides, base)  # every arm is a valid config
 
 
 def test_stage_arms_follow_the_backbone():
-    study = S.STUDIES.get("stages")
-    cifar = [a.label for a in study.resolve_arms(S.base_config(study, "smoke"))]
+    study = studies.STUDIES.get("stages")
+    cifar = [a.label for a in study.resolve_arms(studies.base_config(study, "smoke"))]
     assert cifar == ["stage2", "stage3", "stage4", "all", "none"]
-    imagenet = {a.label: a.paper_top1 for a in study.resolve_arms(S.base_config(study, "full", {"model": "resnet50"}))}
+    imagenet = {a.label: a.paper_top1 for a in study.resolve_arms(studies.base_config(study, "full", {"model": "resnet50"}))}
     assert imagenet == {"stage2": 23.03, "stage3": 23.04, "stage4": 22.68, "stage5": None, "all": 22.28,
                         "none": 23.30}
 
 
 def test_plain_backbone_becomes_its_se_twin():
-    assert S.base_config(S.STUDIES.get("gate"), "quick", {"model.name": "resnet56"}).model.name == "se_resnet56"
+    assert studies.base_config(studies.STUDIES.get("gate"), "quick", {"model.name": "resnet56"}).model.name == "se_resnet56"
 
 
 def test_custom_study_grid_and_random(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("name: gxr\naxes: {se.gate: [sigmoid, tanh], se.reduction: [4, 16]}\n"
                     "nuisance: {optim.lr: [0.05, 0.1]}\n")
-    st = S.get_study("custom", str(spec))
+    st = studies.get_study("custom", str(spec))
     assert st.name == "gxr" and len(st.arms) == 4 and st.nuisance == {"optim.lr": (0.05, 0.1)}
     spec.write_text("mode: random\nsamples: 3\naxes: {se.gate: [sigmoid, tanh, relu], se.reduction: [4, 16]}\n")
-    labels = [a.label for a in S.get_study("custom", str(spec)).arms]
+    labels = [a.label for a in studies.get_study("custom", str(spec)).arms]
     assert len(labels) == len(set(labels)) == 3
-    assert labels == [a.label for a in S.get_study("custom", str(spec)).arms]  # seeded sample
+    assert labels == [a.label for a in studies.get_study("custom", str(spec)).arms]  # seeded sample
     spec.write_text("axes: {se.gat: [sigmoid]}\n")
     with pytest.raises(ValueError, match="se.gat"):
-        S.get_study("custom", str(spec))
+        studies.get_study("custom", str(spec))
 
 
 def test_quick_preset_holds_out_a_validation_split_to_select_with():
-    d = S.base_config(S.STUDIES.get("gate"), "quick").data
+    d = studies.base_config(studies.STUDIES.get("gate"), "quick").data
     n_val = round(d.val_fraction * d.subset)  # val_fraction applies to the subset
     assert n_val >= 300, "30 held-out images cannot tell two checkpoints apart"
     assert d.test_subset >= 2000
@@ -96,13 +100,37 @@ def test_quick_preset_holds_out_a_validation_split_to_select_with():
 def test_study_json_records_whether_nuisance_values_may_be_averaged(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("name: lrs\naxes: {se.gate: [sigmoid]}\nnuisance: {optim.lr: [0.05, 0.1]}\n")
-    meta = W.study_meta(W.plan(W.SweepOptions("custom", preset="smoke", spec=str(spec), results=str(tmp_path))))
+    meta = study_meta(plan(SweepOptions("custom", preset="smoke", spec=str(spec), results=str(tmp_path))))
     assert meta["average_nuisance"] is False and meta["experiment"] == "lrs-smoke"
     spec.write_text(spec.read_text() + "average_nuisance: true\n")
-    meta = W.study_meta(W.plan(W.SweepOptions("custom", preset="smoke", spec=str(spec), results=str(tmp_path))))
+    meta = study_meta(plan(SweepOptions("custom", preset="smoke", spec=str(spec), results=str(tmp_path))))
     assert meta["average_nuisance"] is True
-    gate = W.study_meta(W.plan(W.SweepOptions("gate", preset="smoke", results=str(tmp_path))))
+    gate = study_meta(plan(SweepOptions("gate", preset="smoke", results=str(tmp_path))))
     assert gate["average_nuisance"] is False and len(gate["recipe"]) == 10
+
+
+def test_a_trials_config_is_base_then_arm_then_nuisance_then_seed():
+    base = {"optim.lr": 0.1, "se.gate": "sigmoid", "se.reduction": 16, "seed": 9}
+    flat = trial_flat(base, {"se.gate": "tanh", "optim.lr": 0.2}, {"optim.lr": 0.05}, 3)
+    assert flat == {"optim.lr": 0.05, "se.gate": "tanh", "se.reduction": 16, "seed": 3}
+    params = {"base": base, "arms": {"t": {"se.gate": "tanh", "optim.lr": 0.2}}, "arm": "t", "seed": 3,
+              "nuisance_keys": ["optim.lr"], "optim.lr": 0.05}
+    assert params_flat(params) == flat
+
+
+def test_the_sweep_plans_the_config_its_trials_train(tmp_path):
+    """The config a cell is planned (and identified) with is the one the trainable builds from the
+    trial's Tune parameters, bookkeeping aside."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: n\naxes: {se.gate: [sigmoid, tanh]}\nnuisance: {optim.lr: [0.05, 0.1]}\n")
+    p = plan(SweepOptions("custom", preset="smoke", spec=str(spec), seeds=2, results=str(tmp_path)))
+    space = param_space(p)  # what Tune hands every trial, besides its arm, seed and nuisance values
+    shared = {k: space[k] for k in ("base", "arms", "nuisance_keys")}
+    planned = cells(p)
+    assert len(planned) == 8 and len({c.key for c in planned}) == 8
+    for cell in planned:
+        assert config.from_flat(params_flat({**shared, **cell.params()})) == cell.cfg
+        assert (cell.cfg.seed, cell.cfg.optim.lr) == (cell.seed, dict(cell.nuisance)["optim.lr"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,7 +176,7 @@ def test_missing_dataset_is_one_line_before_ray_starts(capsys, tmp_path, monkeyp
     def no_ray(*a, **k):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(W, "connect", no_ray)
+    monkeypatch.setattr(sweep, "connect", no_ray)
     t0 = time.time()
     rc = main(["sweep", "gate", "--preset", "quick", "--seeds", "1", "--data.root", "/nonexistent",
                "--results", str(tmp_path)])
@@ -167,7 +195,7 @@ def test_resume_without_a_sweep_says_so(capsys, tmp_path):
 def test_studies_lists_arms(capsys):
     assert main(["studies"]) == 0
     out = capsys.readouterr().out
-    for name in S.STUDIES:
+    for name in studies.STUDIES:
         assert re.search(rf"^{name}: ", out, re.M)
     assert "softmax_c" in out and "paper 23.47 / 6.98" in out
 
@@ -202,8 +230,10 @@ def test_collect_merges_and_never_drops_rows(tmp_path):
     assert df.set_index("trial_id").loc["t_1", "status"] == "running"
     assert df.set_index("trial_id").loc["t_1", "test_top1_err"] == 11.0
     assert df.columns.tolist().count("seed") == 1
-    assert set(C.keys()) <= set(df.columns)
-    assert df.loc[0, "checkpoint"] == str(a / "checkpoint_000001" / "checkpoint.pt")
+    assert set(config.keys()) <= set(df.columns)
+    # relative to the study folder, so the table stays valid wherever the results folder is moved
+    assert df.loc[0, "checkpoint"] == "ray/gate-smoke/sigmoid_seed0_t_0/checkpoint_000001/checkpoint.pt"
+    assert (tmp_path / "gate" / df.loc[0, "checkpoint"]).samefile(a / "checkpoint_000001" / "checkpoint.pt")
     first = pd.read_parquet(tmp_path / "gate" / "runs.parquet")
     pd.testing.assert_frame_equal(first, collect("gate", tmp_path))  # idempotent
     import shutil
@@ -213,6 +243,17 @@ def test_collect_merges_and_never_drops_rows(tmp_path):
     assert sorted(again["trial_id"]) == ["t_0", "t_1"]
     assert (tmp_path / "gate" / "runs.csv").exists()
     assert not list((tmp_path / "gate").glob(".*tmp"))
+
+
+def test_the_tables_columns_keep_their_order():
+    """The committed runs.csv files have these columns in this order; a new result key of fit's
+    would be added after se_hidden, never reorder them."""
+    assert METRICS == [
+        "status", "test_top1_err", "test_top5_err", "best_val_top1_err", "best_val_epoch",
+        "test_top1_err_at_best_val", "test_top5_err_at_best_val", "params", "flops", "se_params", "se_flops",
+        "se_hidden", "epochs_run", "wall_time_s", "train_time_s", "node", "node_id", "git_commit", "git_dirty",
+        "torch_version", "device", "precision", "checkpoint", "preset", "experiment", "recipe", "config_id",
+        "reused_from", "num_test", "num_val", "num_failures"]
 
 
 def test_collect_rebuilds_an_unreadable_parquet_and_says_so(tmp_path, capsys):
@@ -235,8 +276,8 @@ def test_collect_reads_a_finished_trial_from_its_final_checkpoint(tmp_path):
     ckpt = d / "checkpoint_000001"
     (ckpt / "final.json").write_text(json.dumps({"status": "completed", "test_top1_err": 7.5, "epochs_run": 1,
                                                  "num_test": 32, "num_val": 16}))
-    cfg = C.from_flat({"se.gate": "sigmoid", "se.bias": False, "run.threads": 1})
-    (ckpt / "config.json").write_text(json.dumps(C.to_dict(cfg)))
+    cfg = config.from_flat({"se.gate": "sigmoid", "se.bias": False, "run.threads": 1})
+    (ckpt / "config.json").write_text(json.dumps(config.to_dict(cfg)))
     row = collect("gate", tmp_path).iloc[0]
     assert (row["status"], row["test_top1_err"], row["epochs_run"], row["num_test"]) == ("completed", 7.5, 1, 32)
     assert row["run.threads"] == 1
@@ -370,10 +411,10 @@ def test_resume_mends_a_named_checkpoint_that_is_gone(tmp_path):
     assert repair_missing(exp) == []
 
 
-def _started(tmp_path, *args) -> W.Plan:
+def _started(tmp_path, *args) -> Plan:
     """A sweep as if started with ``args``: its study.json and an experiment state, no Ray."""
-    p = W.plan(W.SweepOptions("gate", preset="smoke", results=str(tmp_path), **dict(args)))
-    W.write_study_json(p.results_dir, {**W.study_meta(p), "run_options": {"cpus_per_trial": 1.0}})
+    p = plan(SweepOptions("gate", preset="smoke", results=str(tmp_path), **dict(args)))
+    write_study_json(p.paths, {**study_meta(p), "run_options": {"cpus_per_trial": 1.0}})
     p.experiment_path.mkdir(parents=True)
     (p.experiment_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
     return p
@@ -385,7 +426,7 @@ def _started(tmp_path, *args) -> W.Plan:
     (["--cpus-per-trial", "2"], "with --cpus-per-trial 1; drop --cpus-per-trial 2"),
 ])
 def test_resume_refuses_arguments_that_would_change_the_sweep(argv, expect, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(W, "connect", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(sweep, "connect", lambda *a, **k: pytest.fail("Ray was started"))
     _started(tmp_path, ("seeds", 2))
     rc = main(["sweep", "gate", "--preset", "smoke", "--resume", "--results", str(tmp_path), *argv])
     err = capsys.readouterr().err
@@ -395,11 +436,11 @@ def test_resume_refuses_arguments_that_would_change_the_sweep(argv, expect, tmp_
 def test_resume_keeps_what_the_sweep_was_started_with(tmp_path):
     started = _started(tmp_path, ("seeds", 2), ("overrides", {"optim.epochs": 2}))
     meta = json.loads((started.results_dir / "study.json").read_text())
-    opts = W.SweepOptions("gate", preset="smoke", results=str(tmp_path), resume=True)  # no --seeds, no overrides
-    p = W.resume_plan(W.plan(opts), opts)
+    opts = SweepOptions("gate", preset="smoke", results=str(tmp_path), resume=True)  # no --seeds, no overrides
+    p = resume_plan(plan(opts), opts)
     assert p.seeds == 2 and p.base.optim.epochs == 2 and p.n_trials == 14
-    assert W.study_meta(p) == meta["experiments"]["gate-smoke"]  # study.json is not rewritten from argv
-    W.write_study_json(p.results_dir, W.study_meta(p))
+    assert study_meta(p) == meta["experiments"]["gate-smoke"]  # study.json is not rewritten from argv
+    write_study_json(p.paths, study_meta(p))
     after = json.loads((started.results_dir / "study.json").read_text())
     assert after["seeds"] == 2 and after["experiments"] == meta["experiments"]
 
@@ -443,12 +484,12 @@ def test_smoke_sweep_every_study(study, ray_session, tmp_path, capsys):
     assert set(df["status"]) == {"completed"}
     assert not set(REQUIRED) - set(df.columns)
     assert (df["epochs_run"] == 1).all() and (df["params"] > 0).all() and (df["flops"] > 0).all()
-    assert df["checkpoint"].map(os.path.isfile).all()
+    assert df["checkpoint"].map(lambda c: not os.path.isabs(c) and (tmp_path / study / c).is_file()).all()
     assert (df["run.threads"] == 1).all() and (df["se.bias"] == False).all()  # noqa: E712
     for arm in meta["arms"]:
         row = df[df["arm"] == arm["arm"]].iloc[0]
         for k, v in arm["overrides"].items():
-            assert str(row[k]) == str(C.from_flat({k: v}).__getattribute__(k.split(".")[0]).__getattribute__(
+            assert str(row[k]) == str(config.from_flat({k: v}).__getattribute__(k.split(".")[0]).__getattribute__(
                 k.split(".")[1]))
     if study == "reduction":  # the baseline is the plain network: no SE parameters at all
         by = df.set_index("arm")

@@ -16,12 +16,13 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.helpers import kill_group, senet_argv
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +32,6 @@ def _env(tmp: Path, **extra) -> dict:
     env.pop("RAY_ADDRESS", None)
     env.update(SENET_SCRATCH=str(tmp / "scratch"), **extra)
     return env
-
-
-def _senet(*args) -> list[str]:
-    return [sys.executable, "-c", "import sys; from senet.cli import main; sys.exit(main())", *args]
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """The driver's own Ray processes (gcs, raylet, agents) share its process group."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _results(trial_dir: Path) -> list[dict]:
@@ -60,14 +49,14 @@ def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path):
     spec.write_text("name: retry\naxes: {se.gate: [sigmoid]}\n")
     flags = tmp_path / "flags"
     env = _env(tmp_path, SENET_FAIL_ONCE_AT_EPOCH="2", SENET_FAIL_ONCE_DIR=str(flags))
-    proc = subprocess.Popen(_senet("sweep", "custom", "--spec", str(spec), "--preset", "smoke", "--seeds", "1",
+    proc = subprocess.Popen(senet_argv("sweep", "custom", "--spec", str(spec), "--preset", "smoke", "--seeds", "1",
                                    "--results", str(tmp_path), "--optim.epochs", "3"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=300)
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     assert proc.returncode == 0, out
     assert len(list(flags.iterdir())) == 1  # the failure really happened
     df = pd.read_parquet(tmp_path / "retry" / "runs.parquet")
@@ -116,7 +105,7 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path):
                 return True
         return False
 
-    first = subprocess.Popen(_senet("sweep", "gate", *common), env=env, stdout=subprocess.DEVNULL,
+    first = subprocess.Popen(senet_argv("sweep", "gate", *common), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         # Kill once the experiment state records two finished trials (Tune snapshots it every
@@ -129,12 +118,12 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path):
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
     finally:
-        _kill_group(first)
+        kill_group(first)
     recorded = _recorded_terminated(exp)
     before = {k: v for k, v in finished().items() if k in recorded}
     assert 2 <= len(before) < 7, "the kill should land mid-sweep"
 
-    second = subprocess.run(_senet("sweep", "gate", *common, "--resume"), env=env, capture_output=True,
+    second = subprocess.run(senet_argv("sweep", "gate", *common, "--resume"), env=env, capture_output=True,
                             text=True, timeout=400, start_new_session=True)
     assert second.returncode == 0, second.stdout + second.stderr
     after = finished()
@@ -153,7 +142,7 @@ def _resume_argv(output: str) -> list[str]:
     assert m, output
     argv = shlex.split(m.group(1))
     assert argv[0] == "senet" and argv[-1] == "--resume", argv
-    return _senet(*argv[1:])
+    return senet_argv(*argv[1:])
 
 
 def test_errored_trial_fails_the_sweep_and_resume_retries_it(tmp_path):
@@ -161,7 +150,7 @@ def test_errored_trial_fails_the_sweep_and_resume_retries_it(tmp_path):
     spec.write_text("name: flaky\naxes: {se.gate: [sigmoid, tanh]}\n")
     flags = tmp_path / "flags"  # both trials fail once, at epoch 1, and with no retries left end in error
     env = _env(tmp_path, SENET_FAIL_ONCE_AT_EPOCH="1", SENET_FAIL_ONCE_DIR=str(flags))
-    first = subprocess.run(_senet("sweep", "custom", "--spec", str(spec), "--preset", "smoke", "--seeds", "1",
+    first = subprocess.run(senet_argv("sweep", "custom", "--spec", str(spec), "--preset", "smoke", "--seeds", "1",
                                   "--results", str(tmp_path / "res"), "--max-failures", "0"),
                            env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
     assert first.returncode == 1, first.stdout + first.stderr
@@ -182,7 +171,7 @@ def test_interrupted_sweep_exits_nonzero_and_its_resume_command_finishes_it(tmp_
     env = _env(tmp_path)
     exp = tmp_path / "gate" / "ray" / "gate-smoke"
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(_senet("sweep", "gate", "--preset", "smoke", "--seeds", "1", "--results", str(tmp_path),
+    first = subprocess.Popen(senet_argv("sweep", "gate", "--preset", "smoke", "--seeds", "1", "--results", str(tmp_path),
                                     "--max-concurrent", "1", "--optim.epochs", "3"),
                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -193,7 +182,7 @@ def test_interrupted_sweep_exits_nonzero_and_its_resume_command_finishes_it(tmp_
         first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and fit() returns
         first.wait(timeout=180)
     finally:
-        _kill_group(first)
+        kill_group(first)
         log.close()
     out = (tmp_path / "first.log").read_text()
     assert first.returncode == 1, out

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis import stats as S
 from analysis.extract import ExcitationAccumulator, block_position, extract_excitations, select_blocks
 from analysis.removal import (
     identity_se,
@@ -18,6 +17,7 @@ from analysis.removal import (
     removal_table,
     removal_variants,
 )
+from analysis.stats import hist_quantile, pooled, selectivity, spearman
 from senet import SEConfig, build_model, se_modules
 
 MEAN, STD = (0.5,), (0.25,)
@@ -191,10 +191,10 @@ def test_selectivity_and_saturation_hand_computed():
         ("SE_4_1", 4, 1, "a", 1, 10, 0.02, 0.01), ("SE_4_1", 4, 1, "b", 1, 30, 0.04, 0.01),
     ]
     st = _stats(rows)
-    p = S.pooled(st)
+    p = pooled(st)
     c = p[(p["block"] == "SE_4_1") & (p["channel"] == 0)].iloc[0]
     assert c["count"] == 40 and c["mean"] == pytest.approx((10 * 0.97 + 30 * 0.95) / 40)
-    sel = S.selectivity(st).set_index("block")
+    sel = selectivity(st).set_index("block")
     assert list(sel.index) == ["SE_2_1", "SE_3_1", "SE_4_1"]
     assert sel.loc["SE_2_1", "eta2"] == pytest.approx(0.0)
     assert sel.loc["SE_3_1", "eta2"] == pytest.approx((1 + 0.0625 / (0.0625 + 0.01)) / 2)
@@ -202,7 +202,7 @@ def test_selectivity_and_saturation_hand_computed():
     assert sel.loc["SE_4_1", "saturated"] == 1 and sel.loc["SE_4_1", "saturated_high"] == 0.5
     # Saturation is only defined for gates with range (0, 1).
     tanh = st.assign(range_lo=-1.0)
-    assert np.isnan(S.selectivity(tanh)["saturated"]).all()
+    assert np.isnan(selectivity(tanh)["saturated"]).all()
 
 
 def test_eta2_of_a_channel_that_never_varies_is_undefined_and_skipped():
@@ -216,7 +216,7 @@ def test_eta2_of_a_channel_that_never_varies_is_undefined_and_skipped():
         ("SE_3_1", 3, 1, "a", 0, 10, 0.5, 0.0), ("SE_3_1", 3, 1, "b", 0, 10, 0.5, 0.0),
         ("SE_3_1", 3, 1, "a", 1, 10, 0.2, 0.0), ("SE_3_1", 3, 1, "b", 1, 10, 0.8, 0.0),
     ]
-    sel = S.selectivity(_stats(rows)).set_index("block")
+    sel = selectivity(_stats(rows)).set_index("block")
     assert np.isnan(sel.loc["SE_2_1", "eta2"]) and sel.loc["SE_2_1", "eta2_channels"] == 0
     assert sel.loc["SE_3_1", "eta2"] == pytest.approx(1.0) and sel.loc["SE_3_1", "eta2_channels"] == 1
     assert (sel["channels"] == 2).all()
@@ -233,7 +233,7 @@ def test_saturation_is_undefined_for_gates_that_do_not_saturate():
         model = build_model("resnet20", num_classes=4, in_chans=1, se=SEConfig(gate=gate)).eval()
         tables[gate] = extract_excitations(model, x, y, MEAN, STD, num_classes=4, blocks="SE_2_1,SE_4_3",
                                            device="cpu", progress=False)
-        got[gate] = S.selectivity(*tables[gate])
+        got[gate] = selectivity(*tables[gate])
     soft = got["softmax"]
     assert soft[["saturated", "saturated_high", "saturated_low", "mass_high", "mass_low"]].isna().all().all()
     assert (soft["mean"] < 0.1).all()  # 1/C: every channel would have counted as "saturated low"
@@ -243,16 +243,16 @@ def test_saturation_is_undefined_for_gates_that_do_not_saturate():
         assert (st["saturating"] == (gate != "softmax")).all()
     # Hand-built tables: the column decides; without it, a (0, 1) range still counts as saturating.
     rows = [("SE_2_1", 2, 1, "a", 0, 10, 0.02, 0.01), ("SE_2_1", 2, 1, "b", 0, 10, 0.04, 0.01)]
-    assert S.selectivity(_stats(rows))["saturated"].item() == 1
-    assert np.isnan(S.selectivity(_stats(rows).assign(saturating=False))["saturated"].item())
+    assert selectivity(_stats(rows))["saturated"].item() == 1
+    assert np.isnan(selectivity(_stats(rows).assign(saturating=False))["saturated"].item())
 
 
 def test_spearman_and_histogram_quantile():
-    assert S.spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
-    assert S.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     h = pd.DataFrame({"block": "SE_2_1", "class": "a", "channel": 0, "bin": range(4),
                       "bin_lo": [0, .25, .5, .75], "bin_hi": [.25, .5, .75, 1.0], "count": [0, 10, 10, 0]})
-    assert S.hist_quantile(h, 0.5)["q0.5"].item() == pytest.approx(0.5)
+    assert hist_quantile(h, 0.5)["q0.5"].item() == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from senet import build_model, se_modules
-from senet import config as C
 from senet.checkpoint import build_from_config, save_checkpoint
 from senet.cli import main
+from senet.config import from_flat, to_dict
 from senet.data import SYNTHETIC_CLASSES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _checkpoint(path, model_name, **flat):
     """A suite checkpoint of an untrained network on the synthetic gratings (no training needed to
     exercise every analysis path)."""
-    cfg = C.from_flat({"model.name": model_name, "data.name": "synthetic", "data.synthetic_train": 64,
-                       "data.synthetic_test": 80, "data.val_fraction": 0.0, **flat})
+    cfg = from_flat({"model.name": model_name, "data.name": "synthetic", "data.synthetic_train": 64,
+                     "data.synthetic_test": 80, "data.val_fraction": 0.0, **flat})
     torch.manual_seed(0)
     classes = SYNTHETIC_CLASSES
     data = {"classes": classes, "mean": (0.5,), "std": (0.25,), "in_chans": 1, "input_size": 28,
@@ -32,7 +32,7 @@ def _checkpoint(path, model_name, **flat):
         data = {"classes": classes, "mean": (0.5,) * 3, "std": (0.25,) * 3, "in_chans": 3,
                 "input_size": 32, "name": "imagefolder"}
     model = build_from_config(cfg, len(classes), data["in_chans"])
-    return save_checkpoint(path, model=model.state_dict(), config=C.to_dict(cfg), data=data, epoch=1)
+    return save_checkpoint(path, model=model.state_dict(), config=to_dict(cfg), data=data, epoch=1)
 
 
 def _image_folder(root, classes=("ant", "bee", "cat"), per_class=4, size=32):
@@ -168,11 +168,11 @@ def test_analyze_reports_the_test_error_of_a_seed1_run(tmp_path, capsys):
     ``analyze`` reports equal the run's own (final.json, metrics.jsonl)."""
     from senet.train import fit
 
-    cfg = C.from_flat({"model.name": "se_resnet20", "se.reduction": 4, "data.name": "synthetic",
-                       "data.synthetic_train": 120, "data.synthetic_test": 200, "data.test_subset": 50,
-                       "data.val_fraction": 0.25, "optim.batch_size": 30, "optim.epochs": 1,
-                       "run.threads": 1, "run.progress": False, "run.device": "cpu", "seed": 1,
-                       "run.out": str(tmp_path / "run")})
+    cfg = from_flat({"model.name": "se_resnet20", "se.reduction": 4, "data.name": "synthetic",
+                     "data.synthetic_train": 120, "data.synthetic_test": 200, "data.test_subset": 50,
+                     "data.val_fraction": 0.25, "optim.batch_size": 30, "optim.epochs": 1,
+                     "run.threads": 1, "run.progress": False, "run.device": "cpu", "seed": 1,
+                     "run.out": str(tmp_path / "run")})
     fit(cfg)
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -188,6 +188,23 @@ def test_analyze_reports_the_test_error_of_a_seed1_run(tmp_path, capsys):
         for col in [c for c in intact.index if c.startswith("top1_err")]:
             assert intact[col] == pytest.approx(want, abs=1e-9), (split, col)
         assert f"{n} {split} images: top-1 error {want:.2f}%" in out, (out, want)
+
+
+def test_analyze_best_finds_a_checkpoint_relative_to_the_study_folder(tmp_path, capsys, monkeypatch):
+    """Issue 12: `analyze --best` resolves the recorded checkpoint (relative to <results>/<study>, as
+    collect records it) against the study folder, not the working directory."""
+    d = tmp_path / "results" / "gate"
+    rel = "ray/gate-smoke/sigmoid_0/checkpoint_000001"
+    _checkpoint(d / rel / "checkpoint.pt", "se_resnet20")
+    row = {"study": "gate", "arm": "sigmoid", "trial_id": "sigmoid_0", "seed": 0, "status": "completed",
+           "test_top1_err": 90.0, "best_val_top1_err": 89.0, "recipe": "r1", "checkpoint": rel}
+    pd.DataFrame([row]).to_parquet(d / "runs.parquet", index=False)
+    monkeypatch.chdir(tmp_path)
+    first = next(iter(se_modules(build_model("se_resnet20"))))
+    assert main(["analyze", "--best", "gate", "--results", "results", "--out", "a", "--classes", "0", "--blocks",
+                 first, "--attr-images", "1", "--no-singles", "--no-progress", "--max-images", "8"]) == 0
+    out = capsys.readouterr().out
+    assert f"-> {Path('results') / 'gate' / rel}" in out and (tmp_path / "a" / "summary.md").is_file()
 
 
 def test_report_command(tmp_path, capsys):

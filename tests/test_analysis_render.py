@@ -9,18 +9,37 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import figures as F
-from analysis import report as R
-from analysis import stats as S
+from analysis.compare import compare_arms, summary_table
+from analysis.errors import ReportInputError
+from analysis.figures import (
+    attribution_scatter,
+    error_edf,
+    excitation_bands,
+    excitation_means,
+    gradcam_grid,
+    point_plot,
+    removal_bars,
+    seed_interval,
+    selectivity_depth,
+)
+from analysis.report import table_rows, write_report
+from analysis.stats import selectivity, t_quantile
+from analysis.study import best_checkpoint, completed, count_test_images, load_study
 from analysis.style import LABELS, save
+from analysis.tables import latex, markdown
 
 BLOCKS = ["SE_2_3", "SE_3_3", "SE_4_1", "SE_4_2", "SE_4_3"]
 CLASSES = ["T-shirt/top", "Trouser", "Bag"]
 
 
+#: The modules that read tables and write text and figures: none of them may load torch.
+RENDERING = ("analysis.style", "analysis.figures", "analysis.report", "analysis.stats", "analysis.tables",
+             "analysis.study", "analysis.compare", "analysis.errors", "analysis.findings",
+             "analysis.findings.render", "analysis.gates_render", "analysis.cli")
+
+
 def test_rendering_imports_no_torch():
-    code = ("import sys; import analysis.style, analysis.figures, analysis.report, analysis.stats; "
-            "print('torch' in sys.modules)")
+    code = f"import sys; import {', '.join(RENDERING)}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -42,7 +61,7 @@ def stats_tables():
 
 
 def test_fig6_fig7_selectivity_panels(stats_tables, tmp_path):
-    fig = F.excitation_means(stats_tables, CLASSES[:2])
+    fig = excitation_means(stats_tables, CLASSES[:2])
     assert [ax.get_title() for ax in fig.axes] == BLOCKS
     assert all(len(ax.lines) == 3 for ax in fig.axes)  # two classes + the all-class mean
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
@@ -50,15 +69,15 @@ def test_fig6_fig7_selectivity_panels(stats_tables, tmp_path):
     paths = save(fig, tmp_path / "fig6")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
 
-    fig = F.excitation_bands(stats_tables, CLASSES[:2], blocks=["SE_2_3", "SE_4_3"])
+    fig = excitation_bands(stats_tables, CLASSES[:2], blocks=["SE_2_3", "SE_4_3"])
     assert [ax.get_title() for ax in fig.axes] == ["SE_2_3", "SE_4_3"]
     assert all(len(ax.collections) == 2 and len(ax.lines) == 2 for ax in fig.axes)  # ± std bands
 
-    sel = S.selectivity(stats_tables)
-    fig = F.selectivity_depth(sel)
+    sel = selectivity(stats_tables)
+    fig = selectivity_depth(sel)
     assert len(fig.axes) == 2 and [t.get_text() for t in fig.axes[0].get_xticklabels()] == BLOCKS
     with pytest.raises(ValueError, match="unknown class 'pug'; choose from: T-shirt/top"):
-        F.excitation_means(stats_tables, ["pug"])
+        excitation_means(stats_tables, ["pug"])
 
 
 def test_attribution_removal_and_gradcam_figures():
@@ -66,16 +85,16 @@ def test_attribution_removal_and_gradcam_figures():
                          "block_index": 3, "class": ["a", "a", "b", "b"] * 2, "channel": [0, 1] * 4,
                          "importance": [1, 2, 3, 4, 4, 3, 2, 1.0],
                          "mean_excitation": [.1, .2, .3, .4, .1, .2, .3, .4]})
-    fig = F.attribution_scatter(attr)
+    fig = attribution_scatter(attr)
     assert [ax.get_title() for ax in fig.axes] == ["SE_2_3  ρ = 1.00", "SE_4_3  ρ = -1.00"]
 
     rem = pd.DataFrame({"removed": ["none", "stage 2", "SE_2_1"], "delta_top1": [0, 0.5, 0.1],
                         "added_params_pct": [10.0, 4.0, 9.0]})
-    fig = F.removal_bars(rem)
+    fig = removal_bars(rem)
     assert len(fig.axes) == 2 and len(fig.axes[0].patches) == 2
 
     imgs = np.random.default_rng(0).random((3, 8, 8))
-    fig = F.gradcam_grid(imgs, {"SE": imgs, "plain": imgs}, ["x", "y", "z"])
+    fig = gradcam_grid(imgs, {"SE": imgs, "plain": imgs}, ["x", "y", "z"])
     assert len(fig.axes) == 9 and fig.axes[1].get_title() == "SE" and fig.axes[3].get_title() == "y"
 
 
@@ -125,7 +144,7 @@ def study_dir(tmp_path):
 
 def test_summary_table_hand_computed():
     runs = _runs()
-    t = R.summary_table(runs, STUDY).set_index("arm")
+    t = summary_table(runs, STUDY).set_index("arm")
     assert list(t.index) == ["sigmoid", "tanh", "relu", "softmax"]
     assert t.loc["sigmoid", "n"] == 3 and t.loc["sigmoid", "diverged"] == 1
     assert t.loc["sigmoid", "test_top1_err_mean"] == pytest.approx(9.0)
@@ -135,14 +154,14 @@ def test_summary_table_hand_computed():
     assert t.loc["softmax", "n"] == 2 and t.loc["softmax", "diverged"] == 1
     assert t.loc["softmax", "test_top1_err_std"] == pytest.approx(np.std([8.5, 9.5], ddof=1))
     assert t.loc["tanh", "paper_delta_top1"] == pytest.approx(0.72)
-    rows = {r[0]: r for r in R.table_rows(t.reset_index())}
+    rows = {r[0]: r for r in table_rows(t.reset_index())}
     assert rows["sigmoid (ref)"][1:5] == ["9.00 ± 1.00", "0.90 ± 0.10", "3", "1"]
     assert rows["tanh"][7:] == ["+1.33", "23.00 / 6.38", "+0.72"]
     assert rows["softmax"][6] == "41M" and rows["softmax"][8] == "–"
 
 
 def test_compare_arms_verdicts():
-    b = R.compare_arms(_runs(), STUDY, "test_top1_err", n_boot=2000).set_index("arm")
+    b = compare_arms(_runs(), STUDY, "test_top1_err", n_boot=2000).set_index("arm")
     # tanh - sigmoid per seed: +1.0, +1.5, +1.5: t = 8.0 on 2 df, p = 0.0153; Holm over the 2 arms
     # with >= 3 pairs (tanh, relu) doubles it: 0.0305 <= 0.05 -> worse.
     assert b.loc["tanh", "pairs"] == 3 and b.loc["tanh", "mean_diff"] == pytest.approx(4 / 3)
@@ -160,20 +179,21 @@ def test_compare_arms_verdicts():
 
 
 def test_markdown_and_latex_tables():
-    md = R.markdown(["arm", "top-1"], [["a|b", "1.00 ± 0.10"]])
+    md = markdown(["arm", "top-1"], [["a|b", "1.00 ± 0.10"]])
     assert md.splitlines() == ["| arm | top-1 |", "|---|---:|", "| a\\|b | 1.00 ± 0.10 |"]
-    tex = R.latex(["arm", "Δ top-1"], [["se_resnet", "22.28 ± 0.10"]], "Table 12")
+    tex = latex(["arm", "Δ top-1"], [["se_resnet", "22.28 ± 0.10"]], "Table 12")
     assert "se\\_resnet & 22.28 $\\pm$ 0.10 \\\\" in tex and "$\\Delta$ top-1" in tex
     assert "\\toprule" in tex and "\\caption{Table 12}" in tex
 
 
 def test_write_report(study_dir):
-    path = R.write_report(study_dir, "gate", n_boot=500)
+    path = write_report(study_dir, "gate", n_boot=500)
     text = path.read_text()
     assert path == study_dir / "gate" / "report.md"
     assert "| sigmoid (ref) | 9.00 ± 1.00 | 0.90 ± 0.10 | 3 | 1 |" in text
     assert "22.28 / 6.03" in text and "Table 12" in text
     assert "13 trials: 11 completed, 2 not (diverged: 2)" in text
+    assert "Not in the table" not in text  # every trial finished
     for stem in ("pointplot", "edf_test_top1_err", "edf_test_top5_err"):
         for ext in ("png", "pdf"):
             assert (study_dir / "gate" / "figures" / f"{stem}.{ext}").is_file()
@@ -181,10 +201,52 @@ def test_write_report(study_dir):
     assert (study_dir / "gate" / "table.tex").read_text().startswith("\\begin{table}")
 
 
+def test_running_and_errored_trials_are_not_counted_as_diverged(study_dir):
+    """Issue 12: the table's `diverged` column counted an interrupted (running) trial as diverged.
+    It counts status "diverged" only; trials not finished, and errored ones, are named below it."""
+    runs = _runs()
+    unfinished = [{**runs.iloc[3].to_dict(), "trial_id": "tanh_3", "seed": 3, "status": "running"},
+                  {**runs.iloc[6].to_dict(), "trial_id": "relu_3", "seed": 3, "status": "error"}]
+    runs = pd.concat([runs, pd.DataFrame(unfinished).assign(test_top1_err=np.nan, test_top5_err=np.nan)],
+                     ignore_index=True)
+    t = summary_table(runs, STUDY).set_index("arm")
+    counts = t[["n", "diverged", "running", "errored"]].to_dict("index")
+    assert counts["sigmoid"] == {"n": 3, "diverged": 1, "running": 0, "errored": 0}
+    assert counts["tanh"] == {"n": 3, "diverged": 0, "running": 1, "errored": 0}
+    assert counts["relu"] == {"n": 3, "diverged": 0, "running": 0, "errored": 1}
+    assert [r[4] for r in table_rows(t.reset_index())] == ["1", "0", "0", "1"]
+    runs.to_parquet(study_dir / "gate" / "runs.parquet", index=False)
+    text = write_report(study_dir, "gate", n_boot=500).read_text()
+    assert "| tanh | 10.33 ± 1.26 | 1.03 ± 0.13 | 3 | 0 |" in text and "| relu | 8.83 ± 1.61 | 0.88 ± 0.16 | 3 | 0 |" in text
+    assert ("Not in the table (`diverged` counts diverged trials only): not finished (running, or interrupted "
+            "and not resumed): tanh 1; errored: relu 1.") in text
+    assert "15 trials: 11 completed, 4 not (" in text and "running: 1" in text and "error: 1" in text
+    assert "| tanh | 10.33 ± 1.26 | 1.03 ± 0.13 | 3 | 0 |" in (study_dir / "gate" / "table.md").read_text()
+
+
+def test_a_rows_checkpoint_is_relative_to_the_study_folder(study_dir, tmp_path_factory, monkeypatch):
+    """Issue 12: collect records a trial's checkpoint relative to <results>/<study>, so the table stays
+    valid wherever the results folder is; tables with absolute paths (collected before) still work."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # never relative to the working directory
+    rel = "ray/gate-quick/sigmoid_0/checkpoint_000002"
+    ckpt_dir = study_dir / "gate" / rel
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "final.json").write_text(json.dumps({"num_test": 400}))
+    runs = _runs()
+    for recorded in (rel, f"{rel}/checkpoint.pt", str(ckpt_dir / "checkpoint.pt")):
+        runs.loc[0, "checkpoint"] = recorded  # sigmoid seed 0: the best by validation
+        runs.to_parquet(study_dir / "gate" / "runs.parquet", index=False)
+        path, row = best_checkpoint(study_dir, "gate")
+        assert path == str(study_dir / "gate" / recorded) and row["checkpoint"] == recorded
+        # the test-set size read from the final.json beside it (the table has no num_test column)
+        assert count_test_images(runs, study_dir / "gate") == (400, "final.json")
+        assert "N = 400 test images, from final.json" in write_report(study_dir, "gate", n_boot=200).read_text()
+
+
 def test_point_plot_and_edf_panels():
-    ok = R.completed(_runs())
+    ok = completed(_runs())
     arms = ["sigmoid", "tanh", "relu", "softmax"]
-    fig = F.point_plot(ok, arms)
+    fig = point_plot(ok, arms)
     assert len(fig.axes) == 2
     # issue 9 item 8: the interval is a Student-t interval over the seeds, and says so with its n
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
@@ -194,10 +256,10 @@ def test_point_plot_and_edf_panels():
     # sigmoid 8, 9, 10: 9 ± t(0.975, 2)·1/√3 = 9 ± 2.484
     bars = fig.axes[0].collections[-1].get_segments()
     assert bars[0][0][1] == pytest.approx(9 - 2.4841, abs=1e-3) and bars[0][1][1] == pytest.approx(9 + 2.4841, abs=1e-3)
-    one = F.point_plot(ok.query("arm != 'tanh' or seed == 0"), arms, ["test_top1_err"])
+    one = point_plot(ok.query("arm != 'tanh' or seed == 0"), arms, ["test_top1_err"])
     assert "tanh\nn=1" in [t.get_text() for t in one.axes[0].get_xticklabels()]
-    assert np.isnan(F.seed_interval([9.0])[1])  # one seed: no interval
-    fig = F.error_edf(ok, arms)
+    assert np.isnan(seed_interval([9.0])[1])  # one seed: no interval
+    fig = error_edf(ok, arms)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     # the bracketed pair "sigmoid [8.00, 9.00]" said nothing about what it was
     assert labels[0] == "sigmoid (3 runs: min 8.00, mean 9.00)" and len(fig.axes[0].lines) == 4
@@ -205,30 +267,30 @@ def test_point_plot_and_edf_panels():
 
 def test_missing_study_is_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results for study 'nope'"):
-        R.load_study(tmp_path, "nope")
+        load_study(tmp_path, "nope")
 
 
 def test_best_checkpoint_is_chosen_on_validation_never_test(study_dir):
     # Issue 9 item 4: relu seed 0 has the lowest test error (7.0) but sigmoid seed 0 the lowest
     # validation error (7.5); the diverged 'sigmoid_x' row and NaNs never win.
-    path, row = R.best_checkpoint(study_dir, "gate")
+    path, row = best_checkpoint(study_dir, "gate")
     assert path == "/r/sigmoid_0/checkpoint.pt" and row["arm"] == "sigmoid" and row["best_val_top1_err"] == 7.5
 
 
 def test_best_checkpoint_without_validation_is_refused(study_dir):
     runs = _runs().drop(columns="best_val_top1_err")
     runs.to_parquet(study_dir / "gate" / "runs.parquet", index=False)
-    with pytest.raises(R.ReportInputError, match="no validation error .* never on test"):
-        R.best_checkpoint(study_dir, "gate")
+    with pytest.raises(ReportInputError, match="no validation error .* never on test"):
+        best_checkpoint(study_dir, "gate")
     runs.assign(best_val_top1_err=np.nan).to_parquet(study_dir / "gate" / "runs.parquet", index=False)
-    with pytest.raises(R.ReportInputError, match="no validation error"):
-        R.best_checkpoint(study_dir, "gate")
+    with pytest.raises(ReportInputError, match="no validation error"):
+        best_checkpoint(study_dir, "gate")
 
 
 def test_t_quantile_matches_tables():
     # two-sided 95% critical values of Student's t (any statistics table)
     for df, t in [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042)]:
-        assert abs(S.t_quantile(0.975, df) - t) < 2e-3
+        assert abs(t_quantile(0.975, df) - t) < 2e-3
 
 
 def test_two_noisy_seeds_get_no_verdict():
@@ -238,7 +300,7 @@ def test_two_noisy_seeds_get_no_verdict():
                          for a, s, e in [("sigmoid", 0, 10.0), ("sigmoid", 1, 10.0),
                                          ("tanh", 0, 11.0), ("tanh", 1, 19.0)]])
     meta = {"reference_arm": "sigmoid", "arms": [{"arm": "sigmoid"}, {"arm": "tanh"}]}
-    b = R.compare_arms(runs, meta, "test_top1_err", n_boot=2000).set_index("arm")
+    b = compare_arms(runs, meta, "test_top1_err", n_boot=2000).set_index("arm")
     # a bootstrap over 2 pairs (3 possible resampled means) is not computed at all now
     assert np.isnan(b.loc["tanh", "ci_low"])
     assert abs(b.loc["tanh", "t_low"] + 45.8) < 0.1 and abs(b.loc["tanh", "t_high"] - 55.8) < 0.1

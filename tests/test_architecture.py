@@ -36,3 +36,112 @@ def _imported_packages(package: str) -> set[str]:
 ])
 def test_no_import_points_the_wrong_way(package, forbidden):
     assert not _imported_packages(package) & forbidden
+
+
+# ------------------------------------------------------------------------------------------------
+# No import cycle between the modules of the three packages, and no module too long to read
+# ------------------------------------------------------------------------------------------------
+PACKAGES = ("senet", "ablations", "analysis")
+MAX_LINES = 400
+
+
+def _modules(packages=PACKAGES) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py of ``packages`` (a package is its __init__.py)."""
+    out = {}
+    for package in packages:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:``, which never run."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The modules of ``known`` that ``name`` imports anywhere in its file (at the top, inside a
+    function, relative or absolute; annotations-only imports under ``if TYPE_CHECKING:`` aside).
+    ``from p import m`` where ``p.m`` is a module imports ``p.m``; ``from p import obj`` imports ``p``."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package[:len(package) - (node.level - 1)]
+                base = ".".join([*parent, *([node.module] if node.module else [])])
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            while parts and ".".join(parts) not in known:  # `import a.b.c` of a name inside a.b
+                parts.pop()
+            if parts:
+                found.add(".".join(parts))
+    found.discard(name)
+    return found
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` as [a, b, ..., a], or [] when it is acyclic."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+def test_the_cycle_finder_finds_cycles_through_relative_and_local_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .c import g\n")
+    (pkg / "c.py").write_text("import pkg.a\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nfrom pkg import a\nfrom pkg.c import g\n"
+                              "if TYPE_CHECKING:\n    from pkg import b\n")
+    known = {"pkg", "pkg.a", "pkg.b", "pkg.c", "pkg.d"}
+    graph = {m: _imports(m, pkg / (m.split(".")[-1] + ".py" if "." in m else "__init__.py"), known) for m in known}
+    assert graph["pkg.d"] == {"pkg.a", "pkg.c"}
+    assert _cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+    assert _cycle({**graph, "pkg.c": set()}) == []
+
+
+def test_no_import_cycle_between_modules():
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    cycle = _cycle(graph)
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("package", [*PACKAGES, "benchmarks"])
+def test_no_module_is_longer_than_the_limit(package):
+    long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / package).rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"over {MAX_LINES} lines: {long}"

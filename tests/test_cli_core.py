@@ -6,16 +6,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from senet.cli import main
 
 G = 1e9
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(capsys, *argv):
@@ -150,12 +147,12 @@ def test_the_process_prints_a_traceback_for_a_bug():
 
 
 def test_the_library_user_errors_are_value_errors_too():
-    from senet import checkpoint, config, data, train
+    from senet import checkpoint, config, data, resume
     from senet.cli import UserError
     from senet.errors import UserValueError
     from senet.se import GATES
 
-    for cls in (config.ConfigError, data.DatasetNotFoundError, checkpoint.CheckpointError, train.ResumeError):
+    for cls in (config.ConfigError, data.DatasetNotFoundError, checkpoint.CheckpointError, resume.ResumeError):
         assert issubclass(cls, UserError) and issubclass(cls, ValueError)
     with pytest.raises(UserValueError, match="unknown gate"):
         GATES.get("sigmod")

@@ -33,6 +33,7 @@ def cluster(tmp_path):
     port = _free_port()
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # a local Ray of an earlier test sets it: no second node
     env["SENET_SCRATCH"] = str(tmp_path / "scratch")
     env["RAY_AUTH_MODE"] = "token"  # the second node joins by address, which needs the head's token
     procs = []

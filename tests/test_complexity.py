@@ -2,6 +2,8 @@
 depthwise / pointwise formulas (F²·N·K²·M vs F²·N·(K² + M), ratio 1/M + 1/K²)."""
 from __future__ import annotations
 
+import json
+import warnings
 from fractions import Fraction
 
 import pytest
@@ -9,17 +11,16 @@ import torch
 from torch import nn
 
 from senet import SEConfig, build_model, complexity
-from senet.complexity import register_flops
-from senet.models.blocks import Bottleneck
+from senet.cli import main as senet_main
+from senet.complexity import FLOP_COUNTERS, InputSizeError, UncountedWorkWarning, register_flops
+from senet.models.blocks import Bottleneck, ClassifierNet
 from senet.models.mobilenet import DepthwiseSeparable
+from senet.models.registry import MODELS, register_model
 
 M = 1e6
 G = 1e9
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count(name, size=224, **kw):
@@ -146,8 +147,17 @@ def test_per_block_rows():
     assert sum(b.flops for b in c.blocks) < c.flops
     assert sum(b.se_params for b in c.blocks) == c.se_params
     assert c.blocks[-1].se_channels == 2048 and c.blocks[-1].se_hidden == 128
+    assert c.blocks[-1].se_width == "2048→128"
     d = c.to_dict()
     assert isinstance(d["params"], int) and isinstance(d["flops"], int)
+
+
+@pytest.mark.parametrize("excitation", ["eca", "linear"])
+def test_rows_show_no_hidden_width_for_an_excitation_without_a_bottleneck(excitation):
+    c = _count("se_resnet20", 32, se=SEConfig(excitation=excitation))
+    assert all(b.se_hidden == 0 and b.se_width == str(b.se_channels) for b in c.blocks)
+    plain = _count("resnet20", 32)
+    assert all(b.se_width == "" for b in plain.blocks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,10 +188,9 @@ def test_residual_addition_and_fused_scale():
     plain = complexity(Bottleneck(256, 64), 8, in_chans=256)
     convs = 8 * 8 * (256 * 64 + 64 * 9 * 64 + 64 * 256)
     assert plain.flops == convs + 256 * 64
-    se = complexity(Bottleneck(256, 64, se_factory=SEConfig(bias=False).factory()), 8, in_chans=256)
+    se = complexity(Bottleneck(256, 64, se=SEConfig(bias=False).plan()), 8, in_chans=256)
     assert se.flops - plain.flops == 256 * 64 + 2 * 256 * 16
-    post = complexity(Bottleneck(256, 64, se_factory=SEConfig(bias=False).factory(),
-                                 placement="post"), 8, in_chans=256)
+    post = complexity(Bottleneck(256, 64, se=SEConfig(bias=False, placement="post").plan()), 8, in_chans=256)
     assert post.flops - plain.flops == 2 * 256 * 64 + 2 * 256 * 16  # unfused: its own scaling
 
 
@@ -235,8 +244,6 @@ class ChannelScale(nn.Module):
 
 
 def _no_warnings():
-    import warnings  # noqa: PLC0415
-
     ctx = warnings.catch_warnings()
     ctx.__enter__()
     warnings.simplefilter("error")
@@ -283,8 +290,6 @@ def test_functional_work_is_attributed_to_its_block():
 
 
 def test_parameterised_module_whose_work_nobody_counts_warns():
-    from senet.complexity import UncountedWorkWarning  # noqa: PLC0415
-
     model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), ChannelScale(4))
     with pytest.warns(UncountedWorkWarning, match=r"^FLOPs not counted for modules with parameters: "
                                                   r"2 \(ChannelScale\);") as record:
@@ -299,8 +304,6 @@ def test_parameterised_module_whose_work_nobody_counts_warns():
         finally:
             ctx.__exit__(None, None, None)
     finally:
-        from senet.complexity import FLOP_COUNTERS  # noqa: PLC0415
-
         FLOP_COUNTERS.pop(ChannelScale)
 
 
@@ -352,15 +355,11 @@ def test_se_resnet20_default_is_cifar_size_not_224():
 
 @pytest.mark.parametrize("size", [-3, 0, (0, 4), (4, -1), 2.5, True])
 def test_input_size_must_be_positive_pixels(size):
-    from senet.complexity import InputSizeError  # noqa: PLC0415
-
     with pytest.raises(InputSizeError, match="input size must be a positive number of pixels"):
         complexity(nn.Conv2d(3, 2, 1), size)
 
 
 def test_too_small_input_names_the_failing_size_and_one_that_runs():
-    from senet.complexity import InputSizeError  # noqa: PLC0415
-
     with torch.device("meta"):
         model = build_model("se_bn_inception")
     with pytest.raises(InputSizeError, match=r"input size 16×16 does not fit se_bn_inception .*"
@@ -382,11 +381,7 @@ def test_a_failure_that_is_not_the_sizes_keeps_its_error():
 # senet flops: every option acts or is refused; bad input is one line (issue 10)
 # --------------------------------------------------------------------------------------------
 def _flops_cli(capsys, *argv):
-    import json  # noqa: PLC0415
-
-    from senet.cli import main  # noqa: PLC0415
-
-    rc = main(["flops", *argv])
+    rc = senet_main(["flops", *argv])
     out, err = capsys.readouterr()
     return rc, (json.loads(out) if rc == 0 and "--json" in argv else out), err
 
@@ -420,9 +415,6 @@ def test_flops_cli_bad_input_is_one_line(capsys, argv, message):
 
 
 def test_flops_cli_shows_an_uncounted_module_as_one_warning_line(capsys):
-    from senet.models.blocks import ClassifierNet  # noqa: PLC0415
-    from senet.models.registry import MODELS, register_model  # noqa: PLC0415
-
     class Tiny(ClassifierNet):
         def __init__(self, *, num_classes=10, in_chans=3, se=None):
             super().__init__()

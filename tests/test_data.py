@@ -9,20 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from senet import data as D
+from senet import data, datasets
 from senet.config import DataConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    torch.set_num_threads(1)
+def _no_senet_data(monkeypatch):
     monkeypatch.delenv("SENET_DATA", raising=False)
 
 
 @pytest.fixture
 def no_system(monkeypatch):
     """Hide /usr/share/datasets so a missing dataset is really missing."""
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", ())
+    monkeypatch.setattr(datasets, "SYSTEM_ROOTS", ())
 
 
 def write_idx(path, arr: np.ndarray):
@@ -47,7 +48,7 @@ def make_fashion(folder, n_train=50, n_test=20):
 
 def test_fashion_mnist_gzipped_idx(tmp_path, no_system):
     arrays = make_fashion(tmp_path / "fm")
-    ds = D.load_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path / "fm"), val_fraction=0.2))
+    ds = data.load_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path / "fm"), val_fraction=0.2))
     assert ds.train_x.dtype == torch.uint8 and ds.train_y.dtype == torch.int64
     assert ds.train_x.shape == (40, 1, 28, 28) and ds.val_x.shape == (10, 1, 28, 28)
     assert ds.test_x.shape == (20, 1, 28, 28)
@@ -65,7 +66,7 @@ def test_fashion_mnist_gzipped_idx(tmp_path, no_system):
 def test_fashion_mnist_found_through_senet_data(tmp_path, monkeypatch, no_system):
     make_fashion(tmp_path / "fashion-mnist")
     monkeypatch.setenv("SENET_DATA", str(tmp_path))
-    ds = D.load_datasets(DataConfig(name="fashion-mnist", val_fraction=0, subset=7))
+    ds = data.load_datasets(DataConfig(name="fashion-mnist", val_fraction=0, subset=7))
     assert len(ds.train_x) == 7 and len(ds.val_x) == 0
 
 
@@ -73,13 +74,13 @@ def test_split_is_fixed_and_seeded(tmp_path, no_system):
     make_fashion(tmp_path)
     cfg = DataConfig(name="fashion-mnist", root=str(tmp_path), val_fraction=0.2)
     other = DataConfig(name="fashion-mnist", root=str(tmp_path), val_fraction=0.2, split_seed=1)
-    a, b, c = D.load_datasets(cfg), D.load_datasets(cfg), D.load_datasets(other)
+    a, b, c = data.load_datasets(cfg), data.load_datasets(cfg), data.load_datasets(other)
     assert torch.equal(a.val_x, b.val_x) and not torch.equal(a.val_x, c.val_x)
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, no_system):
     with pytest.raises(ValueError) as e:
-        D.load_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+        data.load_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path) in msg and "apt-get install dataset-fashion-mnist" in msg
 
@@ -88,7 +89,7 @@ def test_corrupt_idx_is_one_line_error(tmp_path, no_system):
     make_fashion(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x09ab"))
     with pytest.raises(ValueError, match="truncated IDX"):
-        D.load_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+        data.load_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
 
 
 def _pickle(path, obj):
@@ -107,7 +108,7 @@ def test_cifar10_pickle_batches(tmp_path, no_system):
     _pickle(d / "test_batch", {b"data": test, b"labels": [0, 1, 2, 3, 4, 5]})
     _pickle(d / "batches.meta", {b"label_names": [b"airplane", b"automobile", b"bird", b"cat", b"deer",
                                                   b"dog", b"frog", b"horse", b"ship", b"truck"]})
-    ds = D.load_datasets(DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.25))
+    ds = data.load_datasets(DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.25))
     assert ds.train_x.shape == (15, 3, 32, 32) and ds.val_x.shape == (5, 3, 32, 32)
     assert ds.classes[0] == "airplane" and len(ds.classes) == 10 and len(ds.mean) == 3
     # CIFAR rows are channel-major 32×32 planes
@@ -124,13 +125,13 @@ def test_cifar100_pickle_batches(tmp_path, no_system):
     _pickle(d / "test", {b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8),
                          b"fine_labels": [99, 5, 7], b"coarse_labels": [0] * 3})
     _pickle(d / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)]})
-    ds = D.load_datasets(DataConfig(name="cifar100", root=str(d), val_fraction=0))
+    ds = data.load_datasets(DataConfig(name="cifar100", root=str(d), val_fraction=0))
     assert ds.num_classes == 100 and ds.test_y.tolist() == [99, 5, 7] and len(ds.train_x) == 10
 
 
 def test_missing_cifar_names_the_folder(tmp_path, no_system):
     with pytest.raises(ValueError, match="cifar-10-batches-py"):
-        D.load_datasets(DataConfig(name="cifar10", root=str(tmp_path)))
+        data.load_datasets(DataConfig(name="cifar10", root=str(tmp_path)))
 
 
 def test_imagefolder_pngs(tmp_path):
@@ -144,7 +145,7 @@ def test_imagefolder_pngs(tmp_path):
                 img = torch.full((3, 12, 16), colour, dtype=torch.uint8)
                 img[0, 0, 0] = i
                 write_png(img, str(folder / f"{i}.png"))
-    ds = D.load_datasets(DataConfig(name="imagefolder", root=str(tmp_path), image_size=8, val_fraction=0))
+    ds = data.load_datasets(DataConfig(name="imagefolder", root=str(tmp_path), image_size=8, val_fraction=0))
     assert ds.classes == ["cat", "dog"]
     assert ds.train_x.shape == (6, 3, 8, 8) and ds.test_x.shape == (4, 3, 8, 8)
     assert ds.test_y.tolist() == [0, 0, 1, 1]
@@ -153,12 +154,12 @@ def test_imagefolder_pngs(tmp_path):
 
 def test_imagefolder_missing(tmp_path):
     with pytest.raises(ValueError, match="train/<class>"):
-        D.load_datasets(DataConfig(name="imagefolder", root=str(tmp_path)))
+        data.load_datasets(DataConfig(name="imagefolder", root=str(tmp_path)))
 
 
 def test_synthetic_is_deterministic_and_balanced():
     cfg = DataConfig(name="synthetic", synthetic_train=200, synthetic_test=100, val_fraction=0.1)
-    a, b = D.load_datasets(cfg), D.load_datasets(cfg)
+    a, b = data.load_datasets(cfg), data.load_datasets(cfg)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
     assert a.train_x.shape[1:] == (1, 28, 28) and len(a.train_x) == 180 and len(a.val_x) == 20
     assert torch.bincount(a.test_y, minlength=10).tolist() == [10] * 10
@@ -173,12 +174,12 @@ def test_synthetic_is_deterministic_and_balanced():
 
 def test_unknown_dataset_lists_choices():
     with pytest.raises(ValueError, match="fashion-mnist.*synthetic"):
-        D.load_datasets(DataConfig(name="mnist"))
+        data.load_datasets(DataConfig(name="mnist"))
 
 
 def test_normalize_formula():
     x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3)
-    y = D.normalize(x, (0.2,), (0.5,))
+    y = data.normalize(x, (0.2,), (0.5,))
     assert torch.allclose(y.flatten(), torch.tensor([-0.4, 0.0, 1.6]), atol=1e-6)
     assert y.dtype == torch.float32
 
@@ -187,8 +188,8 @@ def test_crop_is_a_zero_padded_shift_and_flip_mirrors():
     x = torch.arange(1, 1 + 2 * 3 * 6 * 6, dtype=torch.int64).remainder(250).add(1).to(torch.uint8)
     x = x.view(2, 3, 6, 6)
     g = torch.Generator().manual_seed(0)
-    assert torch.equal(D.random_crop(x, g, pad=0), x)
-    out = D.random_crop(x, g, pad=2)
+    assert torch.equal(data.random_crop(x, g, pad=0), x)
+    out = data.random_crop(x, g, pad=2)
     assert out.shape == x.shape and out.dtype == torch.uint8
     for n in range(2):  # every crop is x shifted by (dy, dx) in [-2, 2]² with zeros coming in
         ok = False
@@ -199,7 +200,7 @@ def test_crop_is_a_zero_padded_shift_and_flip_mirrors():
                 ref[:, max(0, -dy):6 - max(0, dy), max(0, -dx):6 - max(0, dx)] = src
                 ok |= torch.equal(out[n], ref)
         assert ok
-    flips = D.random_flip(x.repeat(32, 1, 1, 1), torch.Generator().manual_seed(1))
+    flips = data.random_flip(x.repeat(32, 1, 1, 1), torch.Generator().manual_seed(1))
     is_flip = [torch.equal(f, x[i % 2].flip(2)) for i, f in enumerate(flips)]
     is_same = [torch.equal(f, x[i % 2]) for i, f in enumerate(flips)]
     assert all(a or b for a, b in zip(is_flip, is_same, strict=True)) and 8 < sum(is_flip) < 56
@@ -207,17 +208,17 @@ def test_crop_is_a_zero_padded_shift_and_flip_mirrors():
 
 def test_augment_registry_and_determinism():
     x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
-    a = D.augment(x, "crop_flip", torch.Generator().manual_seed(3))
-    b = D.augment(x, "crop_flip", torch.Generator().manual_seed(3))
+    a = data.augment(x, "crop_flip", torch.Generator().manual_seed(3))
+    b = data.augment(x, "crop_flip", torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.equal(a, x)
-    assert torch.equal(D.augment(x, "none", torch.Generator()), x)
+    assert torch.equal(data.augment(x, "none", torch.Generator()), x)
     with pytest.raises(ValueError, match="crop_flip"):
-        D.augment(x, "mixup", torch.Generator())
+        data.augment(x, "mixup", torch.Generator())
 
 
-@pytest.mark.skipif(not (D.SYSTEM_ROOTS[0] / "fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not (datasets.SYSTEM_ROOTS[0] / "fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_fits_in_100_mb():
-    ds = D.load_datasets(DataConfig(name="fashion-mnist"))
+    ds = data.load_datasets(DataConfig(name="fashion-mnist"))
     assert (len(ds.train_x), len(ds.val_x), len(ds.test_x)) == (54000, 6000, 10000)
     assert ds.nbytes() <= 100e6
     # Fashion-MNIST's published training-set statistics: mean 0.286, std 0.353
@@ -225,9 +226,9 @@ def test_real_fashion_mnist_fits_in_100_mb():
 
 
 def test_test_subset_is_a_fixed_sample_of_the_test_set():
-    full = D.load_datasets(DataConfig(name="synthetic", synthetic_train=64, synthetic_test=100))
+    full = data.load_datasets(DataConfig(name="synthetic", synthetic_train=64, synthetic_test=100))
     cfg = DataConfig(name="synthetic", synthetic_train=64, synthetic_test=100, test_subset=30)
-    a, b = D.load_datasets(cfg), D.load_datasets(cfg)
+    a, b = data.load_datasets(cfg), data.load_datasets(cfg)
     assert len(a.test_x) == 30 and torch.equal(a.test_x, b.test_x) and torch.equal(a.test_y, b.test_y)
     # every kept image is one of the full test set's, and training data is untouched
     flat = full.test_x.flatten(1)

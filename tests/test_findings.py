@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis import findings as FD
-from analysis import stats as S
+from analysis.findings import FINDINGS, Finding, evaluate, write_findings
+from analysis.findings.arms import ArmClaims, higher
+from analysis.stats import holm
 from senet.cli import main
 
 #: Per-seed offsets shared by every arm (what pairing by seed removes).
@@ -93,7 +94,7 @@ def results(tmp_path):
 
 
 def test_findings_verdicts_on_a_synthetic_results_folder(results):
-    df, recipes = FD.evaluate(results, n_boot=1000)
+    df, recipes = evaluate(results, n_boot=1000)
     assert verdicts(df) == {
         "se_beats_baseline": "agrees", "reduction": "agrees", "avg_beats_max": "inconclusive",
         "nosqueeze_worse": "no verdict", "gate_order": "contradicts", "placement": "not run yet",
@@ -123,9 +124,9 @@ def test_findings_verdicts_on_a_synthetic_results_folder(results):
 
 
 def test_holm_runs_over_the_directional_comparisons_of_one_finding(results):
-    df, _ = FD.evaluate(results, n_boot=1000)
+    df, _ = evaluate(results, n_boot=1000)
     gate = df[df["key"] == "gate_order"]
-    np.testing.assert_allclose(gate["p_holm"], S.holm(gate["p"]))
+    np.testing.assert_allclose(gate["p_holm"], holm(gate["p"]))
     red = df[df["key"] == "reduction"]
     # the "alike" claims are equivalence tests on the interval: only r=32 is in the Holm family
     assert red["p_holm"].iloc[:3].isna().all() and red["p_holm"].iloc[3] == pytest.approx(red["p"].iloc[3])
@@ -135,7 +136,7 @@ def test_alike_contradicts_when_the_interval_lies_beyond_delta(tmp_path):
     r = tmp_path / "results"
     write_study(r, "reduction", {"baseline": 1.0, "r=2": 1.5, "r=4": 0.0, "r=8": 0.5, "r=16": 0.0, "r=32": 0.8},
                 noise=0.05)
-    df, _ = FD.evaluate(r, n_boot=1000)
+    df, _ = evaluate(r, n_boot=1000)
     red = df[df["key"] == "reduction"].set_index("comparison")
     assert red.loc["r=2 − r=16", "verdict"] == "contradicts"  # 1.5 pp apart: not alike at δ = 0.5
     assert red.loc["r=4 − r=16", "verdict"] == "agrees"
@@ -147,7 +148,7 @@ def test_a_difference_below_one_test_image_is_never_a_difference(tmp_path):
     r = tmp_path / "results"
     # 100 test images: one image is 1 pp; a steady 0.5 pp is below it whatever the p-value.
     write_study(r, "gate", {"sigmoid": 0.0, "tanh": 0.5, "relu": 3.0}, num_test=100, noise=0.01)
-    df, _ = FD.evaluate(r, n_boot=1000)
+    df, _ = evaluate(r, n_boot=1000)
     g = df[df["key"] == "gate_order"].set_index("comparison")
     assert g.loc["sigmoid − tanh", "verdict"] == "inconclusive"
     assert "below one test image" in g.loc["sigmoid − tanh", "reason"]
@@ -158,12 +159,12 @@ def test_a_difference_below_one_test_image_is_never_a_difference(tmp_path):
 def test_stage_globs_and_the_alternative_source(tmp_path):
     r = tmp_path / "results"
     write_study(r, "stages", {"stage2": -0.6, "stage3": -0.5, "stage4": -0.7, "all": -1.0, "none": 0.0})
-    df, _ = FD.evaluate(r, n_boot=1000)
+    df, _ = evaluate(r, n_boot=1000)
     st = df[df["key"] == "stages"]
     assert list(st["comparison"]) == ["stage2 − none", "stage3 − none", "stage4 − none",
                                       "all − stage2", "all − stage3", "all − stage4"]
     assert (st["verdict"] == "agrees").all()
-    np.testing.assert_allclose(st["p_holm"], S.holm(st["p"]))  # one family of six
+    np.testing.assert_allclose(st["p_holm"], holm(st["p"]))  # one family of six
     se = df[df["key"] == "se_beats_baseline"].iloc[0]  # no reduction study: the stages study answers
     assert se["source"] == "stages" and se["comparison"] == "all − none" and se["verdict"] == "agrees"
 
@@ -172,12 +173,12 @@ def test_excitation_findings_contradict_and_fall_back_to_a_labelled_bound(tmp_pa
     r = tmp_path / "results"
     a = r / "analysis"
     write_analysis(a, [0.4, 0.3, 0.25, 0.2, 0.1, 0.05], removal=(400, 100))
-    df, _ = FD.evaluate(r, n_boot=1000)
+    df, _ = evaluate(r, n_boot=1000)
     v = verdicts(df)
     assert v["selectivity_depth"] == "contradicts" and v["last_stage_removal"] == "contradicts"  # +3 pp
     t = pd.read_parquet(a / "removal.parquet").drop(columns=["newly_wrong_mean", "newly_right_mean"])
     t.to_parquet(a / "removal.parquet", index=False)
-    rem = FD.evaluate(r, n_boot=1000)[0].set_index("key").loc["last_stage_removal"]
+    rem = evaluate(r, n_boot=1000)[0].set_index("key").loc["last_stage_removal"]
     assert rem["ci_method"].startswith("conservative bound")
     e0, e1 = 0.10, 0.13  # Var ≤ (e0 + e1 − Δ²)/N: wider than the paired interval
     assert rem["ci_high"] - rem["effect"] == pytest.approx(1.959964 * 100 * np.sqrt((e0 + e1 - 0.03 ** 2) / 1e4),
@@ -185,10 +186,10 @@ def test_excitation_findings_contradict_and_fall_back_to_a_labelled_bound(tmp_pa
 
 
 def test_a_registered_finding_appears_in_the_output(results, monkeypatch):
-    monkeypatch.setitem(FD.FINDINGS, "relu_worst", FD.Finding(
+    monkeypatch.setitem(FINDINGS, "relu_worst", Finding(
         "relu_worst", "ReLU is worse than sigmoid", "Table 12: 23.47 vs 22.28",
-        (FD.ArmClaims("gate", (FD.higher("relu", "sigmoid"),)),)))
-    out, df = FD.write_findings(results, n_boot=1000)
+        (ArmClaims("gate", (higher("relu", "sigmoid"),)),)))
+    out, df = write_findings(results, n_boot=1000)
     assert verdicts(df)["relu_worst"] == "agrees"
     row = [ln for ln in out.read_text().splitlines() if "ReLU is worse than sigmoid" in ln]
     assert row and row[0].startswith("| 10 |") and "relu − sigmoid" in row[0] and "| agrees |" in row[0]

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis import gates as G
 from analysis.extract import block_position
-from senet import config as C
+from analysis.gates import best_runs
+from analysis.gates_render import BOUNDS, stage_summary
 from senet import se_modules
 from senet.checkpoint import load_model
 from senet.cli import main
+from senet.config import from_flat
 from senet.data import load_datasets, normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,10 +31,10 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         for gate in ("sigmoid", "tanh"):
-            fit(C.from_flat({"model.name": "se_resnet20", "se.gate": gate, "data.name": "synthetic",
-                             "data.synthetic_train": 64, "data.synthetic_test": 40, "data.val_fraction": 0.25,
-                             "optim.batch_size": 32, "optim.epochs": 1, "run.threads": 1, "run.progress": False,
-                             "run.device": "cpu", "seed": 0, "run.out": str(root / gate)}))
+            fit(from_flat({"model.name": "se_resnet20", "se.gate": gate, "data.name": "synthetic",
+                           "data.synthetic_train": 64, "data.synthetic_test": 40, "data.val_fraction": 0.25,
+                           "optim.batch_size": 32, "optim.epochs": 1, "run.threads": 1, "run.progress": False,
+                           "run.device": "cpu", "seed": 0, "run.out": str(root / gate)}))
     finally:
         torch.set_num_threads(n)
     return root
@@ -110,6 +111,31 @@ def test_gates_on_a_study_folder_picks_the_best_by_validation(tmp_path, trained,
     assert "sigmoid        stage 2" in cap.out
 
 
+def test_gates_resolves_checkpoints_relative_to_the_study_folder(tmp_path, trained, monkeypatch):
+    """Issue 12: runs.parquet records checkpoints relative to the study folder (a checkpoint folder or
+    its checkpoint.pt); the working directory does not matter."""
+    d = _study(tmp_path, trained)
+    for gate, recorded in (("sigmoid", "ray/gate-smoke/sigmoid_0/checkpoint_000001"),
+                           ("tanh", "ray/gate-smoke/tanh_0/checkpoint_000001/checkpoint.pt")):
+        folder = d / "ray" / "gate-smoke" / f"{gate}_0" / "checkpoint_000001"
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.pt").symlink_to(trained / gate / "checkpoint.pt")
+        runs = pd.read_parquet(d / "runs.parquet")
+        runs.loc[(runs["arm"] == gate) & (runs["seed"] == 0), "checkpoint"] = recorded
+        runs.to_parquet(d / "runs.parquet", index=False)
+    monkeypatch.chdir(tmp_path / "results")
+    got, notes = best_runs(d)
+    assert [(r.label, r.checkpoint) for r in got] == [
+        (g, str(d / "ray" / "gate-smoke" / f"{g}_0" / "checkpoint_000001" / "checkpoint.pt")) for g in ("sigmoid", "tanh")]
+    assert notes == []
+    runs = pd.read_parquet(d / "runs.parquet")
+    runs.loc[runs["arm"] == "tanh", "checkpoint"] = "ray/pruned/checkpoint_000001"
+    runs.to_parquet(d / "runs.parquet", index=False)
+    got, notes = best_runs(d)
+    assert [r.label for r in got] == ["sigmoid"]
+    assert notes == ["tanh: the best run's checkpoint is not here (ray/pruned/checkpoint_000001)"]
+
+
 def test_gates_on_checkpoints_labels_them_by_their_gate(tmp_path, trained):
     out = tmp_path / "g"
     assert main(["gates", str(trained / "tanh"), str(trained / "sigmoid" / "checkpoint.pt"), "--out", str(out),
@@ -123,15 +149,15 @@ def test_gates_on_checkpoints_labels_them_by_their_gate(tmp_path, trained):
 
 def test_near_bound_shares_follow_each_gate():
     s = torch.tensor([0.0, 0.0, 0.05, 0.5, 0.95, -0.9, 2.0])
-    assert int(G.BOUNDS["relu"].low(s).sum()) == 3  # exactly 0 (and below): the channel switched off
-    assert G.BOUNDS["relu"].high is None
-    assert int(G.BOUNDS["sigmoid"].low(s).sum()) == 4 and int(G.BOUNDS["sigmoid"].high(s).sum()) == 2
-    assert int(G.BOUNDS["tanh"].low(s).sum()) == 1 and int(G.BOUNDS["tanh"].high(s).sum()) == 2
+    assert int(BOUNDS["relu"].low(s).sum()) == 3  # exactly 0 (and below): the channel switched off
+    assert BOUNDS["relu"].high is None
+    assert int(BOUNDS["sigmoid"].low(s).sum()) == 4 and int(BOUNDS["sigmoid"].high(s).sum()) == 2
+    assert int(BOUNDS["tanh"].low(s).sum()) == 1 and int(BOUNDS["tanh"].high(s).sum()) == 2
     for g in ("softmax", "softmax_c", "identity"):
-        assert G.BOUNDS[g].low is None and G.BOUNDS[g].high is None  # n/a in the table
+        assert BOUNDS[g].low is None and BOUNDS[g].high is None  # n/a in the table
     stats = pd.DataFrame({"block": "SE_2_1", "stage": 2, "block_index": 1, "class": ["a", "b"], "channel": 0,
                           "count": [10, 10], "mean": [0.2, 0.4], "std": [0.1, 0.1]})
-    row = G.stage_summary(stats, {2: np.array([0, 0, 20])}, G.BOUNDS["softmax"]).iloc[0]
+    row = stage_summary(stats, {2: np.array([0, 0, 20])}, BOUNDS["softmax"]).iloc[0]
     assert np.isnan(row["near_bounds"]) and row["mean"] == pytest.approx(0.3)
     assert row["std"] == pytest.approx(np.sqrt(0.01 + 0.01)) and row["eta2"] == pytest.approx(0.5)
 

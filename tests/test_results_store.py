@@ -5,39 +5,41 @@ Ray's folders. Fast tests build tables by hand; one scenario runs real smoke swe
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from ablations import store
-from ablations import studies as S
-from ablations import sweep as W
-from ablations.collect import collect
-from senet import config as C
+from ablations import store, studies, sweep
+from ablations.collect import LIVE_S, STATUSES, collect
+from ablations.plan import Plan, SweepOptions, cells, plan, reused_rows, study_meta, triage
+from ablations.study_json import write_study_json
+from senet import config
 from senet.cli import main
 from senet.recipe import recipe_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _plan(study, preset="smoke", results="results", **kw) -> W.Plan:
-    return W.plan(W.SweepOptions(study, preset=preset, results=str(results), **kw))
+def _plan(study, preset="smoke", results="results", **kw) -> Plan:
+    return plan(SweepOptions(study, preset=preset, results=str(results), **kw))
 
 
 def _ids(study, preset="smoke") -> dict[str, str]:
     """arm -> config_id of seed 0."""
-    return {c.arm: c.config_id for c in W.cells(_plan(study, preset)) if c.seed == 0}
+    return {c.arm: c.config_id for c in cells(_plan(study, preset)) if c.seed == 0}
 
 
-def _rows(p: W.Plan, seeds, status="completed", experiment=None, err=10.0) -> list[dict]:
+def _rows(p: Plan, seeds, status="completed", experiment=None, err=10.0) -> list[dict]:
     """Table rows as a sweep of ``p`` records them: the trial's whole flat config, its status and errors."""
     rows = []
     for seed in seeds:
         for arm in p.arms:
-            flat = C.flatten(C.from_flat({**arm.overrides, "seed": seed}, p.base))
+            flat = config.flatten(config.from_flat({**arm.overrides, "seed": seed}, p.base))
             flat.update({"run.threads": 1, "run.device": "cpu"})  # bookkeeping a trial resolves
             flat["precision"] = store.trial_precision(p.base)  # provenance: what `auto` resolved to
             rows.append({**flat, "study": p.study.name, "arm": arm.label, "trial_id": f"{arm.label}-{seed}",
@@ -57,16 +59,16 @@ def _write(results: Path, study: str, rows: list[dict]) -> Path:
 # The standard preset and the studies' seeds
 # ------------------------------------------------------------------------------------------------
 def test_standard_preset_is_the_published_recipe(capsys):
-    cfg = S.base_config(S.STUDIES.get("gate"), "standard")
+    cfg = studies.base_config(studies.STUDIES.get("gate"), "standard")
     d, o = cfg.data, cfg.optim
     assert (cfg.model.name, d.name, d.subset, d.test_subset) == ("se_resnet20", "fashion-mnist", 20000, 0)
     assert round(d.val_fraction * d.subset) == 2000  # held out of the training file, beside the 20,000
     assert (o.epochs, o.schedule, o.batch_size, o.lr) == (5, "cosine", 128, 0.1) and o.warmup_epochs > 0
     assert (d.augment, cfg.run.precision) == ("crop_flip", "auto")
     # seeds: gate 5 at standard, every other study the preset's 3; other presets unchanged
-    assert {n: S.STUDIES.get(n).seeds_at("standard") for n in S.RUN_ORDER} == {
+    assert {n: studies.STUDIES.get(n).seeds_at("standard") for n in studies.RUN_ORDER} == {
         "gate": 5, "reduction": 3, "squeeze": 3, "placement": 3, "stages": 3}
-    assert S.STUDIES.get("gate").seeds_at("quick") == 2
+    assert studies.STUDIES.get("gate").seeds_at("quick") == 2
     assert _plan("gate", "standard").seeds == 5 and _plan("gate", "standard", seeds=2).seeds == 2
     assert main(["studies"]) == 0
     out = capsys.readouterr().out
@@ -75,7 +77,7 @@ def test_standard_preset_is_the_published_recipe(capsys):
 
 @pytest.mark.parametrize("preset", ["smoke", "standard"])
 def test_the_arms_studies_share_are_one_configuration(preset):
-    gate, red, sq, pl, st = (_ids(n, preset) for n in S.RUN_ORDER)
+    gate, red, sq, pl, st = (_ids(n, preset) for n in studies.RUN_ORDER)
     # the paper's default SE (r=16, avg, sigmoid, standard, all stages) in five studies
     assert gate["sigmoid"] == red["r=16"] == sq["avg"] == pl["standard"] == st["all"]
     assert red["baseline"] == st["none"]  # the plain network
@@ -84,7 +86,7 @@ def test_the_arms_studies_share_are_one_configuration(preset):
 
 
 def test_config_id_ignores_bookkeeping_and_fills_keys_an_old_table_lacks():
-    flat = C.flatten(C.from_flat({"se.gate": "tanh"}))
+    flat = config.flatten(config.from_flat({"se.gate": "tanh"}))
     cid = store.config_id(flat)
     assert store.config_id({**flat, "run.threads": 2, "run.out": "/x", "seed": 7}) == cid
     older = {k: v for k, v in flat.items() if k != "run.precision"}  # a key added since, at its default
@@ -110,16 +112,16 @@ def test_recorded_trials_are_skipped_and_shared_ones_copied(tmp_path):
     _write(tmp_path, "gate", _rows(gate, [0, 1]) + [
         {**_rows(gate, [2])[1], "status": "error"}])  # tanh seed 2 failed: not a result
     found = store.recorded(tmp_path)
-    t = W.triage(_plan("gate", results=tmp_path, seeds=3), found)
+    t = triage(_plan("gate", results=tmp_path, seeds=3), found)
     assert len(t.recorded) == 14 and not t.reused
     assert sorted(c.name for c in t.todo) == sorted(f"{a.label} seed 2" for a in gate.arms)
 
     red = _plan("reduction", results=tmp_path, seeds=3)
-    t = W.triage(red, found)
+    t = triage(red, found)
     assert [c.name for c, _ in t.reused] == ["r=16 seed 0", "r=16 seed 1"]
     assert len(t.todo) == 6 * 3 - 2 and not t.recorded
-    meta = W.study_meta(red)
-    rows = W.reused_rows(red, meta, t.reused)
+    meta = study_meta(red)
+    rows = reused_rows(red, meta, t.reused)
     assert {(r["study"], r["arm"], r["reused_from"]) for r in rows} == {("reduction", "r=16", "gate/gate-smoke")}
     assert {r["test_top1_err"] for r in rows} == {10.0, 11.0}  # gate's sigmoid seeds 0 and 1, as recorded
     assert {r["recipe"] for r in rows} == {meta["recipe"]}  # one recipe with reduction's own arms
@@ -128,15 +130,15 @@ def test_recorded_trials_are_skipped_and_shared_ones_copied(tmp_path):
 def test_a_trial_recorded_in_another_precision_is_another_configuration(tmp_path, monkeypatch):
     """`run.precision auto` is bf16 on a CPU with native bf16 and fp32 elsewhere: a trial recorded in
     bf16 is not reused where auto means fp32 (it is trained anew), and the two never share a recipe."""
-    import senet.train
+    import senet.runtime
 
     gate = _plan("gate", results=tmp_path, seeds=2)
     rows = [{**r, "precision": "bf16"} for r in _rows(gate, [0])]
     _write(tmp_path, "gate", rows)
     found = store.recorded(tmp_path)
     for here, recorded in (("bf16", 7), ("fp32", 0)):
-        monkeypatch.setattr(senet.train, "default_precision", lambda device, here=here: here)
-        t = W.triage(gate, found)
+        monkeypatch.setattr(senet.runtime, "default_precision", lambda device, here=here: here)
+        t = triage(gate, found)
         assert len(t.recorded) == recorded, here
         assert len(t.todo) == 14 - recorded, here
     fp32 = {**rows[0], "precision": "fp32"}
@@ -159,13 +161,13 @@ def test_several_studies_run_in_turn_each_with_its_wall_time(tmp_path, monkeypat
 
     def fake(opts, out=None, err=None):
         ran.append(opts.study)
-        return W.SweepOutcome(Path(), 1, 1, (), "", trained=1)
+        return sweep.SweepOutcome(Path(), 1, 1, (), "", trained=1)
 
-    monkeypatch.setattr(W, "run_sweep", fake)
+    monkeypatch.setattr(sweep, "run_sweep", fake)
     assert main(["sweep", "all", "--preset", "smoke", "--results", str(tmp_path)]) == 0
-    assert ran == list(S.RUN_ORDER)
+    assert ran == list(studies.RUN_ORDER)
     out = capsys.readouterr().out
-    assert all(f"[{s}] wall time" in out for s in S.RUN_ORDER)
+    assert all(f"[{s}] wall time" in out for s in studies.RUN_ORDER)
     assert main(["sweep", "gate,stages", "--resume", "--results", str(tmp_path)]) == 2
     assert main(["sweep", "gate,gat", "--results", str(tmp_path)]) == 2
 
@@ -175,7 +177,7 @@ def test_a_launch_gets_a_new_experiment_name(tmp_path):
     assert p.experiment == "gate-smoke"
     (p.storage / "gate-smoke").mkdir(parents=True)
     assert _plan("gate", results=tmp_path).experiment == "gate-smoke-2"
-    W.write_study_json(p.results_dir, {**W.study_meta(p), "experiment": "gate-smoke-7"})
+    write_study_json(p.paths, {**study_meta(p), "experiment": "gate-smoke-7"})
     shutil.rmtree(p.storage)  # a fresh clone: study.json remembers the launches
     assert _plan("gate", results=tmp_path).experiment == "gate-smoke-8"
     meta = json.loads((p.results_dir / "study.json").read_text())
@@ -229,6 +231,65 @@ def test_collect_keeps_the_recorded_row_of_a_trial_and_a_finished_one_over_an_un
     assert len(df) == 2
     assert (df.loc["sigmoid", "trial_id"], df.loc["sigmoid", "test_top1_err"]) == ("a0", 10.0)  # recorded kept
     assert (df.loc["tanh", "trial_id"], df.loc["tanh", "status"]) == ("b1", "completed")  # finished wins
+
+
+def _tune_state(exp: Path, trials: dict[str, str], age_s: float = 0.0) -> Path:
+    """Tune's experiment state naming each trial folder's status, last written ``age_s`` ago."""
+    entries = [[json.dumps({"trial_id": d.rsplit("_", 1)[-1], "relative_logdir": d, "status": status}),
+                json.dumps({"num_failures": 0})] for d, status in trials.items()]
+    path = exp / "experiment_state-2026-01-01_00-00-00.json"
+    path.write_text(json.dumps({"trial_data": entries}))
+    when = time.time() - age_s
+    os.utime(path, (when, when))
+    return path
+
+
+def _status(df: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(df["arm"], df["status"], strict=True))
+
+
+def test_an_unfinished_trial_is_running_only_while_its_sweep_is(tmp_path):
+    """Never diverged, never lumped with the errors: running while the sweep writes the experiment,
+    interrupted once it has stopped (killed, Ctrl-C), error when Tune ended it without a result."""
+    exp = tmp_path / "gate" / "ray" / "gate-smoke"
+    _trial(exp, "sigmoid", 0, "a0")
+    for arm, tid in (("tanh", "a1"), ("relu", "a2"), ("softmax", "a3"), ("identity", "a4")):
+        _trial(exp, arm, 0, tid, status="running")
+    states = {"sigmoid_seed0_a0": "TERMINATED", "tanh_seed0_a1": "RUNNING", "relu_seed0_a2": "ERROR",
+              "softmax_seed0_a3": "PENDING", "identity_seed0_a4": "TERMINATED"}
+    _tune_state(exp, states)
+    expected = {"sigmoid": "completed", "tanh": "running", "relu": "error", "softmax": "running", "identity": "error"}
+    assert _status(collect("gate", tmp_path)) == expected
+    # the sweep that collects after its launch knows the launch is over
+    over = {**expected, "tanh": "interrupted", "softmax": "interrupted"}
+    assert _status(collect("gate", tmp_path, ended=["gate-smoke"])) == over
+    _tune_state(exp, states, age_s=2 * LIVE_S)  # a driver killed long ago
+    assert _status(collect("gate", tmp_path)) == over
+    assert set(over.values()) <= set(STATUSES)
+
+
+def test_checkpoints_are_recorded_relative_to_the_study_folder(tmp_path):
+    exp = tmp_path / "gate" / "ray" / "gate-smoke"
+    for arm, tid in (("sigmoid", "a0"), ("tanh", "a1")):
+        ckpt = _trial(exp, arm, 0, tid) / "checkpoint_000004"
+        ckpt.mkdir()
+        (ckpt / "checkpoint.pt").write_bytes(b"x")
+    first = collect("gate", tmp_path).set_index("arm")
+    assert first.loc["tanh", "checkpoint"] == "ray/gate-smoke/tanh_seed0_a1/checkpoint_000004/checkpoint.pt"
+    # a table written before keeps its absolute paths; the trial folders do not rewrite a recorded row
+    old = pd.read_parquet(tmp_path / "gate" / "runs.parquet")
+    old.loc[old["arm"] == "sigmoid", "checkpoint"] = "/elsewhere/results/gate/ray/x/checkpoint.pt"
+    old.to_parquet(tmp_path / "gate" / "runs.parquet", index=False)
+    again = collect("gate", tmp_path).set_index("arm")
+    assert again.loc["sigmoid", "checkpoint"] == "/elsewhere/results/gate/ray/x/checkpoint.pt"
+    assert again.loc["tanh", "checkpoint"] == first.loc["tanh", "checkpoint"]
+    # a --storage outside the study folder: the path stays absolute
+    storage = tmp_path / "shared"
+    ckpt = _trial(storage / "gate-smoke", "relu", 0, "b0") / "checkpoint_000001"
+    ckpt.mkdir()
+    (ckpt / "checkpoint.pt").write_bytes(b"x")
+    row = collect("gate", tmp_path, storage=storage).set_index("arm").loc["relu"]
+    assert row["checkpoint"] == str(ckpt / "checkpoint.pt")
 
 
 def test_a_corrupted_table_is_rebuilt_and_says_whether_rows_were_lost(tmp_path, capsys):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import itertools
+import types
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import senet
 from senet import (
@@ -21,14 +23,15 @@ from senet import (
     build_model,
     se_modules,
 )
-from senet.models.blocks import BasicBlock
+from senet.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, SESlot
 from senet.models.resnet import ResNet
-from senet.se import hidden_width
+from senet.se import Squeeze, excitation_args, hidden_width, scale_add, spatial_mean
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(0)
 
 
@@ -136,13 +139,51 @@ def test_softmax_c_gate_has_mean_one():
 
 
 @pytest.mark.parametrize("gate", GATES.names())
-def test_gate_stays_in_its_documented_range(gate):
-    lo, hi = senet.se.GATE_RANGES[gate]
-    s = _gate_output(gate)
-    if gate in ("sigmoid", "hard_sigmoid", "tanh", "softmax"):  # bounded gates: the exact range
-        assert lo <= s.min() and s.max() <= hi
-    if gate in ("relu",):
-        assert s.min() >= 0
+def test_gate_stays_in_its_registered_range(gate):
+    lo, hi = GATES.info(gate).range
+    assert lo < hi
+    for scale in (1.0, 100.0):  # large inputs drive a bounded gate to its bounds
+        se = SqueezeExcitation(32, 4, gate=gate)
+        seen = {}
+        se.gate.register_forward_hook(lambda m, i, o: seen.setdefault("s", o))
+        se(torch.randn(3, 32, 5, 5) * scale)
+        assert lo <= seen["s"].min() and seen["s"].max() <= hi, (scale, seen["s"].aminmax())
+
+
+# --------------------------------------------------------------------------------------------
+# Excitations: the arguments each takes, and the bottleneck width only where there is one
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("excitation", EXCITATIONS.names())
+def test_an_excitation_gets_only_the_arguments_it_takes(excitation):
+    takes = excitation_args(EXCITATIONS.get(excitation))
+    se = SqueezeExcitation(64, 4, excitation=excitation, act="gelu", bias=False)
+    assert se.hidden == (16 if "hidden" in takes else None)
+    assert ("hidden=16" in repr(se)) == ("hidden" in takes)
+    assert any(isinstance(m, nn.GELU) for m in se.excitation.modules()) == ("act" in takes)
+    assert all(getattr(m, "bias", None) is None for m in se.excitation.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_excitations_without_a_bottleneck_declare_it_by_their_signature():
+    assert excitation_args(EXCITATIONS.get("fc")) == {"hidden", "act", "bias"}
+    assert excitation_args(EXCITATIONS.get("linear")) == {"bias"}
+    assert excitation_args(EXCITATIONS.get("eca")) == frozenset()
+    assert {n: tuple(p.shape) for n, p in SqueezeExcitation(32, 4, excitation="linear").named_parameters()} == {
+        "excitation.fc.weight": (32, 32, 1, 1), "excitation.fc.bias": (32,)}
+    assert {n: tuple(p.shape) for n, p in SqueezeExcitation(32, 4, excitation="eca").named_parameters()} == {
+        "excitation.conv.weight": (1, 1, 3)}
+
+
+def test_a_callable_excitation_is_called_with_the_arguments_it_names():
+    seen = {}
+
+    def gated_linear(channels, hidden, **rest):
+        seen.update(hidden=hidden, **rest)
+        return nn.Conv2d(channels, channels, 1)
+
+    se = SqueezeExcitation(32, 8, excitation=gated_linear, bias=False)
+    assert seen.keys() == {"hidden", "act", "bias"} and seen["hidden"] == 4 and seen["bias"] is False
+    assert se.hidden == 4
+    assert SqueezeExcitation(32, 8, excitation=lambda channels: nn.Conv2d(channels, channels, 1)).hidden is None
 
 
 def test_scale_multiplies_each_channel_by_its_gate():
@@ -175,7 +216,7 @@ def _tiny_resnet(se: SEConfig) -> nn.Module:
     """Two stages of one basic block: the smallest network that exercises every placement site,
     with and without a (parameter-free) down-sampling shortcut."""
     return ResNet(BasicBlock, (1, 1), (4, 8), stem="cifar", stem_width=4, shortcut="pad",
-                  num_classes=3, se=se)
+                  num_classes=3, se=se.plan())
 
 
 def _forward_backward(model: nn.Module, size: int, in_chans=3, batch=2) -> torch.Tensor:
@@ -344,8 +385,6 @@ def _reference_se(se, u):
 
 def _reference_block_forward(block, x):
     """The residual blocks' forward passes as written before the fused scale-add."""
-    from senet.models.blocks import Bottleneck, PreActBasicBlock, PreActBottleneck
-
     def at(site, t):
         return _reference_se(block.se, t) if block.se_site == site else t
 
@@ -385,10 +424,6 @@ def _reference_block_forward(block, x):
 
 def _reference_twin(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose blocks run the reference forward passes (same weights)."""
-    import types
-
-    from senet.models.blocks import SESlot
-
     twin = copy.deepcopy(model)
     for m in twin.modules():
         if isinstance(m, SESlot):
@@ -453,18 +488,16 @@ def test_every_se_design_gives_the_unfused_numbers(gate, squeeze, excitation):
 ])
 @pytest.mark.parametrize("placement", PLACEMENTS.names())
 def test_every_residual_block_gives_the_unfused_numbers(name, size, kw, placement):
-    from senet.models.blocks import Bottleneck, PreActBasicBlock, PreActBottleneck
-
     se = SEConfig(reduction=4, placement=placement)
     torch.manual_seed(0)
     if name == "bottleneck":
-        model = ResNet(Bottleneck, (2, 1), (8, 16), stem_width=8, num_classes=5, se=se, **kw)
+        model = ResNet(Bottleneck, (2, 1), (8, 16), stem_width=8, num_classes=5, se=se.plan(), **kw)
     elif name == "preact_basic":
         model = ResNet(PreActBasicBlock, (2, 1), (8, 16), stem="cifar", stem_width=8,
-                       shortcut="conv_nobn", num_classes=5, se=se)
+                       shortcut="conv_nobn", num_classes=5, se=se.plan())
     elif name == "preact_bottleneck":
         model = ResNet(PreActBottleneck, (2, 1), (4, 8), stem="cifar", stem_width=8,
-                       shortcut="conv_nobn", num_classes=5, se=se)
+                       shortcut="conv_nobn", num_classes=5, se=se.plan())
     else:
         model = build_model(name, num_classes=5, se=se)
     with torch.no_grad():  # BN statistics away from their initial values, so eval mode differs
@@ -480,8 +513,6 @@ def test_standard_and_identity_se_scale_inside_the_residual_addition():
     """The scaling feeds the addition in one pass (addcmul), with no full-size product of its own;
     in training its backward makes the two full-size products it needs (g·s, g·u) and nothing else
     of the SE's at full size (no multiplication by addcmul's value 1, no materialised mean gradient)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     class Ops(TorchDispatchMode):
         def __init__(self):
             super().__init__()
@@ -494,8 +525,7 @@ def test_standard_and_identity_se_scale_inside_the_residual_addition():
             return out
 
     for placement in ("standard", "identity"):
-        block = BasicBlock(8, 8, se_factory=SEConfig(placement=placement, reduction=2).factory(),
-                           placement=placement).train()
+        block = BasicBlock(8, 8, se=SEConfig(placement=placement, reduction=2).plan()).train()
         x = torch.randn(2, 8, 6, 6)
         for grad in (False, True):
             with torch.set_grad_enabled(grad), Ops() as ops:
@@ -512,8 +542,7 @@ def test_standard_and_identity_se_scale_inside_the_residual_addition():
 @pytest.mark.parametrize("placement", ["standard", "identity"])
 def test_a_hook_on_the_se_module_sees_and_replaces_its_output(placement):
     """Hooks on ``se`` (the complexity counter, SE removal) see ``u * s`` and can replace it."""
-    block = BasicBlock(8, 8, se_factory=SEConfig(placement=placement, reduction=2).factory(),
-                       placement=placement).eval()
+    block = BasicBlock(8, 8, se=SEConfig(placement=placement, reduction=2).plan()).eval()
     x = torch.randn(2, 8, 5, 5)
     seen = {}
     h1 = block.se.gate.register_forward_hook(lambda m, i, o: seen.update(s=o))
@@ -552,8 +581,6 @@ def test_pooled_excitation_keeps_the_gate_shape_and_parameter_names():
 
 
 def test_fused_ops_have_the_unfused_gradients_and_forward_derivatives():
-    from senet.se import scale_add, spatial_mean
-
     x, u = (torch.randn(2, 3, 4, 5, dtype=torch.double, requires_grad=True) for _ in range(2))
     for s in (torch.rand(2, 3, 1, 1, dtype=torch.double, requires_grad=True),
               torch.rand(2, 3, 4, 5, dtype=torch.double, requires_grad=True)):
@@ -586,8 +613,6 @@ def test_hooks_inside_the_se_see_their_modules_called_as_before(squeeze, excitat
 
 def test_a_squeeze_that_defines_only_forward_still_works():
     """A user's pooled squeeze written against the (N, K, C, 1, 1) contract needs no ``vectors``."""
-    from senet.se import Squeeze
-
     class SquareMean(Squeeze):
         def forward(self, u):
             return u.square().mean((2, 3), keepdim=True).unsqueeze(1)

@@ -7,21 +7,22 @@ import json
 import pytest
 import torch
 
-from senet import cli
-from senet import config as C
-from senet import data as D
+from senet import cli, config, data, datasets, engine
 from senet.models import MODELS
 from senet.models.blocks import BasicBlock
 from senet.models.registry import register_model
 from senet.models.resnet import ResNet
+from senet.resume import ResumePoint, check_resume
 from tests.test_data import make_fashion
 
 TINY = "tiny_split_resnet"
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    torch.set_num_threads(1)
+def _no_senet_data(monkeypatch):
     monkeypatch.delenv("SENET_DATA", raising=False)
 
 
@@ -35,10 +36,10 @@ def tiny_model():
     MODELS.remove(f"se_{TINY}")
 
 
-def _spy(monkeypatch, module) -> list[D.Datasets]:
+def _spy(monkeypatch, module) -> list[data.Datasets]:
     """Record every Datasets that ``module.load_datasets`` hands out."""
-    seen: list[D.Datasets] = []
-    real = D.load_datasets
+    seen: list[data.Datasets] = []
+    real = data.load_datasets
 
     def wrapped(*a, **kw):
         seen.append(real(*a, **kw))
@@ -51,21 +52,20 @@ def _spy(monkeypatch, module) -> list[D.Datasets]:
 def test_analysis_of_a_seed_1_run_sees_the_runs_val_and_test_images(tmp_path, monkeypatch, tiny_model):
     """Issue 9 item 1: analyze used to re-split with the run's seed, so --split val was mostly
     training images and a test_subset a different sample."""
-    import senet.train as T
-    from analysis import analyze as A
+    from analysis import analyze
 
-    cfg = C.from_flat({"model.name": f"se_{tiny_model}", "data.name": "synthetic", "data.synthetic_train": 120,
+    cfg = config.from_flat({"model.name": f"se_{tiny_model}", "data.name": "synthetic", "data.synthetic_train": 120,
                        "data.synthetic_test": 64, "data.val_fraction": 0.25, "data.test_subset": 24,
                        "data.augment": "none", "optim.epochs": 1, "optim.batch_size": 32, "seed": 1,
                        "run.threads": 1, "run.progress": False, "run.out": str(tmp_path / "run")})
-    used = _spy(monkeypatch, T)
-    T.fit(cfg)
+    used = _spy(monkeypatch, engine)
+    engine.fit(cfg)
     assert len(used) == 1
     run = used[0]
     assert (len(run.val_x), len(run.test_x)) == (30, 24)
 
-    loaded = _spy(monkeypatch, D)  # analyze imports load_datasets from senet.data when it runs
-    A._load(str(tmp_path / "run" / "checkpoint.pt"), {})
+    loaded = _spy(monkeypatch, data)  # analyze imports load_datasets from senet.data when it runs
+    analyze._load(str(tmp_path / "run" / "checkpoint.pt"), {})
     assert len(loaded) == 1
     seen = loaded[0]
     for split in ("val", "test", "train"):
@@ -74,67 +74,65 @@ def test_analysis_of_a_seed_1_run_sees_the_runs_val_and_test_images(tmp_path, mo
 
 
 def test_split_seed_decides_the_split_and_is_recorded(tmp_path, monkeypatch, tiny_model):
-    import senet.train as T
-
     base = {"name": "synthetic", "synthetic_train": 80, "synthetic_test": 40, "val_fraction": 0.25,
             "test_subset": 10}
-    a, b = D.load_datasets(C.DataConfig(**base)), D.load_datasets(C.DataConfig(**base, split_seed=3))
+    a, b = data.load_datasets(config.DataConfig(**base)), data.load_datasets(config.DataConfig(**base, split_seed=3))
     assert not torch.equal(a.val_x, b.val_x) and not torch.equal(a.test_x, b.test_x)
-    assert torch.equal(a.val_x, D.load_datasets(C.DataConfig(**base, split_seed=0)).val_x)
+    assert torch.equal(a.val_x, data.load_datasets(config.DataConfig(**base, split_seed=0)).val_x)
 
-    cfg = C.from_flat({"model.name": tiny_model, **{f"data.{k}": v for k, v in base.items()},
+    cfg = config.from_flat({"model.name": tiny_model, **{f"data.{k}": v for k, v in base.items()},
                        "data.split_seed": 3, "data.augment": "none", "optim.epochs": 1,
                        "optim.batch_size": 32, "seed": 5, "run.threads": 1, "run.progress": False,
                        "run.out": str(tmp_path / "run")})
-    used = _spy(monkeypatch, T)
-    T.fit(cfg)
+    used = _spy(monkeypatch, engine)
+    engine.fit(cfg)
     assert torch.equal(used[0].val_x, b.val_x) and torch.equal(used[0].test_x, b.test_x)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["split_seed"] == 3
     # a resume cannot move the split
     with pytest.raises(ValueError, match="data.split_seed"):
-        T._check_resume(C.from_flat({"data.split_seed": 0}, base=cfg), C.to_dict(cfg))
+        check_resume(config.from_flat({"data.split_seed": 0}, base=cfg), ResumePoint.load(tmp_path / "run"))
 
 
 def test_config_without_split_seed_loads_as_the_split_training_always_used():
-    saved = C.to_dict(C.Config())
+    saved = config.to_dict(config.Config())
     del saved["data"]["split_seed"]
-    assert C.from_dict(saved).data.split_seed == 0
+    assert config.from_dict(saved).data.split_seed == 0
 
 
 def test_load_datasets_takes_no_run_seed():
     with pytest.raises(TypeError):
-        D.load_datasets(C.DataConfig(name="synthetic", synthetic_train=20, synthetic_test=10), 1)
+        data.load_datasets(config.DataConfig(name="synthetic", synthetic_train=20, synthetic_test=10), 1)
 
 
 @pytest.mark.parametrize("value", ["-1", "-7"])
 def test_negative_split_seed_is_one_line_config_error(value):
-    with pytest.raises(C.ConfigError) as e:
-        C.from_flat({"data.split_seed": value})
+    with pytest.raises(config.ConfigError) as e:
+        config.from_flat({"data.split_seed": value})
     assert "\n" not in str(e.value) and "data.split_seed" in str(e.value) and value in str(e.value)
 
 
 def test_subset_sizes_the_validation_split_from_the_subset():
     """Issue 10: --data.subset 2000 held out 10% of all 60,000 images."""
     kw = {"name": "synthetic", "synthetic_train": 400, "synthetic_test": 20, "val_fraction": 0.1}
-    ds = D.load_datasets(C.DataConfig(**kw, subset=100))
+    ds = data.load_datasets(config.DataConfig(**kw, subset=100))
     assert (len(ds.val_x), len(ds.train_x)) == (10, 100)
-    full = D.load_datasets(C.DataConfig(**kw))
+    full = data.load_datasets(config.DataConfig(**kw))
     assert (len(full.val_x), len(full.train_x)) == (40, 360)
     # both come from the one fixed shuffle: validation first, the training subset next
-    raw = D.DATASETS.get("synthetic")(C.DataConfig(**kw))
+    raw = data.DATASETS.get("synthetic")(config.DataConfig(**kw))
     perm = torch.randperm(400, generator=torch.Generator().manual_seed(0))
     assert torch.equal(ds.val_x, raw.train_x[perm[:10].sort().values])
     assert torch.equal(ds.train_x, raw.train_x[perm[10:110].sort().values])
     # a subset as large as the file is the whole file
-    assert (len(D.load_datasets(C.DataConfig(**kw, subset=10_000)).val_x)) == 40
+    assert (len(data.load_datasets(config.DataConfig(**kw, subset=10_000)).val_x)) == 40
 
 
 def test_missing_data_root_is_one_line_error_naming_it(capsys, tmp_path, monkeypatch, tiny_model):
     """Issue 9 item 8: a --data.root that does not exist used to fall back to another copy."""
     make_fashion(tmp_path / "elsewhere" / "fashion-mnist")  # the copy it must not fall back to
     monkeypatch.setenv("SENET_DATA", str(tmp_path / "elsewhere"))
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", ())
+    monkeypatch.setattr(datasets, "SYSTEM_ROOTS", ())
     missing = str(tmp_path / "no-such-folder")
     code = cli.main(["train", "--data.name", "fashion-mnist", "--data.root", missing,
                      "--model.name", tiny_model, "--epochs", "1", "--data.subset", "8",
@@ -148,23 +146,23 @@ def test_missing_data_root_is_one_line_error_naming_it(capsys, tmp_path, monkeyp
 def test_given_data_root_is_the_only_place_looked_in(tmp_path, monkeypatch, name):
     make_fashion(tmp_path / "elsewhere" / "fashion-mnist")
     monkeypatch.setenv("SENET_DATA", str(tmp_path / "elsewhere"))
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", ())
+    monkeypatch.setattr(datasets, "SYSTEM_ROOTS", ())
     missing = tmp_path / "no-such-folder"
-    with pytest.raises(D.DatasetNotFoundError, match="does not exist") as e:
-        D.load_datasets(C.DataConfig(name=name, root=str(missing)))
+    with pytest.raises(data.DatasetNotFoundError, match="does not exist") as e:
+        data.load_datasets(config.DataConfig(name=name, root=str(missing)))
     assert str(missing) in str(e.value) and "\n" not in str(e.value)
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(D.DatasetNotFoundError, match="is not a folder"):
-        D.load_datasets(C.DataConfig(name=name, root=str(tmp_path / "a-file")))
+    with pytest.raises(data.DatasetNotFoundError, match="is not a folder"):
+        data.load_datasets(config.DataConfig(name=name, root=str(tmp_path / "a-file")))
     # a folder that exists but lacks the files is not a licence to use another copy either
     (tmp_path / "empty").mkdir()
-    with pytest.raises(D.DatasetNotFoundError) as e:
-        D.load_datasets(C.DataConfig(name=name, root=str(tmp_path / "empty")))
+    with pytest.raises(data.DatasetNotFoundError) as e:
+        data.load_datasets(config.DataConfig(name=name, root=str(tmp_path / "empty")))
     assert str(tmp_path / "empty") in str(e.value) and "elsewhere" not in str(e.value)
 
 
 def test_missing_root_is_the_download_destination(tmp_path, monkeypatch):
     """With data.download true a missing root is where the files will go, not an error."""
     dest = tmp_path / "new"
-    cfg = C.DataConfig(name="fashion-mnist", root=str(dest), download=True)
-    assert D.given_root(cfg) == dest and D.candidate_roots(cfg, "fashion-mnist")[0] == dest
+    cfg = config.DataConfig(name="fashion-mnist", root=str(dest), download=True)
+    assert datasets.given_root(cfg) == dest and datasets.candidate_roots(cfg, "fashion-mnist")[0] == dest

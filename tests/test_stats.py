@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis import report as R
-from analysis import stats as S
+from analysis.compare import compare_arms, power_summary
+from analysis.report import write_report
+from analysis.stats import MIN_PAIRS, holm, min_detectable_effect, paired_test, pooled_sd, seeds_needed
 from senet.cli import main
 from senet.recipe import recipe_hash
 
@@ -43,14 +44,14 @@ def _verdict_lines(report: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 def test_holm_step_down_hand_computed():
     # sorted 0.01, 0.03, 0.04 (k = 3): 3·0.01, max(.03, 2·0.03), max(.06, 1·0.04); NaN is no test
-    adj = S.holm([0.04, 0.01, np.nan, 0.03])
+    adj = holm([0.04, 0.01, np.nan, 0.03])
     assert adj[[1, 3, 0]] == pytest.approx([0.03, 0.06, 0.06]) and np.isnan(adj[2])
-    assert S.holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0]
 
 
 def test_paired_test_matches_scipy_and_the_t_formula():
     a, r = np.array([9.0, 10.5, 11.5, 10.0]), np.array([8.0, 9.0, 10.0, 9.5])
-    t = S.paired_test(a, r, n_boot=1000)
+    t = paired_test(a, r, n_boot=1000)
     d = a - r
     half = sps.t.ppf(0.975, 3) * d.std(ddof=1) / 2
     assert (t["t_low"], t["t_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
@@ -64,7 +65,7 @@ def test_degenerate_pairs_neither_raise_nor_warn(d):
     r = np.full(len(d), 9.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        t = S.paired_test(r + np.asarray(d), r, n_boot=500)
+        t = paired_test(r + np.asarray(d), r, n_boot=500)
     assert t["pairs"] == len(d)
     if len(d) >= 2 and np.ptp(d) < 1e-9:  # an interval of width zero is a symptom, not certainty
         assert t["zero_spread"] and np.isnan(t["p"]) and np.isnan(t["ci_low"])
@@ -72,11 +73,11 @@ def test_degenerate_pairs_neither_raise_nor_warn(d):
 
 def test_power_formula_and_seeds_needed():
     # (t(0.975, 4) + t(0.80, 4)) · 1 / √5 = (2.7764 + 0.9410) / 2.2361
-    assert S.min_detectable_effect(1.0, 5) == pytest.approx(1.6625, abs=1e-4)
-    n = S.seeds_needed(1.0, 0.5)
-    assert S.min_detectable_effect(1.0, n) <= 0.5 < S.min_detectable_effect(1.0, n - 1)
-    assert S.seeds_needed(0.0, 0.5) == S.MIN_PAIRS and S.seeds_needed(np.nan, 0.5) is None
-    sd, df = S.pooled_sd([np.array([1.0, 3.0]), np.array([0.0, 1.0, 2.0])])
+    assert min_detectable_effect(1.0, 5) == pytest.approx(1.6625, abs=1e-4)
+    n = seeds_needed(1.0, 0.5)
+    assert min_detectable_effect(1.0, n) <= 0.5 < min_detectable_effect(1.0, n - 1)
+    assert seeds_needed(0.0, 0.5) == MIN_PAIRS and seeds_needed(np.nan, 0.5) is None
+    sd, df = pooled_sd([np.array([1.0, 3.0]), np.array([0.0, 1.0, 2.0])])
     assert df == 3 and sd == pytest.approx(np.sqrt((2 + 2) / 3))
 
 
@@ -87,7 +88,7 @@ def test_two_seeds_one_image_apart_get_no_verdict(tmp_path):
     # Issue 9 item 2: sigmoid 9.3/9.8 vs tanh 9.2/9.7 was called "better" (two equal differences,
     # intervals of width zero, one image of a 1,000-image test set).
     root = _study(tmp_path, _rows({"sigmoid": [9.3, 9.8], "tanh": [9.2, 9.7], "relu": [9.4, 9.6]}))
-    text = R.write_report(root, "gate", n_boot=500).read_text()
+    text = write_report(root, "gate", n_boot=500).read_text()
     lines = _verdict_lines(text)
     assert len(lines) == 4 and not any("| better |" in ln or "| worse |" in ln for ln in lines)
     assert all("| no verdict |" in ln for ln in lines)
@@ -99,7 +100,7 @@ def test_a_difference_below_one_test_image_is_never_better(tmp_path):
     sig = [9.3, 9.8, 10.1, 9.0, 9.6]
     rows = _rows({"sigmoid": sig, "tanh": [e - 0.05 + 0.01 * i for i, e in enumerate(sig)],
                   "relu": [e + 0.3 + 0.1 * i for i, e in enumerate(sig)]}, num_test=1000)
-    text = R.write_report(_study(tmp_path, rows), "gate", n_boot=500).read_text()
+    text = write_report(_study(tmp_path, rows), "gate", n_boot=500).read_text()
     tanh, relu = _verdict_lines(text)[:2]
     assert "| inconclusive | |Δ| below one test image (0.10 pp) |" in tanh.replace("\\|", "|")
     assert "| worse |" in relu
@@ -113,11 +114,11 @@ def test_holm_corrects_for_the_arms_compared(tmp_path):
     d = [-1.0, -1.8, -0.3, -1.2]
     rows = _rows({"sigmoid": sig, "tanh": [s + x for s, x in zip(sig, d, strict=True)],
                   "relu": [s + x for s, x in zip(sig, d, strict=True)]}, num_test=1000)
-    text = R.write_report(_study(tmp_path, rows), "gate", n_boot=500).read_text()
+    text = write_report(_study(tmp_path, rows), "gate", n_boot=500).read_text()
     assert all("| inconclusive | Holm p = 0.08 > 0.05 |" in ln for ln in _verdict_lines(text))
     header = next(ln for ln in text.splitlines() if ln.startswith("| arm | vs |"))
     assert "| p (Holm) |" in header and "Holm's step-down adjustment over the 2 arms" in text
-    b = R.compare_arms(pd.DataFrame(rows), GATE, n_boot=500).set_index("arm")
+    b = compare_arms(pd.DataFrame(rows), GATE, n_boot=500).set_index("arm")
     assert b.loc["tanh", "p"] == pytest.approx(0.0402, abs=1e-4) and b.loc["tanh", "t_high"] < 0
     assert b.loc["tanh", "p_holm"] == pytest.approx(2 * b.loc["tanh", "p"])
 
@@ -125,13 +126,13 @@ def test_holm_corrects_for_the_arms_compared(tmp_path):
 def test_inconclusive_comes_with_the_seeds_it_would_take(tmp_path):
     rows = _rows({"sigmoid": [9.0, 9.5, 10.0], "tanh": [9.5, 9.4, 10.6], "relu": [9.2, 9.9, 9.6]},
                  num_test=1000)
-    b = R.compare_arms(pd.DataFrame(rows), GATE, n_boot=500).set_index("arm")
-    p = R.power_summary(pd.DataFrame(rows), GATE, num_test=1000)
-    sd = S.pooled_sd([np.array([0.5, -0.1, 0.6]), np.array([0.2, 0.4, -0.4])])[0]
+    b = compare_arms(pd.DataFrame(rows), GATE, n_boot=500).set_index("arm")
+    p = power_summary(pd.DataFrame(rows), GATE, num_test=1000)
+    sd = pooled_sd([np.array([0.5, -0.1, 0.6]), np.array([0.2, 0.4, -0.4])])[0]
     assert p["sd"] == pytest.approx(sd) and p["n"] == 3
-    assert p["mde"] == pytest.approx(S.min_detectable_effect(sd, 3)) and p["seeds"] == S.seeds_needed(sd, 0.5)
+    assert p["mde"] == pytest.approx(min_detectable_effect(sd, 3)) and p["seeds"] == seeds_needed(sd, 0.5)
     assert b.loc["tanh", "verdict"] == "inconclusive"
-    assert b.loc["tanh", "seeds_for_diff"] == S.seeds_needed(sd, b.loc["tanh", "mean_diff"])
+    assert b.loc["tanh", "seeds_for_diff"] == seeds_needed(sd, b.loc["tanh", "mean_diff"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,13 +181,13 @@ def test_nuisance_values_are_groups_not_seeds(tmp_path):
             rows.append({**r, "study": "custom", "trial_id": f"{r['trial_id']}_{lr}", "optim.lr": lr,
                          "test_top1_err": r["test_top1_err"] + shift})
     root = _study(tmp_path, rows, meta)
-    text = R.write_report(root, "custom", n_boot=200).read_text()
+    text = write_report(root, "custom", n_boot=200).read_text()
     # each lr is its own table with n = 3 seeds, never n = 6
     assert "# optim.lr = 0.05" in text and "# optim.lr = 0.1" in text
     assert text.count("| sigmoid (ref) | 9.50 ± 0.50 | 0.95 ± 0.05 | 3 |") == 1
     assert text.count("| sigmoid (ref) | 14.50 ± 0.50 | 0.95 ± 0.05 | 3 |") == 1
     (root / "custom" / "study.json").write_text(json.dumps({**meta, "average_nuisance": True}))
-    text = R.write_report(root, "custom", n_boot=200).read_text()
+    text = write_report(root, "custom", n_boot=200).read_text()
     assert "averaged over the 2 combinations of optim.lr" in text
     assert "| sigmoid (ref) | 12.00 ± 0.50 | 0.95 ± 0.05 | 3 |" in text
 

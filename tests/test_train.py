@@ -1,21 +1,23 @@
 """The training engine: overfitting, exact resume, divergence as a status, checkpoints, the CLI."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
+import time
 
 import pytest
 import torch
 
-from senet import cli
-from senet import config as C
-from senet import data as D
+from senet import cli, config, data, datasets, engine, runtime
+from senet.callbacks import Callback, ProgressBar
 from senet.checkpoint import load_checkpoint, load_model, save_checkpoint
-from senet.models import MODELS, build_model
-from senet.models.blocks import BasicBlock
-from senet.models.registry import register_model
-from senet.models.resnet import ResNet
-from senet.train import SCHEDULES, evaluate, fit
+from senet.engine import evaluate, fit
+from senet.metrics import EPOCH_COLUMNS, METRIC_COLUMNS, RESULT_KEYS, FitResult
+from senet.models import build_model, se_modules
+from senet.schedules import SCHEDULES
+from tests.helpers import register_tiny_resnet, remove_model
 
 TINY = "tiny_test_resnet"
 
@@ -24,17 +26,16 @@ TINY = "tiny_test_resnet"
 def _tiny_model():
     """A 3-block CIFAR-style ResNet: the engine's tests need speed, not depth. Registered only
     while this module's tests run, so registry-wide tests elsewhere never see it."""
-    register_model(TINY, lambda **kw: ResNet(BasicBlock, (1, 1, 1), (8, 16, 32), stem="cifar",
-                                             stem_width=8, shortcut="pad", **kw),
-                   family="test", input_size=28, num_classes=10, in_chans=1, doc="test network")
+    register_tiny_resnet(TINY)
     yield
-    MODELS.remove(TINY)
-    MODELS.remove(f"se_{TINY}")
+    remove_model(TINY)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    torch.set_num_threads(1)
+def _no_senet_data(monkeypatch):
     monkeypatch.delenv("SENET_DATA", raising=False)
 
 
@@ -44,7 +45,7 @@ def tiny_cfg(**flat):
             "optim.batch_size": 16, "optim.epochs": 2, "optim.lr": 0.05, "run.threads": 1,
             "run.progress": False, "seed": 3}
     base.update(flat)
-    return C.from_flat(base)
+    return config.from_flat(base)
 
 
 def test_overfits_a_tiny_batch():
@@ -68,13 +69,13 @@ class _Preempted(Exception):
 
 def test_resume_is_exact(tmp_path):
     cfg = tiny_cfg(**{"run.deterministic": True, "optim.schedule": "cosine", "optim.warmup_epochs": 0.5})
-    straight = fit(C.from_flat({"run.out": str(tmp_path / "a")}, cfg))
+    straight = fit(config.from_flat({"run.out": str(tmp_path / "a")}, cfg))
 
     def stop_after_first(m):
         if m["epoch"] == 1:
             raise _Preempted  # the checkpoint of epoch 1 is on disk before report is called
 
-    cfg_b = C.from_flat({"run.out": str(tmp_path / "b")}, cfg)
+    cfg_b = config.from_flat({"run.out": str(tmp_path / "b")}, cfg)
     with pytest.raises(_Preempted):
         fit(cfg_b, stop_after_first)
     assert load_checkpoint(tmp_path / "b")["epoch"] == 1
@@ -115,15 +116,15 @@ def test_outputs_and_load_model(tmp_path):
     cfg = tiny_cfg(**{"optim.epochs": 1, "run.out": str(tmp_path)})
     r = fit(cfg)
     assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoint.pt", "final.json"}
-    assert C.load(tmp_path / "config.json") == cfg
+    assert config.load(tmp_path / "config.json") == cfg
     for key in ("best_val_top1_err", "best_val_epoch", "test_top1_err_at_best_val", "test_top5_err_at_best_val",
                 "wall_time_s", "train_time_s", "params", "flops", "se_hidden", "provenance"):
         assert key in r
     assert r["se_hidden"].startswith("SE_2_1:8/2,SE_3_1:16/4,SE_4_1:32/8")  # C // r with r = 4
     assert {"git_commit", "torch_version", "device", "precision", "hostname"} <= set(r["provenance"])
     model, cfg2, meta = load_model(tmp_path / "checkpoint.pt")
-    assert cfg2 == cfg and meta["epoch"] == 1 and meta["data"]["classes"] == D.SYNTHETIC_CLASSES
-    ds = D.load_datasets(cfg.data)
+    assert cfg2 == cfg and meta["epoch"] == 1 and meta["data"]["classes"] == data.SYNTHETIC_CLASSES
+    ds = data.load_datasets(cfg.data)
     err = evaluate(model, ds.test_x, ds.test_y, meta["data"]["mean"], meta["data"]["std"])
     assert err["top1_err"] == pytest.approx(r["test_top1_err"])
 
@@ -142,7 +143,7 @@ def test_load_checkpoint_refuses_foreign_files(tmp_path):
 
 
 def test_schedules():
-    o = C.OptimConfig(lr=0.1, epochs=10, warmup_epochs=1, milestones="5,8", plateau_patience=1)
+    o = config.OptimConfig(lr=0.1, epochs=10, warmup_epochs=1, milestones="5,8", plateau_patience=1)
     cos = SCHEDULES.get("cosine")(o, 10)
     assert cos.lr(0) == pytest.approx(0.01) and cos.lr(9) == pytest.approx(0.1)
     assert cos.lr(10) == pytest.approx(0.1) and cos.lr(55) == pytest.approx(0.05) and cos.lr(100) == pytest.approx(0)
@@ -168,7 +169,7 @@ def run_cli(capsys, *argv):
     (["--se.gate", "sigmod"], "sigmoid"),
     (["--model", "resnet21"], "bad value for model.name"),
     (["--optim.schedule", "linear"], "optim.schedule"),
-    (["--data.name", "mnist", "--epochs", "1"], "unknown dataset 'mnist'"),
+    (["--data.name", "mnist", "--epochs", "1"], "bad value for data.name: 'mnist'"),
     (["--config", "/nonexistent/run.yaml"], "config file not found"),
 ])
 def test_cli_bad_input_is_one_line(capsys, argv, needle):
@@ -179,7 +180,7 @@ def test_cli_bad_input_is_one_line(capsys, argv, needle):
 
 
 def test_cli_missing_data(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", ())
+    monkeypatch.setattr(datasets, "SYSTEM_ROOTS", ())
     code, out, err = run_cli(capsys, "--data.name", "fashion-mnist", "--data.root", str(tmp_path))
     lines = [ln for ln in err.splitlines() if not ln.startswith("senet: warning")]
     assert code == 2 and len(lines) == 1 and "apt-get install dataset-fashion-mnist" in lines[0]
@@ -196,7 +197,7 @@ def test_cli_train_writes_run_folder(capsys, tmp_path):
     m = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert m["epoch"] == 1 and 0 <= m["test_top1_err"] <= 100 and m["images_per_s"] > 0
     assert json.loads((tmp_path / "out" / "final.json").read_text())["status"] == "completed"
-    cfg = C.load(tmp_path / "out" / "config.json")
+    cfg = config.load(tmp_path / "out" / "config.json")
     assert cfg.model.name == TINY and cfg.seed == 1 and cfg.optim.batch_size == 16
     # resume from the folder for one more epoch
     code, out, err = run_cli(capsys, "--resume", str(tmp_path / "out"), "--epochs", "2")
@@ -215,7 +216,7 @@ def test_cli_train_keeps_an_existing_run(capsys, tmp_path):
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == before  # nothing lost
     code, out, err = run_cli(capsys, *args, "--overwrite", "--seed", "3")
     assert code == 0, err
-    assert C.load(tmp_path / "out" / "config.json").seed == 3
+    assert config.load(tmp_path / "out" / "config.json").seed == 3
     epoch_line, final_line = out.splitlines()[-2:]  # no validation split: no validation error shown
     assert epoch_line.startswith("epoch") and "val err" not in epoch_line and "-%" not in epoch_line
     assert "status completed" in final_line and "best val" not in final_line
@@ -225,8 +226,6 @@ def test_cli_train_keeps_an_existing_run(capsys, tmp_path):
 # Resume writes to the folder it is given, and nowhere else (issue 10, item 1)
 # ---------------------------------------------------------------------------------------------
 def _hashes(folder) -> dict[str, str]:
-    import hashlib  # noqa: PLC0415
-
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -242,8 +241,6 @@ def _epochs(folder):
 
 
 def test_resume_of_a_copied_run_leaves_the_original_byte_identical(capsys, tmp_path, monkeypatch):
-    import shutil  # noqa: PLC0415
-
     monkeypatch.chdir(tmp_path)
     assert run_cli(capsys, *_cli_args("runs/int"))[0] == 0  # run.out recorded relative: "runs/int"
     shutil.copytree("runs/int", "runs/int_copy")
@@ -253,7 +250,7 @@ def test_resume_of_a_copied_run_leaves_the_original_byte_identical(capsys, tmp_p
     assert _hashes(tmp_path / "runs/int") == before
     assert _epochs(tmp_path / "runs/int_copy") == [1, 2]
     assert load_checkpoint(tmp_path / "runs/int_copy")["epoch"] == 2
-    assert C.load(tmp_path / "runs/int_copy/config.json").run.out == "runs/int_copy"
+    assert config.load(tmp_path / "runs/int_copy/config.json").run.out == "runs/int_copy"
 
 
 def test_resume_from_another_directory_leaves_a_same_named_run_there_alone(capsys, tmp_path, monkeypatch):
@@ -273,8 +270,6 @@ def test_resume_from_another_directory_leaves_a_same_named_run_there_alone(capsy
 def test_resume_of_a_checkpoint_file_writes_beside_it(capsys, tmp_path, monkeypatch):
     """A sweep trial's layout: the run trained in a scratch folder, its checkpoint was copied into
     the trial's checkpoint folder. Resuming that file continues the run in that folder."""
-    import shutil  # noqa: PLC0415
-
     monkeypatch.chdir(tmp_path)
     assert run_cli(capsys, *_cli_args(tmp_path / "scratch/trial/run"))[0] == 0
     trial = tmp_path / "results/gate/ray/exp/trial_0/checkpoint_000000"
@@ -318,11 +313,11 @@ def test_extending_a_finished_cosine_run_adds_a_phase(capsys, tmp_path):
     # phase 2 is a fresh 2-epoch cosine over the new epochs (steps counted from its start), not the
     # old 2-epoch formula stretched to 4 epochs
     spe = 3  # 64 images, 1/10 held out -> 58 training images, batches of 16
-    fresh = SCHEDULES.get("cosine")(C.OptimConfig(lr=0.08, epochs=2, warmup_epochs=0), spe)
+    fresh = SCHEDULES.get("cosine")(config.OptimConfig(lr=0.08, epochs=2, warmup_epochs=0), spe)
     assert lines[2]["lr"] == pytest.approx(fresh.lr(spe - 1)) and lines[3]["lr"] == pytest.approx(fresh.lr(2 * spe - 1))
-    stretched = SCHEDULES.get("cosine")(C.OptimConfig(lr=0.08, epochs=4, warmup_epochs=0), spe)
+    stretched = SCHEDULES.get("cosine")(config.OptimConfig(lr=0.08, epochs=4, warmup_epochs=0), spe)
     assert lines[2]["lr"] != pytest.approx(stretched.lr(3 * spe - 1)) and end_lr < lines[2]["lr"]
-    assert C.load(run / "config.json").optim.epochs == 4
+    assert config.load(run / "config.json").optim.epochs == 4
     final = json.loads((run / "final.json").read_text())
     assert final["status"] == "completed" and final["epochs_run"] == 4
     assert [(p["phase"], p["start_epoch"], p["end_epoch"]) for p in final["phases"]] == [(1, 0, 2), (2, 2, 4)]
@@ -351,7 +346,7 @@ def test_an_unfinished_run_keeps_its_plan(tmp_path):
     with pytest.raises(_Preempted):
         fit(cfg, stop)
     with pytest.raises(ValueError, match="stopped at epoch 1 of the 3") as e:
-        fit(C.from_flat({"optim.epochs": 2}, cfg), resume=tmp_path)
+        fit(config.from_flat({"optim.epochs": 2}, cfg), resume=tmp_path)
     assert isinstance(e.value, cli.UserError)
 
 
@@ -359,9 +354,9 @@ def test_extension_is_the_same_whether_or_not_the_run_was_interrupted(tmp_path):
     """A run extended past its plan in one call (phase 1 finishes, phase 2 starts) trains exactly as
     the finished run extended afterwards."""
     cfg = tiny_cfg(**{"run.deterministic": True, "optim.warmup_epochs": 0.5, "optim.epochs": 2})
-    a, b = C.from_flat({"run.out": str(tmp_path / "a")}, cfg), C.from_flat({"run.out": str(tmp_path / "b")}, cfg)
+    a, b = config.from_flat({"run.out": str(tmp_path / "a")}, cfg), config.from_flat({"run.out": str(tmp_path / "b")}, cfg)
     fit(a)
-    fit(C.from_flat({"optim.epochs": 3}, a), resume=tmp_path / "a")
+    fit(config.from_flat({"optim.epochs": 3}, a), resume=tmp_path / "a")
 
     def stop_after_first(m):
         if m["epoch"] == 1:
@@ -369,7 +364,7 @@ def test_extension_is_the_same_whether_or_not_the_run_was_interrupted(tmp_path):
 
     with pytest.raises(_Preempted):
         fit(b, stop_after_first)
-    fit(C.from_flat({"optim.epochs": 3}, b), resume=tmp_path / "b")
+    fit(config.from_flat({"optim.epochs": 3}, b), resume=tmp_path / "b")
     ca, cb = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     for k in ca["model"]:
         assert torch.equal(ca["model"][k], cb["model"][k]), k
@@ -382,7 +377,7 @@ def test_extending_a_plateau_run_continues_its_schedule(tmp_path):
     cfg = tiny_cfg(**{"optim.schedule": "plateau", "optim.plateau_patience": 0, "run.out": str(tmp_path)})
     fit(cfg)
     scale = load_checkpoint(tmp_path)["schedule"]["scale"]
-    r = fit(C.from_flat({"optim.epochs": 3}, cfg), resume=tmp_path)
+    r = fit(config.from_flat({"optim.epochs": 3}, cfg), resume=tmp_path)
     assert [(p["phase"], p["end_epoch"]) for p in r["phases"]] == [(1, 3)]  # no restart of the lr
     assert [m["phase"] for m in _lines(tmp_path)] == [1, 1, 1]
     assert load_checkpoint(tmp_path)["schedule"]["scale"] <= scale
@@ -391,13 +386,11 @@ def test_extending_a_plateau_run_continues_its_schedule(tmp_path):
 def test_a_finished_checkpoint_alone_gets_its_run_files_and_nothing_is_retrained(tmp_path):
     """A sweep trial restored from its last checkpoint into a bare folder: fit trains nothing, fills
     in the folder's files, and a second call leaves them byte-identical."""
-    import shutil  # noqa: PLC0415
-
     cfg = tiny_cfg(**{"optim.epochs": 1, "run.out": str(tmp_path / "a")})
     first = fit(cfg)
     (tmp_path / "bare").mkdir()
     shutil.copy2(tmp_path / "a/checkpoint.pt", tmp_path / "bare/checkpoint.pt")
-    bare = C.from_flat({"run.out": str(tmp_path / "bare")}, cfg)
+    bare = config.from_flat({"run.out": str(tmp_path / "bare")}, cfg)
     r = fit(bare, resume=tmp_path / "bare/checkpoint.pt")
     assert r["status"] == "completed" and r["epochs_run"] == 1 and r["test_top1_err"] == first["test_top1_err"]
     assert {p.name for p in (tmp_path / "bare").iterdir()} == {"checkpoint.pt", "config.json", "metrics.jsonl",
@@ -412,13 +405,11 @@ def test_a_finished_checkpoint_alone_gets_its_run_files_and_nothing_is_retrained
 # Interrupted runs and default run folders (issue 10, "Confusing")
 # ---------------------------------------------------------------------------------------------
 def test_a_run_interrupted_in_its_first_epoch_says_what_is_there(capsys, tmp_path, monkeypatch):
-    import senet.train as T  # noqa: PLC0415
-
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     run = tmp_path / "cut"
-    monkeypatch.setattr(T, "evaluate", interrupted)  # the first epoch never ends
+    monkeypatch.setattr(engine, "evaluate", interrupted)  # the first epoch never ends
     code, out, err = run_cli(capsys, *_cli_args(run))
     assert code == 130 and "no checkpoint" in err
     monkeypatch.undo()
@@ -431,8 +422,6 @@ def test_a_run_interrupted_in_its_first_epoch_says_what_is_there(capsys, tmp_pat
 
 
 def test_train_without_out_makes_a_named_run_folder(capsys, tmp_path, monkeypatch):
-    import time  # noqa: PLC0415
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20250102-030405")
     args = [a for a in _cli_args("x") if a not in ("--out", "x")]
@@ -442,7 +431,7 @@ def test_train_without_out_makes_a_named_run_folder(capsys, tmp_path, monkeypatc
         assert out.splitlines()[0].startswith(f"run folder: runs/{name}")
         assert {"config.json", "metrics.jsonl", "checkpoint.pt", "final.json"} <= {
             p.name for p in (tmp_path / "runs" / name).iterdir()}
-        assert C.load(tmp_path / "runs" / name / "config.json").run.out == f"runs/{name}"
+        assert config.load(tmp_path / "runs" / name / "config.json").run.out == f"runs/{name}"
     code, out, err = run_cli(capsys, *args, "--data.name", "mnist")
     assert code == 2 and sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
         f"{TINY}-20250102-030405", f"{TINY}-20250102-030405-2"]  # a failed start leaves no folder
@@ -452,50 +441,44 @@ def test_train_without_out_makes_a_named_run_folder(capsys, tmp_path, monkeypatc
 # Precision and evaluation (issue 11)
 # ---------------------------------------------------------------------------------------------
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
-    import senet.train as T
-
     cases = {"fpu avx2 avx512f avx512_bf16 avx512_vnni": True, "fpu avx2 amx_tile amx_bf16": True,
              "fpu avx2 avx512f avx512bw avx512_vnni": False}  # AVX-512 alone only emulates bf16
     for flags, native in cases.items():
         (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\n"
                                           f"processor\t: 1\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(T, "CPUINFO", tmp_path / "cpuinfo")
-        T.cpu_flags.cache_clear()
-        assert T.cpu_has_native_bf16() is native, flags
-    monkeypatch.setattr(T, "CPUINFO", tmp_path / "missing")  # not Linux: nothing detected, fp32
-    T.cpu_flags.cache_clear()
-    assert T.cpu_has_native_bf16() is False
-    T.cpu_flags.cache_clear()
+        monkeypatch.setattr(runtime, "CPUINFO", tmp_path / "cpuinfo")
+        runtime.cpu_flags.cache_clear()
+        assert runtime.cpu_has_native_bf16() is native, flags
+    monkeypatch.setattr(runtime, "CPUINFO", tmp_path / "missing")  # not Linux: nothing detected, fp32
+    runtime.cpu_flags.cache_clear()
+    assert runtime.cpu_has_native_bf16() is False
+    runtime.cpu_flags.cache_clear()
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_auto_follows_detection_and_forced_values_win(monkeypatch, native):
-    import senet.train as T
-
-    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert T.resolve_precision(tiny_cfg(), cpu) == ("bf16" if native else "fp32", False)
-    assert T.resolve_precision(tiny_cfg(**{"run.precision": "fp32"}), cpu) == ("fp32", False)
-    assert T.resolve_precision(tiny_cfg(**{"run.precision": "bf16"}), cpu) == ("bf16", False)
-    assert T.resolve_precision(tiny_cfg(), torch.device("cuda")) == ("bf16", True)  # no GPU needed to resolve
+    assert runtime.resolve_precision(tiny_cfg(), cpu) == ("bf16" if native else "fp32", False)
+    assert runtime.resolve_precision(tiny_cfg(**{"run.precision": "fp32"}), cpu) == ("fp32", False)
+    assert runtime.resolve_precision(tiny_cfg(**{"run.precision": "bf16"}), cpu) == ("bf16", False)
+    assert runtime.resolve_precision(tiny_cfg(), torch.device("cuda")) == ("bf16", True)  # no GPU needed to resolve
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_trains_in_it_and_keeps_fp32_state(tmp_path, monkeypatch, native):
     """``auto`` trains in bf16 only where detected, records what it resolved to, and leaves the
     weights, the optimizer state and the BN statistics in fp32 (the loss comes from fp32 logits)."""
-    import senet.train as T
-
-    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     seen = {"conv": set(), "loss": set()}  # dtypes in the training steps (FLOP counting runs in fp32)
-    real_ce = T.nn.CrossEntropyLoss.forward
+    real_ce = torch.nn.CrossEntropyLoss.forward
 
     def ce(self, logits, target):
         seen["loss"].add(logits.dtype)
         return real_ce(self, logits, target)
 
-    monkeypatch.setattr(T.nn.CrossEntropyLoss, "forward", ce)
-    real_build = T.build_from_config
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", ce)
+    real_build = engine.build_from_config
 
     def record(mod, inputs, out):
         if torch.is_grad_enabled():
@@ -506,7 +489,7 @@ def test_auto_precision_trains_in_it_and_keeps_fp32_state(tmp_path, monkeypatch,
         next(x for x in m.modules() if isinstance(x, torch.nn.Conv2d)).register_forward_hook(record)
         return m
 
-    monkeypatch.setattr(T, "build_from_config", build)
+    monkeypatch.setattr(engine, "build_from_config", build)
     r = fit(tiny_cfg(**{"optim.epochs": 1, "run.out": str(tmp_path)}))
     want = torch.bfloat16 if native else torch.float32
     assert seen["conv"] == {want} and seen["loss"] == {torch.float32}
@@ -522,18 +505,16 @@ def test_auto_precision_trains_in_it_and_keeps_fp32_state(tmp_path, monkeypatch,
 
 
 def test_evaluate_runs_under_inference_mode_in_device_batches():
-    from senet.train import EVAL_BATCH
-
-    model = build_model(f"se_{TINY}", num_classes=10, in_chans=1, se=C.SEConfig(reduction=4))
+    model = build_model(f"se_{TINY}", num_classes=10, in_chans=1, se=config.SEConfig(reduction=4))
     conv = next(x for x in model.modules() if isinstance(x, torch.nn.Conv2d))
     calls = []
     conv.register_forward_hook(lambda m, i, o: calls.append((torch.is_inference_mode_enabled(), len(i[0]), o.dtype)))
-    n = 2 * EVAL_BATCH["cpu"] + 7
+    n = 2 * runtime.EVAL_BATCH["cpu"] + 7
     x, y = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (n,))
     model.train()
     fp32 = evaluate(model, x, y, [0.5], [0.25])
     assert model.training  # restored
-    assert calls == [(True, EVAL_BATCH["cpu"], torch.float32)] * 2 + [(True, 7, torch.float32)]
+    assert calls == [(True, runtime.EVAL_BATCH["cpu"], torch.float32)] * 2 + [(True, 7, torch.float32)]
     calls.clear()
     bf16 = evaluate(model, x, y, [0.5], [0.25], precision="bf16", batch_size=100)
     assert [c[1] for c in calls] == [100, 100, n - 200] and {c[2] for c in calls} == {torch.bfloat16}
@@ -544,9 +525,7 @@ def test_evaluate_runs_under_inference_mode_in_device_batches():
 def _scripted_validation(monkeypatch, val_errors):
     """Make fit see the validation errors ``val_errors`` (epoch by epoch), so that the best
     validation epoch is known in advance; the test set is evaluated for real."""
-    import senet.train as T
-
-    real = T.evaluate
+    real = engine.evaluate
 
     def fake(model, x, *a, **kw):
         r = real(model, x, *a, **kw)
@@ -556,7 +535,7 @@ def _scripted_validation(monkeypatch, val_errors):
         return r
 
     fake.calls = 0
-    monkeypatch.setattr(T, "evaluate", fake)
+    monkeypatch.setattr(engine, "evaluate", fake)
     return fake
 
 
@@ -610,3 +589,86 @@ def test_cli_refuses_a_bad_eval_test(capsys):
     code, out, err = run_cli(capsys, "--run.eval_test", "sometimes")
     lines = [ln for ln in err.splitlines() if not ln.startswith("senet: warning")]
     assert code == 2 and len(lines) == 1 and "run.eval_test" in lines[0] and "every, end" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine's result, callbacks and a resume that reads its checkpoint once (issue 13)
+# ---------------------------------------------------------------------------------------------
+def test_the_result_is_final_json_and_names_the_metric_columns(tmp_path):
+    r = fit(tiny_cfg(**{"optim.epochs": 1, "run.out": str(tmp_path)}))
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert isinstance(r, FitResult) and list(final) == list(r) == list(RESULT_KEYS)
+    assert {**r} == r.to_dict() and dict(r) == r.to_dict()
+    assert list(METRIC_COLUMNS) == [k for k in RESULT_KEYS if k not in ("phases", "provenance")]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [list(m) for m in lines] == [list(EPOCH_COLUMNS)]
+    with pytest.raises(KeyError):
+        r["no_such_column"]
+
+
+class _Recorder(Callback):
+    """Every hook in order, and the SE excitations of the validation pass (what a TensorBoard
+    callback would turn into histograms), read through forward hooks on the evaluated model."""
+
+    def __init__(self):
+        self.calls, self.excitations, self.handles = [], {}, []
+
+    def on_fit_start(self, run):
+        self.calls.append(("fit_start", run.epoch))
+
+    def on_epoch_start(self, run):
+        self.calls.append(("epoch_start", run.epoch))
+
+    def on_train_progress(self, run, progress):
+        self.calls.append(("progress", progress.done, progress.steps))
+        assert progress.images == progress.done * run.batch_size and math.isfinite(progress.loss)
+
+    def on_eval_start(self, run, split, model):
+        self.calls.append(("eval_start", split))
+        if split == "val":
+            for name, se in se_modules(model).items():
+                record = lambda m, i, out, name=name: self.excitations.setdefault(name, []).append(out.shape)
+                self.handles.append(se.register_forward_hook(record))
+
+    def on_eval_end(self, run, split, model, errors):
+        self.calls.append(("eval_end", split, sorted(errors)))
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def on_epoch_end(self, run, metrics):
+        self.calls.append(("epoch_end", metrics["epoch"], metrics["checkpoint"] is not None))
+        metrics["epoch"] = -1  # a callback's copy: nobody else sees the change
+
+    def on_fit_end(self, run, result):
+        self.calls.append(("fit_end", result["epochs_run"]))
+
+
+def test_callbacks_follow_the_loop_and_see_the_evaluated_model(tmp_path):
+    rec, seen = _Recorder(), []
+    cfg = tiny_cfg(**{"optim.epochs": 2, "run.out": str(tmp_path), "data.synthetic_train": 96,
+                      "optim.batch_size": 16})
+    fit(cfg, seen.append, callbacks=[rec, ProgressBar()])  # the bar draws on the captured stderr
+    steps = 80 // 16  # 96 images, 1/6 held out
+    errs = ["loss", "top1_err", "top5_err"]
+    epoch = [("progress", steps, steps), ("eval_start", "val"), ("eval_end", "val", errs),
+             ("eval_start", "test"), ("eval_end", "test", errs)]
+    assert rec.calls == [("fit_start", 0), ("epoch_start", 1), *epoch, ("epoch_end", 1, True),
+                         ("epoch_start", 2), *epoch, ("epoch_end", 2, True), ("fit_end", 2)]
+    assert [m["epoch"] for m in seen] == [1, 2]
+    n_val = 16
+    assert rec.excitations and all(sum(s[0] for s in shapes) == 2 * n_val for shapes in rec.excitations.values())
+
+
+def test_cli_resume_reads_the_checkpoint_and_its_config_once(capsys, tmp_path, monkeypatch):
+    from senet import resume
+
+    assert run_cli(capsys, *_cli_args(tmp_path / "r", 1))[0] == 0
+    loads, parses = [], []
+    real_load, real_parse = resume.load_checkpoint, config.from_dict
+    monkeypatch.setattr(resume, "load_checkpoint", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(config, "from_dict", lambda *a, **k: parses.append(a) or real_parse(*a, **k))
+    code, out, err = run_cli(capsys, "--resume", str(tmp_path / "r"), "--epochs", "2")
+    assert code == 0, err
+    assert len(loads) == 1 and len(parses) == 1
+    assert _epochs(tmp_path / "r") == [1, 2]

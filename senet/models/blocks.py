@@ -1,8 +1,9 @@
-"""Residual blocks with an SE slot, and the registry of SE placements (paper Fig. 5, Tables 14-15).
+"""Residual blocks with an SE slot, where the SE placements take effect (paper Fig. 5, Tables 14-15).
 
 A block owns at most one SE module (``block.se``) and applies it at one *site* of its forward pass.
-The placement registry maps each placement name to a site and to the tensor whose channels the SE
-sees; the SE module itself never knows where it sits.
+The placement registry (:data:`senet.slots.PLACEMENTS`) maps each placement name to a site and to
+the tensor whose channels the SE sees; the SE module itself never knows where it sits. A network
+hands each block the :class:`~senet.se.SEPlan` of its stage (:func:`se_by_stage`), or None.
 
 Sites, in the order a block's forward reaches them:
 
@@ -17,32 +18,14 @@ both in one pass (:meth:`SESlot._add`), unless hooks watch or replace the SE mod
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..errors import UserValueError
-from ..registry import Registry
-from ..se import has_hooks
+from ..se import SEPlan, has_hooks
+from ..slots import PLACEMENTS, Placement
 
-
-@dataclass(frozen=True)
-class Placement:
-    site: str  # where in the block's forward the SE is applied
-    channels: str  # whose width the SE sees: "in", "inner" or "out"
-    doc: str = ""
-
-
-PLACEMENTS: Registry[Placement] = Registry("placement")
-PLACEMENTS.add("standard", Placement("branch_out", "out", "after the branch's last BN, before the add"))
-PLACEMENTS.add("pre", Placement("branch_in", "in", "at the start of the residual branch (SE-PRE)"))
-PLACEMENTS.add("post", Placement("block_out", "out", "after the addition and its ReLU (SE-POST)"))
-PLACEMENTS.add("identity", Placement("shortcut", "out", "on the identity path (SE-Identity)"))
-PLACEMENTS.add("inner", Placement("inner", "inner", "after the 3×3 conv inside the branch (Table 15)"))
-
-SEFactory = Callable[[int], nn.Module] | None
+__all__ = ["PLACEMENTS", "Placement", "SEPlan", "SESlot", "se_by_stage"]
 
 
 class SESlot(nn.Module):
@@ -57,22 +40,24 @@ class SESlot(nn.Module):
     supported_placements: tuple[str, ...] | None = None
     residual: bool = True
 
-    def _init_se(self, se_factory: SEFactory, placement: str, widths: dict[str, int],
-                 stage: int, index: int) -> None:
-        self.stage, self.index = stage, index
-        p = PLACEMENTS.get(placement)
-        if self.supported_placements is not None and placement not in self.supported_placements:
+    @classmethod
+    def check_placement(cls, placement: str) -> None:
+        if cls.supported_placements is not None and placement not in cls.supported_placements:
             raise UserValueError(
-                f"placement {placement!r} does not apply to {type(self).__name__} blocks; "
-                f"choose one of: {', '.join(self.supported_placements)}"
+                f"placement {placement!r} does not apply to {cls.__name__} blocks; "
+                f"choose one of: {', '.join(cls.supported_placements)}"
             )
-        self.placement = placement
-        if se_factory is None:
+
+    def _init_se(self, se: SEPlan | None, widths: dict[str, int], stage: int, index: int) -> None:
+        self.stage, self.index = stage, index
+        self.placement = "standard" if se is None else se.placement
+        if se is None:
             self.se = None
             self.se_site = ""
             return
-        self.se = se_factory(widths[p.channels])
-        self.se_site = p.site
+        self.check_placement(se.placement)
+        self.se = se.factory(widths[se.channels])
+        self.se_site = se.site
         if hasattr(self.se, "block_name"):
             self.se.block_name = f"SE_{stage}_{index}"
 
@@ -91,6 +76,16 @@ class SESlot(nn.Module):
             # it must see the module called, so the addition stays a separate pass
             return se(u) + x
         return se.scale_add(u, x)
+
+
+def se_by_stage(se: SEPlan | None, stages: tuple[int, ...], block: type[SESlot]) -> dict[int, SEPlan | None]:
+    """Each stage's SE plan for a network of ``block``s (None: no SE there); a stage the network
+    lacks, or a placement its blocks cannot host, raises naming the valid ones."""
+    if se is None:
+        return dict.fromkeys(stages)
+    chosen = se.in_stages(stages)
+    block.check_placement(se.placement)
+    return {s: se if s in chosen else None for s in stages}
 
 
 def init_weights(model: nn.Module) -> None:
@@ -130,8 +125,8 @@ class BasicBlock(SESlot):
 
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se_factory=None,
-                 placement="standard", stage=0, index=0, **_):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
+                 stage=0, index=0, **_):
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -139,7 +134,7 @@ class BasicBlock(SESlot):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self._init_se(se_factory, placement, {"in": inplanes, "inner": planes, "out": planes},
+        self._init_se(se, {"in": inplanes, "inner": planes, "out": planes},
                       stage, index)
 
     def forward(self, x):
@@ -157,9 +152,8 @@ class Bottleneck(SESlot):
 
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se_factory=None,
-                 placement="standard", stage=0, index=0, groups=1, base_width=64,
-                 stride_in_1x1=False, **_):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
+                 stage=0, index=0, groups=1, base_width=64, stride_in_1x1=False, **_):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -171,8 +165,7 @@ class Bottleneck(SESlot):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self._init_se(se_factory, placement,
-                      {"in": inplanes, "inner": width, "out": planes * self.expansion}, stage, index)
+        self._init_se(se, {"in": inplanes, "inner": width, "out": planes * self.expansion}, stage, index)
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -189,8 +182,8 @@ class PreActBasicBlock(SESlot):
 
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se_factory=None,
-                 placement="standard", stage=0, index=0, dropout=0.0, **_):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
+                 stage=0, index=0, dropout=0.0, **_):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes)
         self.conv1 = conv3x3(inplanes, planes, stride)
@@ -199,7 +192,7 @@ class PreActBasicBlock(SESlot):
         self.relu = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.downsample = downsample
-        self._init_se(se_factory, placement, {"in": inplanes, "inner": planes, "out": planes},
+        self._init_se(se, {"in": inplanes, "inner": planes, "out": planes},
                       stage, index)
 
     def forward(self, x):
@@ -218,8 +211,8 @@ class PreActBottleneck(SESlot):
 
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se_factory=None,
-                 placement="standard", stage=0, index=0, **_):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
+                 stage=0, index=0, **_):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes)
         self.conv1 = conv1x1(inplanes, planes)
@@ -229,8 +222,7 @@ class PreActBottleneck(SESlot):
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self._init_se(se_factory, placement,
-                      {"in": inplanes, "inner": planes, "out": planes * self.expansion}, stage, index)
+        self._init_se(se, {"in": inplanes, "inner": planes, "out": planes * self.expansion}, stage, index)
 
     def forward(self, x):
         pre = self.relu(self.bn1(x))

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..se import SEConfig, parse_stages
-from .blocks import ClassifierNet, SESlot, init_weights
+from ..se import SEPlan
+from .blocks import ClassifierNet, SESlot, init_weights, se_by_stage
 from .registry import register_model
 
 
@@ -44,13 +44,12 @@ class InceptionModule(SESlot):
     supported_placements = ("standard",)
     residual = False
 
-    def __init__(self, branches: list[nn.Module], out_channels: int, *, se_factory=None,
-                 placement="standard", stage=0, index=0):
+    def __init__(self, branches: list[nn.Module], out_channels: int, *, se: SEPlan | None = None,
+                 stage=0, index=0):
         super().__init__()
         self.branches = nn.ModuleList(branches)
         self.out_channels = out_channels
-        self._init_se(se_factory, placement,
-                      {"in": out_channels, "inner": out_channels, "out": out_channels}, stage, index)
+        self._init_se(se, {"in": out_channels, "inner": out_channels, "out": out_channels}, stage, index)
 
     def forward(self, x):
         out = torch.cat([b(x) for b in self.branches], 1)
@@ -105,25 +104,21 @@ class Inception(ClassifierNet):
     """A stem, Inception modules grouped in stages 3-5, global average pooling and an FC layer.
 
     Modules are stored as ``inception<stage><letter>`` (``inception3a`` ... ``inception5b``), the
-    names of the BN-Inception paper and its Caffe model. Blocks of the stages in ``se.stages`` get
-    an SE block on their output (paper Fig. 2).
+    names of the BN-Inception paper and its Caffe model. Blocks of the stages ``se`` selects get an
+    SE block on their output (paper Fig. 2).
     """
 
     stages = (3, 4, 5)
 
     def __init__(self, stem: nn.Module, stem_width: int, layout: dict, module_fn, *,
-                 num_classes=1000, se: SEConfig | None = None, dropout: float = 0.0):
+                 num_classes=1000, se: SEPlan | None = None, dropout: float = 0.0):
         super().__init__()
-        se_stages = parse_stages(se.stages, self.stages) if se is not None else frozenset()
-        factory = se.factory() if se is not None else None
-        placement = se.placement if se is not None else "standard"
+        se_at = se_by_stage(se, self.stages, InceptionModule)
         self.stem = stem
         cin = stem_width
         for stage in self.stages:
             for index, (name, *spec) in enumerate(layout[stage], 1):
-                use_se = se_stages is None or stage in se_stages
-                m = module_fn(cin, *spec, se_factory=factory if use_se else None,
-                              placement=placement, stage=stage, index=index)
+                m = module_fn(cin, *spec, se=se_at[stage], stage=stage, index=index)
                 self.add_module(f"inception{name}", m)
                 cin = m.out_channels
         self._add_head(cin, num_classes, dropout)

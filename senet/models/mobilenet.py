@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..se import SEConfig, parse_stages
-from .blocks import ClassifierNet, SESlot, init_weights
+from ..se import SEPlan
+from .blocks import ClassifierNet, SESlot, init_weights, se_by_stage
 from .registry import register_model
 
 
@@ -42,15 +42,14 @@ class DepthwiseSeparable(SESlot):
     supported_placements = ("standard", "inner")
     residual = False
 
-    def __init__(self, cin, cout, stride=1, *, se_factory=None, placement="standard", stage=0,
-                 index=0):
+    def __init__(self, cin, cout, stride=1, *, se: SEPlan | None = None, stage=0, index=0):
         super().__init__()
         self.dw = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False)
         self.bn1 = nn.BatchNorm2d(cin)
         self.pw = nn.Conv2d(cin, cout, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self._init_se(se_factory, placement, {"in": cin, "inner": cin, "out": cout}, stage, index)
+        self._init_se(se, {"in": cin, "inner": cin, "out": cout}, stage, index)
 
     def forward(self, x):
         out = self.relu(self.bn1(self.dw(x)))
@@ -70,16 +69,14 @@ _V1 = {
 
 
 class MobileNetV1(ClassifierNet):
-    """MobileNet v1 with width multiplier α (``width``); SE on the blocks of ``se.stages``."""
+    """MobileNet v1 with width multiplier α (``width``); SE on the blocks of the stages ``se`` selects."""
 
     stages = (2, 3, 4, 5, 6)
 
-    def __init__(self, *, num_classes=1000, in_chans=3, se: SEConfig | None = None,
+    def __init__(self, *, num_classes=1000, in_chans=3, se: SEPlan | None = None,
                  width: float = 1.0, dropout: float = 0.0):
         super().__init__()
-        se_stages = parse_stages(se.stages, self.stages) if se is not None else frozenset()
-        factory = se.factory() if se is not None else None
-        placement = se.placement if se is not None else "standard"
+        se_at = se_by_stage(se, self.stages, DepthwiseSeparable)
 
         def c(n):
             return max(1, int(n * width))
@@ -89,12 +86,9 @@ class MobileNetV1(ClassifierNet):
         self.bn1 = nn.BatchNorm2d(cin)
         self.relu = nn.ReLU(inplace=True)
         for i, stage in enumerate(self.stages):
-            use_se = se_stages is None or stage in se_stages
             blocks = []
             for j, (cout, stride) in enumerate(_V1[stage], 1):
-                blocks.append(DepthwiseSeparable(cin, c(cout), stride,
-                                                 se_factory=factory if use_se else None,
-                                                 placement=placement, stage=stage, index=j))
+                blocks.append(DepthwiseSeparable(cin, c(cout), stride, se=se_at[stage], stage=stage, index=j))
                 cin = c(cout)
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self._add_head(cin, num_classes, dropout)

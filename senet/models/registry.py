@@ -1,7 +1,10 @@
 """The backbone registry: ``senet models`` lists it, ``build_model`` reads it.
 
 Every backbone is registered once; its ``se_`` twin (the paper's default SE: r = 16, avg squeeze,
-sigmoid gate, standard placement, all stages) is derived, not written again.
+sigmoid gate, standard placement, all stages) is derived, not written again. A config becomes a
+network in one place, :func:`build_from_config` (training, checkpoints, ``senet flops``), through
+:func:`build_model`, which resolves the SE config once into the :class:`~senet.se.SEPlan` the
+backbone places its SE blocks by.
 """
 from __future__ import annotations
 
@@ -28,6 +31,16 @@ class ModelSpec:
     doc: str = ""
     defaults: dict = field(default_factory=dict)
     options: tuple[str, ...] = ()  # keyword arguments the builder takes beyond num_classes/in_chans/se
+
+    def se_for(self, se: SEConfig) -> SEConfig | None:
+        """The SE config this network gets from a run's ``se``: itself for an se_ twin, None for a
+        plain backbone, which refuses se.* keys that it would silently ignore."""
+        if self.se_default:
+            return se
+        if se != SEConfig():
+            raise UserValueError(f"model {self.name!r} has no SE blocks, but se.* keys were set; "
+                                 f"use se_{self.name} or drop the se.* keys")
+        return None
 
 
 #: What every builder takes; ``build_model`` passes them itself.
@@ -87,7 +100,7 @@ def build_model(name: str, num_classes: int | None = None, in_chans: int | None 
         se = SEConfig()
     try:
         model = spec.build(num_classes=num_classes or spec.num_classes,
-                           in_chans=in_chans or spec.in_chans, se=se, **kwargs)
+                           in_chans=in_chans or spec.in_chans, se=None if se is None else se.plan(), **kwargs)
     except TypeError as e:
         if "unexpected keyword" in str(e):
             raise UserValueError(f"model {name!r}: {e}") from None
@@ -96,6 +109,16 @@ def build_model(name: str, num_classes: int | None = None, in_chans: int | None 
     model.se_config = se
     model.default_input_size = spec.input_size
     return model
+
+
+def build_from_config(cfg, num_classes: int | None = None, in_chans: int | None = None) -> nn.Module:
+    """The network a :class:`~senet.config.Config` describes (``model.*``, and ``se.*`` for an se_
+    twin). ``num_classes`` and ``in_chans`` (the data's) count where the config leaves them 0; the
+    registered backbone's own where both do."""
+    kw = {} if cfg.model.stride_in_1x1 is None else {"stride_in_1x1": cfg.model.stride_in_1x1}
+    return build_model(cfg.model.name, num_classes=cfg.model.num_classes or num_classes or None,
+                       in_chans=cfg.model.in_chans or in_chans or None,
+                       se=MODELS.get(cfg.model.name).se_for(cfg.se), **kw)
 
 
 def se_modules(model: nn.Module) -> dict[str, nn.Module]:

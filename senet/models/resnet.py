@@ -10,7 +10,7 @@ from functools import partial
 
 from torch import nn
 
-from ..se import SEConfig, parse_stages
+from ..se import SEPlan
 from .blocks import (
     BasicBlock,
     Bottleneck,
@@ -20,6 +20,7 @@ from .blocks import (
     PreActBottleneck,
     conv1x1,
     init_weights,
+    se_by_stage,
 )
 from .registry import register_model
 
@@ -34,19 +35,17 @@ class ResNet(ClassifierNet):
         stem: ``"imagenet"`` (7×7/2 conv, max pool) or ``"cifar"`` (one 3×3 conv).
         shortcut: ``"conv"`` (1×1 conv + BN), ``"conv_nobn"`` (pre-activation nets) or ``"pad"``
             (parameter-free "option A").
-        se: the SE configuration, or None for the plain network.
+        se: where and how to build SE blocks, or None for the plain network.
         stem_width: channels after the stem.
         block_kwargs: passed to every block (``stride_in_1x1``, ``groups``, ``base_width``...).
     """
 
     def __init__(self, block, layers, planes, *, num_classes=1000, in_chans=3, stem="imagenet",
-                 stem_width=64, shortcut="conv", se: SEConfig | None = None, first_stage=2,
+                 stem_width=64, shortcut="conv", se: SEPlan | None = None, first_stage=2,
                  **block_kwargs):
         super().__init__()
         self.stages = tuple(range(first_stage, first_stage + len(layers)))
-        se_stages = parse_stages(se.stages, self.stages) if se is not None else frozenset()
-        factory = se.factory() if se is not None else None
-        placement = se.placement if se is not None else "standard"
+        se_at = se_by_stage(se, self.stages, block)
         self.preact = block in (PreActBasicBlock, PreActBottleneck)
 
         if stem == "imagenet":
@@ -78,9 +77,8 @@ class ResNet(ClassifierNet):
                         down = nn.Sequential(conv1x1(inplanes, out, s))
                     else:
                         down = nn.Sequential(conv1x1(inplanes, out, s), nn.BatchNorm2d(out))
-                use_se = se_stages is None or stage in se_stages
-                blocks.append(block(inplanes, p, s, down, se_factory=factory if use_se else None,
-                                    placement=placement, stage=stage, index=j + 1, **block_kwargs))
+                blocks.append(block(inplanes, p, s, down, se=se_at[stage], stage=stage, index=j + 1,
+                                    **block_kwargs))
                 inplanes = out
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
 

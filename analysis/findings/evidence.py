@@ -1,0 +1,162 @@
+"""What a finding is judged on: the outcome of each claim, and the results every source reads.
+
+A source (:mod:`analysis.findings.arms`, :mod:`analysis.findings.excitations`) evaluates against a
+:class:`Context` (the results folder, the chosen preset, the ``senet analyze`` folder) and returns a
+:class:`SourceResult`: one :class:`Outcome` per claim, or why it has not been run. pandas only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from senet.layout import study_paths
+
+from ..compare import DEFAULT_EFFECT
+from ..errors import AnalysisInputError
+from ..study import completed, count_test_images, load_study, select_recipe
+
+#: Half-width (points of top-1 error) of "performs alike": the size of the paper's differences
+#: between SE variants (see :data:`analysis.compare.DEFAULT_EFFECT`).
+DELTA = DEFAULT_EFFECT
+#: Where an ``senet analyze`` folder of the best SE model is looked for, relative to the results
+#: directory, when ``--analysis`` does not name one.
+ANALYSIS_DIRS = ("analysis", "gate/analysis", "reference/se_resnet20/analysis")
+
+AGREES, CONTRADICTS, INCONCLUSIVE, NO_VERDICT, NOT_RUN = (
+    "agrees", "contradicts", "inconclusive", "no verdict", "not run yet")
+EXPECT_TEXT = {"lower": "Δ < 0", "higher": "Δ > 0", "alike": "|Δ| < δ"}
+
+
+@dataclass
+class Outcome:
+    """One evaluated claim of a finding (one row of the details, one line of the table)."""
+
+    comparison: str  # what was compared, e.g. "r=32 − r=16"
+    expect: str  # the paper's claim about it, e.g. "Δ > 0"
+    verdict: str
+    reason: str = ""
+    unit: str = "pp"
+    effect: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    ci_method: str = ""
+    n: int = 0
+    n_label: str = "seed pairs"
+    p: float = math.nan
+    p_holm: float = math.nan
+    boot_low: float = math.nan
+    boot_high: float = math.nan
+    sd: float = math.nan
+    mde: float = math.nan
+    power: str = ""
+    notes: str = ""
+
+
+@dataclass
+class SourceResult:
+    """What one source gave: its outcomes, or why it has not been run (``missing``)."""
+
+    source: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    missing: str = ""
+    recipe: dict | None = None  # the study's recipe, for the header
+
+
+@dataclass
+class Context:
+    results: Path
+    preset: str | None = None
+    analysis: Path | None = None
+    metric: str = "test_top1_err"
+    n_boot: int = 10000
+    _studies: dict = field(default_factory=dict)
+
+    def study(self, name: str):
+        """(completed-and-all rows of one recipe, meta, recipe summary), or the reason it is absent."""
+        if name not in self._studies:
+            path = study_paths(self.results, name).runs_parquet
+            if not path.is_file():
+                self._studies[name] = f"no {self.rel(path)}"
+            else:
+                runs, meta = load_study(self.results, name)
+                if self.preset is not None and "preset" in runs and not (runs["preset"].astype(str) == self.preset).any():
+                    self._studies[name] = f"no trials of preset {self.preset!r} in {self.rel(path)}"
+                else:
+                    runs = select_recipe(runs, meta, preset=self.preset, where=self.rel(path))
+                    self._studies[name] = (runs, meta, recipe_summary(name, runs, meta, self.results / name))
+        return self._studies[name]
+
+    def rel(self, path: Path) -> str:
+        """``path`` as the output names it: relative to the results directory where it lies inside
+        (so the text does not depend on where the checkout is)."""
+        try:
+            return (Path(self.results.name) / Path(path).relative_to(self.results)).as_posix()
+        except ValueError:
+            return str(path)
+
+    def analysis_dir(self, filename: str) -> tuple[Path | None, str]:
+        """The analysis folder holding ``filename``: ``--analysis`` or the first of
+        :data:`ANALYSIS_DIRS` that has it; else (None, why)."""
+        dirs = [self.analysis] if self.analysis is not None else [self.results / d for d in ANALYSIS_DIRS]
+        for d in dirs:
+            if (d / filename).is_file():
+                return d, ""
+        return None, (f"no {filename} in {' or '.join(self.rel(d) for d in dirs)} (`senet analyze --best gate "
+                      "--out results/gate/analysis` writes one)")
+
+    def analysis_table(self, filename: str, need: set[str]) -> tuple[pd.DataFrame | None, str]:
+        """``filename`` (CSV or Parquet) of the analysis folder and where it came from; (None, why)
+        when no analysis wrote it. A table without the ``need`` columns is refused."""
+        d, why = self.analysis_dir(filename)
+        if d is None:
+            return None, why
+        path = d / filename
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        if not need <= set(table.columns):
+            raise AnalysisInputError(f"{path} lacks the columns {sorted(need - set(table.columns))}")
+        return table, self.rel(d)
+
+
+def recipe_summary(study: str, runs: pd.DataFrame, meta: dict, study_dir: Path | str = ".") -> dict:
+    """The recipe behind a study's numbers, for the header: preset, data, model, epochs, sizes, seeds,
+    the code commits that trained them."""
+    ok = completed(runs)
+
+    def vals(col, fmt=str):
+        if col not in runs or runs[col].isna().all():
+            return "–"
+        return "/".join(fmt(v) for v in sorted(dict.fromkeys(runs[col].dropna())))
+
+    ref = ok[ok["arm"] == meta.get("reference_arm")]
+    params = float(ref["params"].dropna().iloc[0]) if "params" in ref and ref["params"].notna().any() else math.nan
+    commits = sorted(dict.fromkeys(str(c)[:12] for c in runs.get("git_commit", pd.Series(dtype=str)).dropna()))
+    dirty = "git_dirty" in runs and bool(runs["git_dirty"].fillna(False).astype(bool).any())
+    num_test, _ = count_test_images(runs, study_dir)
+    return {"study": study, "preset": vals("preset"), "data": vals("data.name"), "model": vals("model.name"),
+            "epochs": vals("optim.epochs", lambda v: f"{v:g}" if isinstance(v, float) else str(v)),
+            "train": vals("data.subset", lambda v: "all" if not v else f"{int(v):,}"),
+            "num_test": num_test, "seeds": int(ok["seed"].nunique()) if len(ok) else 0,
+            "trials": len(runs), "completed": len(ok), "params": params, "reference": meta.get("reference_arm"),
+            "se_hidden": (widths(ref["se_hidden"].dropna().iloc[0]) if "se_hidden" in ref and ref["se_hidden"].notna().any()
+                          else ""),
+            "commits": ", ".join(commits) + (" (some with uncommitted changes)" if dirty else "") if commits else "–"}
+
+
+def widths(se_hidden: str) -> str:
+    """``"SE_2_1:16/1,SE_2_2:16/1,SE_3_1:32/2"`` (what training records) -> ``"16→1, 32→2"``: each
+    stage's channels → SE hidden units (blocks of a stage that differ are joined by "/"); other
+    strings are returned as they are."""
+    per: dict[str, list[str]] = {}
+    for tok in str(se_hidden).split(","):
+        name, _, ch = tok.strip().partition(":")
+        parts = name.split("_")
+        if len(parts) != 3 or "/" not in ch:
+            return str(se_hidden)
+        c, h = ch.split("/", 1)
+        per.setdefault(parts[1], [])
+        if f"{c}→{h}" not in per[parts[1]]:
+            per[parts[1]].append(f"{c}→{h}")
+    return ", ".join("/".join(v) for _, v in sorted(per.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0))

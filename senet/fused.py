@@ -1,0 +1,107 @@
+"""The SE block's two full-size operations with hand-written autograd, and the hook test that lets
+the block take cheaper paths only where nothing watches.
+
+In training, the average pooling (:class:`_SpatialMean`) and the scaling fused with the residual
+addition (:class:`_ScaleAdd`) have backward passes that skip the full-size temporaries autograd's
+generic ones make (a materialised broadcast, a multiplication by 1).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules import module as _torch_module
+
+
+class _SpatialMean(torch.autograd.Function):
+    """``u.mean((2, 3))`` whose gradient stays a broadcast view of the (N, C) one.
+
+    Autograd's own mean backward materialises the (N, C, H, W) gradient (and in NCHW even for a
+    channels_last u), which is then added to the scaling's gradient of U: one full-size write and
+    one read more per block than adding the view in place, which is what the engine does with it.
+    """
+
+    @staticmethod
+    def forward(u):
+        return u.mean((2, 3))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g / (ctx.shape[2] * ctx.shape[3]))[:, :, None, None].expand(ctx.shape)
+
+    @staticmethod
+    def jvp(ctx, du):
+        return du.mean((2, 3))
+
+
+def spatial_mean(u: torch.Tensor) -> torch.Tensor:
+    """Mean over H and W: (N, C, H, W) -> (N, C)."""
+    if u.requires_grad and torch.is_grad_enabled():
+        return _SpatialMean.apply(u)
+    return u.mean((2, 3))
+
+
+class _ScaleAdd(torch.autograd.Function):
+    """``x + u·s`` (s broadcast over u) in one pass, with the backward of ``u * s + x``.
+
+    ``torch.addcmul``'s own backward multiplies u by the scalar value 1 at full size before using
+    it; this one computes exactly the gradients of the unfused product and sum.
+    """
+
+    @staticmethod
+    def forward(x, u, s):
+        return torch.addcmul(x, u, s)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, u, s = inputs
+        ctx.save_for_backward(u, s)
+        ctx.save_for_forward(u, s)
+
+    @staticmethod
+    def backward(ctx, g):
+        u, s = ctx.saved_tensors
+        _, need_u, need_s = ctx.needs_input_grad
+        gu = gs = None
+        if need_s:
+            prod = g * u
+            gs = prod.sum_to_size(s.shape)
+            if (need_u and not torch.is_grad_enabled() and s.shape != prod.shape
+                    and prod.dtype == torch.result_type(g, s)):
+                # g·s into g·u's memory once reduced (not under create_graph): a fresh full-size
+                # buffer costs page faults on top of its pass (large freed blocks go back to the OS)
+                gu = torch.mul(g, s, out=prod)
+        if need_u and gu is None:
+            gu = g * s
+        return g, gu, gs
+
+    @staticmethod
+    def jvp(ctx, dx, du, ds):
+        u, s = ctx.saved_tensors
+        out = torch.zeros_like(u) if dx is None else dx.clone()
+        if du is not None:
+            out.addcmul_(du, s)
+        if ds is not None:
+            out.addcmul_(u, ds)
+        return out
+
+
+def scale_add(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``x + u * s`` in one pass over the feature maps."""
+    if torch.is_grad_enabled() and (x.requires_grad or u.requires_grad or s.requires_grad):
+        return _ScaleAdd.apply(x, u, s)
+    return torch.addcmul(x, u, s)
+
+
+def has_hooks(m: nn.Module) -> bool:
+    """Whether calling ``m`` would run hooks, by the same test as ``nn.Module.__call__``.
+
+    Where a module would be skipped for a cheaper equivalent (its ``forward``'s arithmetic without
+    the call, or two modules' work in one pass), hooks on it must still see it called.
+    """
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+                or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)

@@ -1,0 +1,126 @@
+"""Where and how a run computes: its device, precision, threads, determinism and random number generators.
+
+Precision (``run.precision``, ``auto`` by default): the forward pass runs under bf16 autocast on a GPU
+and on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX, read from the CPU's flags by
+:func:`cpu_has_native_bf16`), in fp32 elsewhere (emulated bf16 gains no speed). Autocast
+leaves the parameters, the optimizer state and the BN statistics in fp32 (BN accumulates its
+statistics of bf16 inputs in fp32); the loss is computed from fp32 logits. The SE excitation runs
+in bf16 like the rest: in fp32 it changed the excitations of a trained SE-ResNet-20 by less than
+the bf16 rounding of the features it reads (mean |Δ| 1.2e-3 vs 0.7e-3 against fp32) and left the
+logits' error against fp32 the same (mean |Δ| 0.017). channels_last is on only on a GPU (on a CPU
+issue 11 measured it speeding fp32 up but slowing bf16 down).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config, ConfigError
+
+#: Images per forward pass when evaluating, per device type. On a CPU the activations of large
+#: batches leave the caches (SE-ResNet-20, 28², 1 thread, inference_mode, img/s at batch
+#: 64/128/256/512/1024: fp32 1279/1318/1072/833/572, bf16 1892/2015/2063/1701/1393; `python
+#: benchmarks/bench.py --only eval` measures it). A GPU wants large batches to fill it (not measured here).
+EVAL_BATCH = {"cpu": 128, "cuda": 1024}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"bad value for run.device: {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"bad value for run.device: {name!r} (no CUDA device is available)")
+    return device
+
+
+#: CPU flags (Linux ``/proc/cpuinfo``) of native bf16 arithmetic: AVX512-BF16 (dot products of bf16
+#: pairs) and AMX (bf16 tile matrix multiply). Without them bf16 is converted to fp32 and back around
+#: fp32 arithmetic: nothing to gain, rounding to lose.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them; empty where there is no /proc/cpuinfo."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":  # x86; the same on every core
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), detected from its flags.
+
+    Elsewhere (no such flag, or no /proc/cpuinfo to read) False: ``run.precision auto`` then trains
+    in fp32, and ``bf16`` still works but runs emulated.
+    """
+    return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+def default_precision(device: torch.device) -> str:
+    """What ``run.precision auto`` means on ``device``."""
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def eval_batch(device: torch.device) -> int:
+    """Images per forward pass when evaluating on ``device`` (see :data:`EVAL_BATCH`)."""
+    return EVAL_BATCH.get(device.type, EVAL_BATCH["cpu"])
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> tuple[str, bool]:
+    """(``"bf16"`` | ``"fp32"``, channels_last) after resolving ``auto`` (:func:`default_precision`)."""
+    precision = cfg.run.precision
+    if precision == "auto":
+        precision = default_precision(device)
+    cl = cfg.run.channels_last
+    channels_last = device.type == "cuda" if cl == "auto" else cl == "true"
+    return precision, channels_last
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def determinism(on: bool, threads: int):
+    """Deterministic algorithms and thread count for the run, restored afterwards (a Ray worker
+    that reuses its process for the next trial must not inherit them)."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic, torch.get_num_threads())
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev[1], prev[2]
+        torch.set_num_threads(prev[3])
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
