@@ -116,13 +116,18 @@ def _is_live(exp: Path) -> bool:
 def _checkpoint(trial_dir: Path, study: StudyPaths) -> str | None:
     """The trial's newest checkpoint file, relative to the study folder where it lies inside it."""
     ckpts = sorted(trial_dir.glob(f"checkpoint_*/{CHECKPOINT}"))
-    if not ckpts:
-        return None
-    path = ckpts[-1].absolute()
+    return _in_study(str(ckpts[-1].absolute()), study) if ckpts else None
+
+
+def _in_study(path, study: StudyPaths):
+    """``path`` relative to the study folder where it is a local path inside it (so a table holds no
+    machine's paths); any other value as it is (a URI, a folder outside the study, missing)."""
+    if not isinstance(path, str) or "://" in path or not Path(path).is_absolute():
+        return path
     try:
-        return path.relative_to(study.dir.absolute()).as_posix()
+        return Path(path).relative_to(study.dir.absolute()).as_posix()
     except ValueError:  # --storage outside the study folder
-        return str(path)
+        return path
 
 
 def _final_from_checkpoint(trial_dir: Path) -> list[dict]:
@@ -294,6 +299,8 @@ def collect(study: str, results: str | Path = "results", storage: str | Path | S
             if r["study"] in (study, None)]
     old, note = _recorded_rows(paths.runs_parquet)
     table = store.merge(old, pd.DataFrame(rows))
+    if "checkpoint" in table:  # rows recorded before checkpoints were stored relative
+        table["checkpoint"] = table["checkpoint"].map(lambda c: _in_study(c, paths))
     if note:
         print(note + _lost_note(paths, table), file=out, flush=True)
     if table.empty:

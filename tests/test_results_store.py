@@ -283,6 +283,12 @@ def test_checkpoints_are_recorded_relative_to_the_study_folder(tmp_path):
     again = collect("gate", tmp_path).set_index("arm")
     assert again.loc["sigmoid", "checkpoint"] == "/elsewhere/results/gate/ray/x/checkpoint.pt"
     assert again.loc["tanh", "checkpoint"] == first.loc["tanh", "checkpoint"]
+    # a recorded absolute path inside this study folder (an older collect's) is made relative
+    old = pd.read_parquet(tmp_path / "gate" / "runs.parquet")
+    inside = tmp_path / "gate" / "ray" / "gate-smoke" / "tanh_seed0_a1" / "checkpoint_000004" / "checkpoint.pt"
+    old.loc[old["arm"] == "tanh", "checkpoint"] = str(inside)
+    old.to_parquet(tmp_path / "gate" / "runs.parquet", index=False)
+    assert collect("gate", tmp_path).set_index("arm").loc["tanh", "checkpoint"] == first.loc["tanh", "checkpoint"]
     # a --storage outside the study folder: the path stays absolute
     storage = tmp_path / "shared"
     ckpt = _trial(storage / "gate-smoke", "relu", 0, "b0") / "checkpoint_000001"
