@@ -29,10 +29,6 @@ from senet.se import GATES
 #: The histogram window: a gate's range where it is narrower (bounded gates), all of it for an
 #: unbounded side and for a custom callable gate, whose range is not registered.
 DEFAULT_RANGE = (-4.0, 4.0)
-#: Gates whose output saturates at the bounds of (0, 1), where s = 1 is the identity: only for these
-#: does "saturation" (the share of channels near a bound) mean anything. A softmax also lies in
-#: (0, 1), but its weights sum to 1 (mean 1/C), so no channel can sit near 1 unless all others are 0.
-SATURATING_GATES = frozenset({"sigmoid", "hard_sigmoid"})
 _NAME = re.compile(r"^SE_(\d+)_(\d+)$")
 
 
@@ -88,7 +84,7 @@ class _Block:
     channels: int
     lo: float  # histogram range (the gate's output range)
     hi: float
-    saturating: bool  # the gate saturates at the bounds of (0, 1) (see SATURATING_GATES)
+    saturating: bool  # the gate saturates at the bounds of (0, 1) (its registration's GateInfo.saturating)
 
 
 class ExcitationAccumulator:
@@ -281,9 +277,10 @@ def attach(model: nn.Module, acc: ExcitationAccumulator, blocks: list[str],
     for name in blocks:
         m = mods[name]
         gate = getattr(m, "gate_name", "")
-        lo, hi = GATES.info(gate).range if gate in GATES else DEFAULT_RANGE
+        info = GATES.info(gate) if gate in GATES else None
+        lo, hi = info.range if info else DEFAULT_RANGE
         acc.add_block(name, m.channels, (max(lo, DEFAULT_RANGE[0]), min(hi, DEFAULT_RANGE[1])), device,
-                      saturating=gate in SATURATING_GATES)
+                      saturating=bool(info and info.saturating))
 
         def keep(mod, inputs, out, _name=name):
             ctx["pending"][_name] = out

@@ -9,7 +9,7 @@ forward hooks on the gates (the hooks of :mod:`analysis.extract`), and grouped b
   (:func:`analysis.gates_render.gates_figure`).
 - ``gates.csv`` and ``gates.md``: per gate and stage, the mean and standard deviation of s (over
   images and channels), the spread of the channel means, the share of values near the gate's
-  bounds (:data:`BOUNDS`; n/a where the gate has none that mean anything) and the class selectivity
+  bounds (:func:`gate_bounds`, from the gate's registration; n/a where it has none that mean anything) and the class selectivity
   η² averaged over channels (as ``senet analyze`` computes it, :func:`analysis.stats.pooled`).
 - ``gates_blocks.csv``: ``senet analyze``'s selectivity table per block, for each gate.
 
@@ -28,10 +28,11 @@ import torch
 from senet import se_modules
 from senet.errors import UserError
 from senet.layout import FINAL_JSON, read_json, study_paths, write_atomic
+from senet.se import GATES
 
 from .errors import ReportInputError
 from .extract import ExcitationAccumulator, attach, autocast, batches, block_position, pick_device
-from .gates_render import BOUNDS, NO_BOUNDS, Bounds, gates_figure, gates_markdown, stage_summary
+from .gates_render import NO_BOUNDS, Bounds, bounds_for, gates_figure, gates_markdown, stage_summary
 from .loading import load_data, load_trained
 from .stats import selectivity
 from .study import arm_order, checkpoint_file, checkpoint_path, completed, load_recipe
@@ -161,7 +162,7 @@ def write_gates(runs: list[GateRun], out: str | Path, overrides: dict | None = N
     out = Path(out)
     cache: dict = {}
     ref_x = None
-    tables, blocks, samples, gates, used = [], [], {}, {}, []
+    tables, blocks, samples, gates, bounds, used = [], [], {}, {}, {}, []
     notes = list(notes or [])
     for run in runs:
         model, cfg, _, meta = load_trained(run.checkpoint, overrides or {}, "gates")
@@ -190,7 +191,7 @@ def write_gates(runs: list[GateRun], out: str | Path, overrides: dict | None = N
         label = run.label or gate
         if label in samples:  # two checkpoints of one gate: tell them apart by their run folder
             label = f"{label} ({Path(run.checkpoint).parent.name})"
-        b = BOUNDS.get(gate, NO_BOUNDS)
+        b = gate_bounds(gate)
         sample = np.zeros(len(x), bool)
         k = min(opt.figure_images, len(x)) if opt.figure_images > 0 else len(x)
         sample[np.random.default_rng(0).permutation(len(x))[:k]] = True
@@ -205,7 +206,7 @@ def write_gates(runs: list[GateRun], out: str | Path, overrides: dict | None = N
         t.insert(0, "label", label)
         tables.append(t)
         blocks.append(selectivity(stats).assign(label=label, gate=gate))
-        samples[label], gates[label] = values, gate
+        samples[label], gates[label], bounds[label] = values, gate, b
         used.append({"label": label, "gate": gate, "checkpoint": run.checkpoint, "images": len(x),
                      "figure_images": k, **info})
     if not tables:
@@ -214,10 +215,19 @@ def write_gates(runs: list[GateRun], out: str | Path, overrides: dict | None = N
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "gates.csv", index=False)
     pd.concat(blocks, ignore_index=True).to_csv(out / "gates_blocks.csv", index=False)
-    figs = save(gates_figure(samples, table, gates), out / "gates")
+    figs = save(gates_figure(samples, table, gates, bounds), out / "gates")
     write_atomic(out / "gates.md", gates_markdown(table, used, opt.split, notes))
     return {"table": table, "runs": used, "figures": figs, "markdown": out / "gates.md", "out": out,
             "notes": notes}
+
+
+def gate_bounds(gate: str) -> Bounds:
+    """The near-bound rules of a registered gate (from its range and normalisation); none for a
+    gate the registry does not know."""
+    if gate not in GATES:
+        return NO_BOUNDS
+    info = GATES.info(gate)
+    return bounds_for(info.range, info.sums_to)
 
 
 def _run_info(checkpoint: str, cfg) -> dict:

@@ -45,22 +45,32 @@ class Bounds:
     high_zone: tuple[float, float] | None = None
 
 
-#: Sigmoid-like gates use the thresholds of :mod:`analysis.stats` (0.1 / 0.9); tanh the same share
-#: (10%) of its width; ReLU's lower bound is hit exactly (the channel switched off). A softmax's
-#: weights sum to 1 (softmax_c: to C), so no weight approaches its upper bound unless the others
-#: vanish, and all sit near 0 by construction: near-bound shares say nothing there, and the
-#: identity gate has no bounds.
-BOUNDS: dict[str, Bounds] = {
-    "sigmoid": Bounds(lambda s: s < 0.1, lambda s: s > 0.9, "s < 0.1 | s > 0.9", (0.0, 1.0), (0.0, 0.1), (0.9, 1.0)),
-    "hard_sigmoid": Bounds(lambda s: s < 0.1, lambda s: s > 0.9, "s < 0.1 | s > 0.9", (0.0, 1.0),
-                           (0.0, 0.1), (0.9, 1.0)),
-    "tanh": Bounds(lambda s: s < -0.8, lambda s: s > 0.8, "s < −0.8 | s > 0.8", (-1.0, 1.0), (-1.0, -0.8),
-                   (0.8, 1.0)),
-    "relu": Bounds(lambda s: s <= 0, None, "s = 0 (no upper bound)", (0.0, None)),
-    "softmax": Bounds(None, None, "n/a (weights sum to 1)", (0.0, None)),
-    "softmax_c": Bounds(None, None, "n/a (weights sum to C)", (0.0, None)),
-    "identity": Bounds(None, None, "n/a (unbounded)", (None, None)),
-}
+def _fmt(v: float) -> str:
+    return f"{v:g}".replace("-", "−")
+
+
+def bounds_for(value_range: tuple[float, float], sums_to: str | None = None) -> Bounds:
+    """The bounds of a gate from its registered output range: a gate bounded on both sides counts
+    the outer 10% of its width at each end as near a bound (sigmoid-like gates: s < 0.1 | s > 0.9,
+    the thresholds of :mod:`analysis.stats`; tanh: s < −0.8 | s > 0.8); a gate bounded on one side
+    only reaches that bound exactly (ReLU's 0: the channel switched off). A normalised gate's weights
+    sum to 1 (softmax) or C, so none approaches its upper bound unless the others vanish and all sit
+    near 0 by construction: near-bound shares say nothing there. An unbounded gate has none."""
+    lo, hi = (float(v) for v in value_range)
+    lo_end = lo if math.isfinite(lo) else None
+    if sums_to is not None:
+        return Bounds(None, None, f"n/a (weights sum to {sums_to})", (lo_end, None))
+    if math.isfinite(lo) and math.isfinite(hi):
+        near_lo, near_hi = round(lo + 0.1 * (hi - lo), 12), round(hi - 0.1 * (hi - lo), 12)
+        return Bounds(lambda s: s < near_lo, lambda s: s > near_hi, f"s < {_fmt(near_lo)} | s > {_fmt(near_hi)}",
+                      (lo, hi), (lo, near_lo), (near_hi, hi))
+    if math.isfinite(lo):
+        return Bounds(lambda s: s <= lo, None, f"s = {_fmt(lo)} (no upper bound)", (lo, None))
+    if math.isfinite(hi):
+        return Bounds(None, lambda s: s >= hi, f"s = {_fmt(hi)} (no lower bound)", (None, hi))
+    return Bounds(None, None, "n/a (unbounded)", (None, None))
+
+
 NO_BOUNDS = Bounds(None, None, "n/a (unknown gate)", (None, None))
 
 
@@ -125,7 +135,8 @@ def _heavy_tail(values: list[np.ndarray], bounds: Bounds, hi: float) -> float:
     return max(t, hi / 1000)  # at most three decades of log: a constant channel at ~0 is not a scale
 
 
-def gates_figure(samples: dict[str, dict[int, np.ndarray]], table: pd.DataFrame, gates: dict[str, str]):
+def gates_figure(samples: dict[str, dict[int, np.ndarray]], table: pd.DataFrame, gates: dict[str, str],
+                 bounds: dict[str, Bounds]):
     """Rows: gates; columns: stages; each panel a density histogram of s with the mean (dashed), the
     near-bound zones (shaded) and, where one bar towers over the rest, its share written on it."""
     apply()
@@ -135,7 +146,7 @@ def gates_figure(samples: dict[str, dict[int, np.ndarray]], table: pd.DataFrame,
     fig, axes = plt.subplots(len(labels), len(stages), figsize=(2.3 * len(stages) + 0.6, 1.3 * len(labels) + 0.7),
                              squeeze=False, sharex="row")
     for i, label in enumerate(labels):
-        b = BOUNDS.get(gates[label], NO_BOUNDS)
+        b = bounds.get(label, NO_BOUNDS)
         lo, hi, cut = _xlim(list(samples[label].values()), b)
         linthresh = _heavy_tail(list(samples[label].values()), b, hi)
         edges = np.linspace(lo, hi, 61)

@@ -65,6 +65,13 @@ class ChoiceInfo:
 @dataclass(frozen=True, kw_only=True)
 class GateInfo(ChoiceInfo):
     range: tuple[float, float]  # the interval s_c lies in (±inf where the gate is unbounded)
+    sums_to: str | None = None  # a normalised gate's weights sum to this ("1", "C"): none nears a bound
+
+    @property
+    def saturating(self) -> bool:
+        """Whether s saturates at the bounds of (0, 1), where s = 1 is the identity (sigmoid-like):
+        only there does "saturation" (the share of channels near a bound) mean anything."""
+        return tuple(self.range) == (0.0, 1.0) and self.sums_to is None
 
 
 SQUEEZES: Registry[Callable[[], nn.Module]] = Registry("squeeze", ChoiceInfo)
@@ -200,8 +207,8 @@ class Identity(nn.Identity):
 GATES.add("sigmoid", nn.Sigmoid, range=(0.0, 1.0), paper=(22.28, 6.03))
 GATES.add("tanh", nn.Tanh, range=(-1.0, 1.0), paper=(23.00, 6.38))
 GATES.add("relu", nn.ReLU, range=(0.0, math.inf), paper=(23.47, 6.98))
-GATES.add("softmax", lambda: ChannelSoftmax(scaled=False), range=(0.0, 1.0))
-GATES.add("softmax_c", lambda: ChannelSoftmax(scaled=True), range=(0.0, math.inf))
+GATES.add("softmax", lambda: ChannelSoftmax(scaled=False), range=(0.0, 1.0), sums_to="1")
+GATES.add("softmax_c", lambda: ChannelSoftmax(scaled=True), range=(0.0, math.inf), sums_to="C")
 GATES.add("hard_sigmoid", nn.Hardsigmoid, range=(0.0, 1.0))
 GATES.add("identity", Identity, range=(-math.inf, math.inf))
 

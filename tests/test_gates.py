@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from analysis.extract import block_position
-from analysis.gates import best_runs
-from analysis.gates_render import BOUNDS, stage_summary
+from analysis.gates import best_runs, gate_bounds
+from analysis.gates_render import stage_summary
 from senet import se_modules
 from senet.checkpoint import load_model
 from senet.cli import main
@@ -149,15 +149,15 @@ def test_gates_on_checkpoints_labels_them_by_their_gate(tmp_path, trained):
 
 def test_near_bound_shares_follow_each_gate():
     s = torch.tensor([0.0, 0.0, 0.05, 0.5, 0.95, -0.9, 2.0])
-    assert int(BOUNDS["relu"].low(s).sum()) == 3  # exactly 0 (and below): the channel switched off
-    assert BOUNDS["relu"].high is None
-    assert int(BOUNDS["sigmoid"].low(s).sum()) == 4 and int(BOUNDS["sigmoid"].high(s).sum()) == 2
-    assert int(BOUNDS["tanh"].low(s).sum()) == 1 and int(BOUNDS["tanh"].high(s).sum()) == 2
+    assert int(gate_bounds("relu").low(s).sum()) == 3  # exactly 0 (and below): the channel switched off
+    assert gate_bounds("relu").high is None
+    assert int(gate_bounds("sigmoid").low(s).sum()) == 4 and int(gate_bounds("sigmoid").high(s).sum()) == 2
+    assert int(gate_bounds("tanh").low(s).sum()) == 1 and int(gate_bounds("tanh").high(s).sum()) == 2
     for g in ("softmax", "softmax_c", "identity"):
-        assert BOUNDS[g].low is None and BOUNDS[g].high is None  # n/a in the table
+        assert gate_bounds(g).low is None and gate_bounds(g).high is None  # n/a in the table
     stats = pd.DataFrame({"block": "SE_2_1", "stage": 2, "block_index": 1, "class": ["a", "b"], "channel": 0,
                           "count": [10, 10], "mean": [0.2, 0.4], "std": [0.1, 0.1]})
-    row = stage_summary(stats, {2: np.array([0, 0, 20])}, BOUNDS["softmax"]).iloc[0]
+    row = stage_summary(stats, {2: np.array([0, 0, 20])}, gate_bounds("softmax")).iloc[0]
     assert np.isnan(row["near_bounds"]) and row["mean"] == pytest.approx(0.3)
     assert row["std"] == pytest.approx(np.sqrt(0.01 + 0.01)) and row["eta2"] == pytest.approx(0.5)
 
