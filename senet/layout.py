@@ -5,6 +5,7 @@ A run folder (``senet train --out``, or one sweep trial) holds ``config.json``, 
 
     <results>/<study>/study.json              the study's arms, axis and every launch's meta
     <results>/<study>/ray/<experiment>/       Ray Tune's trial folders (not in git)
+    <results>/<study>/ray/.remote/            the local copy of a study stored at an s3:// or gs:// URI
     <results>/<study>/runs.parquet, runs.csv  one row per trial: what git keeps
     <results>/<study>/report.md, table.tex    what ``senet report`` writes
 
