@@ -13,6 +13,7 @@ in Tune's storage, readable without Ray.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -81,6 +82,38 @@ def _maybe_fail(trial_id: str, epoch: int) -> None:
     raise InjectedFailure(f"injected failure at epoch {epoch} of trial {trial_id} ({FAIL_AT_ENV})")
 
 
+def finished_before(restored, storage) -> bool:
+    """Whether a trial Tune restores from ``restored`` had already finished.
+
+    The experiment state that ``--resume`` reads can be older than the trial's files on storage:
+    Tune writes the state and then uploads the driver's folder in the background, so a
+    ``result.json`` uploaded with it may already hold rows logged after the state was written, up to
+    the final one, while the state still names an earlier checkpoint. Such a trial, or one restored
+    from its final checkpoint (``final.json``), must not train or report again: a second final row
+    would count the cell twice.
+    """
+    import pyarrow.fs
+    from ray.air.constants import EXPR_RESULT_FILE
+
+    final = restored.filesystem.get_file_info(f"{restored.path.rstrip('/')}/{FINAL_JSON}")
+    if final.type != pyarrow.fs.FileType.NotFound:  # read in place: no download of the checkpoint
+        return True
+    path = f"{storage.trial_fs_path.rstrip('/')}/{EXPR_RESULT_FILE}"
+    try:
+        with storage.storage_filesystem.open_input_stream(path) as f:
+            text = f.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, OSError):  # no result logged yet
+        return False
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed upload
+            continue
+        if isinstance(row, dict) and row.get("final") is True:
+            return True
+    return False
+
+
 def senet_trial(params: dict) -> None:
     """Train one cell of a study; every epoch reports metrics and a checkpoint to Tune."""
     # in the trial's worker: the driver imports this module to name the trainable, not to train
@@ -94,6 +127,11 @@ def senet_trial(params: dict) -> None:
     # one "checkpoint created" line per epoch and trial would drown the sweep's progress table
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     ctx = tune.get_context()
+    restored = tune.get_checkpoint()
+    if restored is not None and finished_before(restored, ctx.get_storage()):
+        # Returning without a report ends the trial: Tune marks it TERMINATED with the result it
+        # last recorded and logs no row, so result.json keeps exactly one final row.
+        return
     trial_id = ctx.get_trial_id()
     work = scratch_root() / ctx.get_experiment_name() / trial_id
     run_dir = work / "run"
@@ -107,22 +145,12 @@ def senet_trial(params: dict) -> None:
     tag = {"arm": params["arm"], "seed": cfg.seed, **node}
 
     resume = None
-    restored = tune.get_checkpoint()
+    shutil.rmtree(run_dir, ignore_errors=True)
     if restored is not None:
+        run_dir.mkdir(parents=True)
         with restored.as_directory() as d:
-            final = Path(d) / FINAL_JSON
-            if final.exists():
-                # Finished before the driver recorded it as finished. The snapshot that names this
-                # checkpoint was taken after the final result was logged, so result.json holds it:
-                # returning without a report lets Tune finish the trial with that result and log no
-                # second final row (collect also reads the final.json beside the checkpoint).
-                return
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True)
             shutil.copy2(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
         resume = run_dir / CHECKPOINT
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
 
     def report(metrics: dict) -> None:
         _maybe_fail(trial_id, int(metrics["epoch"]))

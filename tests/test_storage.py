@@ -344,3 +344,68 @@ def test_sigkilled_sweep_in_s3_resumes_and_is_collected_from_the_uri(s3, tmp_pat
         assert not [k for k, v in _files(f"s3://{BUCKET}", everything=True).items() if SECRET.encode() in v]
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# A trial restored after its final report: the experiment state can be older than its files
+# ------------------------------------------------------------------------------------------------
+def _restorable(root: Path, rows: list[dict] | None, final_checkpoint: bool = False) -> tuple[Path, Path]:
+    """A trial folder as Tune stores it: ``checkpoint_000001`` (epoch 1 of 2, or its final one) and
+    the ``result.json`` the driver uploaded (``rows`` and a line cut short)."""
+    trial = root / "gate-smoke" / "sigmoid_seed0_t_0"
+    ckpt = trial / "checkpoint_000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "checkpoint.pt").write_bytes(b"x")
+    if final_checkpoint:
+        (ckpt / "final.json").write_text(json.dumps({"status": "completed"}))
+    if rows is not None:
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"trial_id": "cut')
+    return trial, ckpt
+
+
+_EPOCHS = [{"epoch": 1, "final": False}, {"epoch": 2, "final": False}]
+
+
+@pytest.mark.parametrize("rows, final_checkpoint, finished", [
+    (None, False, False), (_EPOCHS[:1], False, False), (_EPOCHS, False, False),
+    ([*_EPOCHS, {"epoch": 2, "final": True}], False, True),  # the state names epoch 1, the final row is stored
+    (_EPOCHS[:1], True, True),  # restored from its final checkpoint
+])
+def test_a_restored_trial_knows_it_finished_from_its_stored_files(tmp_path, rows, final_checkpoint, finished):
+    import pyarrow.fs
+    from ray import tune
+
+    from ablations.trainable import finished_before
+
+    trial, ckpt = _restorable(tmp_path, rows, final_checkpoint)
+    storage = type("Storage", (), {"storage_filesystem": pyarrow.fs.LocalFileSystem(), "trial_fs_path": str(trial)})
+    assert finished_before(tune.Checkpoint(str(ckpt)), storage) is finished
+
+
+def test_a_trial_restored_after_its_final_report_in_s3_neither_trains_nor_reports(s3, tmp_path, monkeypatch):
+    """The SIGKILL race of the acceptance test, at unit level: the state names epoch 1's checkpoint,
+    the bucket's result.json already holds the final row. The trainable returns at once, which Tune
+    2.60 turns into a ``__duplicate__`` result: the trial ends TERMINATED and nothing is logged."""
+    import ray
+    from ray import tune
+
+    from ablations import trainable
+    from senet import engine
+
+    trial, _ = _restorable(tmp_path / "staged", [*_EPOCHS, {"epoch": 2, "final": True}])
+    _upload(tmp_path / "staged", s3)
+    fs, root = _fs(s3)
+    trial_fs = f"{root}/gate-smoke/{trial.name}"
+    storage = type("Storage", (), {"storage_filesystem": fs, "trial_fs_path": trial_fs})
+    context = type("Context", (), {"get_storage": lambda self: storage,
+                                   "get_trial_id": lambda self: pytest.fail("the trial started a run")})
+    monkeypatch.setattr(tune, "get_context", lambda: context())
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint(f"{trial_fs}/checkpoint_000001", fs))
+    monkeypatch.setattr(tune, "report", lambda *a, **k: pytest.fail("reported again"))
+    monkeypatch.setattr(engine, "fit", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: pytest.fail("the trial started a run"))
+    assert trainable.senet_trial({"arm": "sigmoid", "seed": 0}) is None
+    # no final row stored yet: the trial continues from its checkpoint
+    fs.delete_file(f"{trial_fs}/result.json")
+    with pytest.raises(BaseException, match="the trial started a run"):
+        trainable.senet_trial({"arm": "sigmoid", "seed": 0})
