@@ -233,8 +233,11 @@ def point_plot(runs: pd.DataFrame, arms: list[str], metrics=("test_top1_err", "t
     pct = f"{level:.0%}"
     for ax, metric in zip(axes, metrics, strict=False):
         d = runs.dropna(subset=[metric])
+        state = np.random.get_state()  # seaborn jitters with numpy's global generator: fix it, so
+        np.random.seed(0)  # the same table draws the same figure, and leave the caller's state as it was
         sns.stripplot(data=d, x="arm", y=metric, order=arms, ax=ax, color="0.6", size=3, jitter=0.1,
                       label="single runs", legend=False)
+        np.random.set_state(state)
         stats = [seed_interval(d.loc[d["arm"] == arm, metric], level) for arm in arms]
         x = np.arange(len(arms))
         mean = np.array([s[0] for s in stats])

@@ -73,7 +73,9 @@ def save(fig, stem: str | Path, formats: tuple[str, ...] = FORMATS) -> list[Path
     out = []
     for fmt in formats:
         p = stem.with_suffix(f".{fmt}")
-        fig.savefig(p, bbox_inches="tight")  # legends placed beside the axes stay in the file
+        # legends placed beside the axes stay in the file; no creation date, so a figure drawn
+        # again from the same table is the same file
+        fig.savefig(p, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "pdf" else None)
         out.append(p)
     plt.close(fig)
     return out

@@ -305,3 +305,17 @@ def test_two_noisy_seeds_get_no_verdict():
     assert np.isnan(b.loc["tanh", "ci_low"])
     assert abs(b.loc["tanh", "t_low"] + 45.8) < 0.1 and abs(b.loc["tanh", "t_high"] - 55.8) < 0.1
     assert b.loc["tanh", "verdict"] == "no verdict"
+
+
+def test_a_figure_drawn_again_from_the_same_table_is_the_same_file(tmp_path):
+    """Figures are committed beside their tables: regenerating them must not change a byte (the
+    single runs' jitter and the PDF creation date are fixed), nor the caller's random state."""
+    ok = completed(_runs())
+    arms = ["sigmoid", "tanh", "relu", "softmax"]
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    first = save(point_plot(ok, arms), tmp_path / "a" / "pointplot")
+    assert np.array_equal(np.random.get_state()[1], before)
+    second = save(point_plot(ok, arms), tmp_path / "b" / "pointplot")
+    for p, q in zip(first, second, strict=True):
+        assert p.read_bytes() == q.read_bytes(), p.name
