@@ -13,7 +13,6 @@ in Tune's storage, readable without Ray.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from senet import config
-from senet.layout import CHECKPOINT, FINAL_JSON, RUN_FILES, nan_to_null, read_json, write_json
+from senet.layout import CHECKPOINT, FINAL_JSON, RUN_FILES, nan_to_null, parse_jsonl, read_json, write_json
 
 from .trial import params_flat
 
@@ -104,14 +103,7 @@ def finished_before(restored, storage) -> bool:
             text = f.read().decode("utf-8", errors="replace")
     except (FileNotFoundError, OSError):  # no result logged yet
         return False
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a killed upload
-            continue
-        if isinstance(row, dict) and row.get("final") is True:
-            return True
-    return False
+    return any(row.get("final") is True for row in parse_jsonl(text))
 
 
 def senet_trial(params: dict) -> None:

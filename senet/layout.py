@@ -118,14 +118,10 @@ def append_jsonl(path: str | Path, row: Mapping[str, Any]) -> None:
         f.write(json_line(row) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The JSON objects of ``path``, one per line; blank lines and a line cut short are skipped, a
-    missing file is empty."""
-    path = Path(path)
+def parse_jsonl(text: str) -> list[dict]:
+    """The JSON objects of ``text``, one per line; blank lines and a line cut short are skipped."""
     rows: list[dict] = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
@@ -136,6 +132,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """:func:`parse_jsonl` of the file ``path``; a missing file is empty."""
+    path = Path(path)
+    return parse_jsonl(path.read_text()) if path.exists() else []
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
