@@ -38,11 +38,8 @@ class _Package(types.ModuleType):
     then binds on the package) must not replace it."""
 
     def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType) and not isinstance(
-                self.__dict__.get(name, value), types.ModuleType):
-            return
         if name in _EXPORTS and isinstance(value, types.ModuleType):
-            value = getattr(value, name, value)
+            value = getattr(value, name, value)  # the module binds the function it is named after
         super().__setattr__(name, value)
 
 
