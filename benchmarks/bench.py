@@ -27,7 +27,8 @@ Sections:
   test sets) of SE-ResNet-20 on 20,000 Fashion-MNIST images, 1 thread, in the default settings and
   as it ran before issue 11 (fp32, evaluation batch 1024), timed by the bench's clock.
 * sweep (``--sweep``): trials per hour of the gate study's quick preset with one trial per core
-  against one trial on two cores; otherwise "not measured".
+  against one trial on two cores, and with ``--sweep-baseline REF`` the code of commit REF at its
+  default layout (``benchmarks/sweep_rate.py``); otherwise "not measured".
 
 ``--only matmul,train,infer,eval,epoch,sweep`` runs the sections named.
 """
@@ -35,11 +36,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -206,26 +203,6 @@ def epoch_times(images: int, clock: Timer, device) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# sweep layouts
-# ---------------------------------------------------------------------------------------------
-def sweep_rate(cpus: int, preset: str, seeds: int) -> tuple[float, int, float]:
-    """(trials per hour, trials, wall s) of `senet sweep gate` with ``cpus`` CPUs per trial."""
-    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-        cmd = [sys.executable, "-c", "import sys; from senet.cli import main; sys.exit(main(sys.argv[1:]))",
-               "sweep", "gate", "--preset", preset, "--seeds", str(seeds), "--results", tmp,
-               "--cpus-per-trial", str(cpus)]
-        t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if done.returncode != 0:
-            raise SystemExit(f"bench: `senet sweep ... --cpus-per-trial {cpus}` failed:\n{done.stderr[-2000:]}")
-        import pandas as pd  # only here: the rest of the benchmark needs no pandas
-
-        trials = len(pd.read_parquet(Path(tmp) / "gate" / "runs.parquet"))
-    return trials / wall * 3600, trials, wall
-
-
-# ---------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds and steps (about a minute)")
@@ -236,6 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true",
                    help="also time `senet sweep gate --preset quick --seeds 2` at 1 and 2 CPUs per trial")
     p.add_argument("--sweep-preset", default="quick", help="the sweep's preset (smoke: a check of the mechanics)")
+    p.add_argument("--sweep-baseline", default="", metavar="REF",
+                   help="with --sweep: also time the sweep with the code of commit REF (its default layout)")
     p.add_argument("--epoch", action="store_true",
                    help="also time one epoch of `senet train` on 20,000 Fashion-MNIST images, now and before")
     p.add_argument("--epoch-images", type=int, default=20000, help="training images of the --epoch section")
@@ -289,17 +268,13 @@ def main(argv=None) -> int:
         print(f"now / before: epoch {now['epoch_s'] / before['epoch_s']:.2f}x, train "
               f"{now['train_s'] / before['train_s']:.2f}x, evaluation {now['eval_s'] / before['eval_s']:.2f}x",
               flush=True)
-    print("\nsweep, gate study, trials per hour (wall clock, all cores)")
     if "sweep" not in want:
-        print("not measured (pass --sweep: two runs of `senet sweep gate --preset quick --seeds 2`)")
+        print("\nsweep, gate study, trials per hour: not measured (pass --sweep: `senet sweep gate --preset "
+              "quick --seeds 2` at 1 and at 2 CPUs per trial, and --sweep-baseline REF for a commit's code)")
         return 0
-    rate = {}
-    for cpus in (1, 2):
-        rate[cpus] = sweep_rate(cpus, args.sweep_preset, 2)
-        tph, n, wall = rate[cpus]
-        print(f"--cpus-per-trial {cpus}: {n} trials in {wall:.0f} s = {tph:.0f} trials/h "
-              f"(preset {args.sweep_preset}, --seeds 2)", flush=True)
-    print(f"1 CPU per trial / 2 CPUs per trial: {rate[1][0] / rate[2][0]:.2f}x")
+    from sweep_rate import report  # benchmarks/sweep_rate.py, beside this file
+
+    report(args.sweep_preset, 2, (1, 2), args.sweep_baseline or None)
     return 0
 
 

@@ -4,8 +4,10 @@
     python benchmarks/latency.py [--repeats 30] [--warmup 5] [--threads N] [--device cpu|cuda]
 
 Interleaving (one forward of each model in turn, every round) exposes all four models to the same
-machine load, so the ratios are comparable even when the absolute times drift. The statistic is
-the median over the rounds. The paper's Caffe models put the stride in the first 1×1; timm's in the
+machine load, so the ratios are comparable even when the absolute times drift. The times are
+medians over the rounds; the ratio is the median of the per-round ratios (each round's SE time over
+the same round's plain time), with a distribution-free 95% confidence interval from the order
+statistics (``--clock cpu`` times the thread's CPU time instead of the wall clock). The paper's Caffe models put the stride in the first 1×1; timm's in the
 3×3, so both conventions are shown for ours.
 """
 from __future__ import annotations
@@ -47,7 +49,18 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure(device, repeats: int, warmup: int, size: int = 224) -> dict[tuple[str, str], list[float]]:
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Median of ``xs`` and a distribution-free confidence interval for it (binomial order statistics)."""
+    from scipy.stats import binom  # noqa: PLC0415 (only for the interval)
+
+    s, n = sorted(xs), len(xs)
+    lo = max(int(binom.ppf((1 - level) / 2, n, 0.5)) - 1, 0)
+    hi = min(n - lo - 1, n - 1)
+    return statistics.median(s), s[lo], s[hi]
+
+
+def measure(device, repeats: int, warmup: int, size: int = 224,
+            clock=time.perf_counter) -> dict[tuple[str, str], list[float]]:
     models = _models(device)
     x = torch.randn(1, 3, size, size, device=device)
     flat = [(row, name, m) for row, pair in models.items() for name, m in pair.items()]
@@ -58,11 +71,11 @@ def measure(device, repeats: int, warmup: int, size: int = 224) -> dict[tuple[st
             k = i % len(flat)
             for row, name, m in flat[k:] + flat[:k]:
                 _sync(device)
-                t = time.perf_counter()
+                t = clock()
                 m(x)
                 _sync(device)
                 if i >= warmup:
-                    times[(row, name)].append((time.perf_counter() - t) * 1e3)
+                    times[(row, name)].append((clock() - t) * 1e3)
     return times
 
 
@@ -72,19 +85,26 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="rounds discarded first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu (the paper's setting) or cuda")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall clock (default) or the thread's CPU time (a CPU shared with other jobs)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    times = measure(device, args.repeats, args.warmup)
+    if args.clock == "cpu" and device.type != "cpu":
+        p.error("--clock cpu times the CPU; use the wall clock with --device cuda")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    times = measure(device, args.repeats, args.warmup, clock=clock)
     print(f"batch 1, 224², {device.type}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up")
-    print(f"{'':<30} {'ResNet-50 ms':>13} {'SE-ResNet-50 ms':>16} {'ratio SE/plain':>15}")
+          f"{'thread CPU time' if args.clock == 'cpu' else 'wall clock'}, {args.repeats} interleaved rounds "
+          f"after {args.warmup} warm-up: median ms, median per-round ratio [95% CI]")
+    print(f"{'':<30} {'ResNet-50 ms':>13} {'SE-ResNet-50 ms':>16} {'ratio SE/plain':>15} {'95% CI':>16}")
     rows = list(dict.fromkeys(r for r, _ in times))
     for row in rows:
-        a = statistics.median(times[(row, "ResNet-50")])
-        b = statistics.median(times[(row, "SE-ResNet-50")])
-        print(f"{row:<30} {a:>13.1f} {b:>16.1f} {b / a:>15.3f}")
+        plain, se = times[(row, "ResNet-50")], times[(row, "SE-ResNet-50")]
+        r, lo, hi = median_ci([b / a for a, b in zip(plain, se, strict=True)])
+        print(f"{row:<30} {statistics.median(plain):>13.1f} {statistics.median(se):>16.1f} {r:>15.3f} "
+              f"{f'[{lo:.3f}, {hi:.3f}]':>16}")
     a, b = PAPER_MS["ResNet-50"], PAPER_MS["SE-ResNet-50"]
     print(f"{'paper (§4, CPU)':<30} {a:>13.1f} {b:>16.1f} {b / a:>15.3f}")
     return 0

@@ -1,0 +1,67 @@
+"""The benchmark scripts' own logic: the latency ratio's interval, the before/after checkout, and
+their input errors. (What they measure is not asserted: timings do not belong in tests.)"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import latency  # noqa: E402
+import sweep_rate  # noqa: E402
+import train_wall  # noqa: E402
+
+
+def test_median_ci_uses_the_binomial_order_statistics():
+    # n = 10: the 95% interval for the median is (x(2), x(9)), coverage 97.9%
+    assert latency.median_ci([float(i) for i in range(10, 0, -1)]) == (5.5, 2.0, 9.0)
+    # n = 100: ranks 40 and 61 (1-based), the textbook interval
+    assert latency.median_ci([float(i) for i in range(1, 101)])[1:] == (40.0, 61.0)
+
+
+def test_median_ci_brackets_the_median_for_small_samples():
+    for n in range(1, 12):
+        m, lo, hi = latency.median_ci([float(i) for i in range(n)])
+        assert lo <= m <= hi
+
+
+def test_checkout_of_an_unknown_ref_is_one_line():
+    with pytest.raises(SystemExit, match="is not a commit of this repository"), \
+            sweep_rate.checkout("no-such-ref-anywhere"):
+        pass
+
+
+def test_checkout_gives_the_commits_tree_and_removes_it():
+    head = subprocess.run(["git", "-C", str(sweep_rate.ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    with sweep_rate.checkout("HEAD") as (tree, sha):
+        assert head.stdout.startswith(sha)
+        assert (tree / "senet" / "__init__.py").is_file()
+    assert not tree.exists()
+    listed = subprocess.run(["git", "-C", str(sweep_rate.ROOT), "worktree", "list"], capture_output=True,
+                            text=True).stdout
+    assert str(tree) not in listed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--baseline", "HEAD", "--set", "run.eval_test"], "--set takes KEY=VALUE"),
+    (["--set", "a=b"], "--baseline"),
+])
+def test_train_wall_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_wall.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_rate_refuses_a_bad_layout(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep_rate.main(["--cpus", "one"])
+    assert e.value.code == 2
+    assert "--cpus takes integers" in capsys.readouterr().err
