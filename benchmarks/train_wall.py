@@ -74,10 +74,15 @@ def main(argv=None) -> int:
         started = {}
         for label, (code, out, a) in runs.items():
             started[label] = (_start(code, out, a), time.perf_counter(), out)
+        ended: dict[str, tuple[int, float]] = {}
+        while len(ended) < len(started):  # each run's own end, whichever finishes first
+            for label, (proc, t0, _) in started.items():
+                if label not in ended and proc.poll() is not None:
+                    ended[label] = (proc.returncode, time.perf_counter() - t0)
+            time.sleep(0.2)
         got = {}
-        for label, (proc, t0, out) in started.items():
-            rc = proc.wait()
-            wall = time.perf_counter() - t0
+        for label, (_, _, out) in started.items():
+            rc, wall = ended[label]
             if rc != 0:
                 raise SystemExit(f"bench: {label} failed (exit {rc}); see {out.with_suffix('.log')}"
                                  + ("" if args.keep else " (pass --keep DIR to keep it)"))
