@@ -130,6 +130,27 @@ def _in_study(path, study: StudyPaths):
         return path
 
 
+def _origins(table: pd.DataFrame) -> list:
+    """Each row's study of origin (``reused_from`` is ``<study>/<experiment>``), None for its own."""
+    if "reused_from" not in table:
+        return [None] * len(table)
+    return [str(r).split("/")[0] if isinstance(r, str) and r else None for r in table["reused_from"]]
+
+
+def _copied_checkpoint(path, origin: str | None, study: StudyPaths):
+    """A copied row's checkpoint as copies record it now (relative to this study's folder): copies
+    made before that held it relative to the folder of the study they came from, or absolute."""
+    if origin is None or not isinstance(path, str) or path.startswith("../") or "://" in path:
+        return path
+    if Path(path).is_absolute():
+        try:
+            inside = Path(path).relative_to(study.dir.absolute().parent / origin)
+        except ValueError:  # trained in a --storage outside the origin's folder
+            return path
+        return (Path("..") / origin / inside).as_posix()
+    return store.rebase_checkpoint(path, origin)
+
+
 def _final_from_checkpoint(trial_dir: Path) -> list[dict]:
     """The final row from the final.json and config.json of the trial's newest checkpoint, for a
     finished trial whose last result.json lines were lost (a driver killed before Tune copied them)."""
@@ -300,7 +321,8 @@ def collect(study: str, results: str | Path = "results", storage: str | Path | S
     old, note = _recorded_rows(paths.runs_parquet)
     table = store.merge(old, pd.DataFrame(rows))
     if "checkpoint" in table:  # rows recorded before checkpoints were stored relative
-        table["checkpoint"] = table["checkpoint"].map(lambda c: _in_study(c, paths))
+        table["checkpoint"] = [_copied_checkpoint(_in_study(c, paths), origin, paths)
+                               for c, origin in zip(table["checkpoint"], _origins(table), strict=True)]
     if note:
         print(note + _lost_note(paths, table), file=out, flush=True)
     if table.empty:

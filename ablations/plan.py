@@ -217,6 +217,7 @@ def reused_rows(p: Plan, meta: Mapping[str, Any], reused) -> list[dict]:
     for cell, row in reused:
         new = {k: v for k, v in row.items() if k != "_table"}
         new.update(study=p.study.name, arm=cell.arm, reused_from=store.origin(row))
+        new["checkpoint"] = store.rebase_checkpoint(new.get("checkpoint"), row["_table"])
         new["recipe"] = recipe_hash(new, meta_axis_keys(meta), p.study.nuisance)
         out.append(new)
     return out

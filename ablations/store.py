@@ -15,6 +15,8 @@ clone has the tables alone, and a sweep or a collect there must keep every row t
 from __future__ import annotations
 
 import io
+import os
+import posixpath
 import re
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -130,6 +132,16 @@ def merge(committed: pd.DataFrame | None, on_disk: pd.DataFrame | None) -> pd.Da
 # --------------------------------------------------------------------------------------------------
 def _why(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def rebase_checkpoint(checkpoint, origin_study: str):
+    """A copied row's ``checkpoint`` relative to the study folder it is copied into: a path relative
+    to the folder of ``origin_study`` (where it was trained) becomes ``../<origin_study>/...``; a URI,
+    an absolute path or a missing value stays as it is."""
+    if not isinstance(checkpoint, str) or not checkpoint or "://" in checkpoint or \
+            posixpath.isabs(checkpoint) or os.path.isabs(checkpoint):
+        return checkpoint
+    return posixpath.normpath(posixpath.join("..", origin_study, checkpoint))
 
 
 def read_table(path: Path) -> tuple[pd.DataFrame | None, str | None]:

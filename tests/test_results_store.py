@@ -18,6 +18,7 @@ from ablations import store, studies, sweep
 from ablations.collect import LIVE_S, STATUSES, collect
 from ablations.plan import Plan, SweepOptions, cells, plan, reused_rows, study_meta, triage
 from ablations.study_json import write_study_json
+from analysis.study import checkpoint_path
 from senet import config
 from senet.cli import main
 from senet.recipe import recipe_hash
@@ -125,6 +126,41 @@ def test_recorded_trials_are_skipped_and_shared_ones_copied(tmp_path):
     assert {(r["study"], r["arm"], r["reused_from"]) for r in rows} == {("reduction", "r=16", "gate/gate-smoke")}
     assert {r["test_top1_err"] for r in rows} == {10.0, 11.0}  # gate's sigmoid seeds 0 and 1, as recorded
     assert {r["recipe"] for r in rows} == {meta["recipe"]}  # one recipe with reduction's own arms
+
+
+def test_a_copied_row_names_its_checkpoint_from_the_study_it_is_copied_into(tmp_path):
+    gate = _plan("gate", results=tmp_path)
+    ckpt = "ray/gate-smoke/sigmoid_seed0/checkpoint_000001/checkpoint.pt"
+    _write(tmp_path, "gate", [{**r, "checkpoint": ckpt} for r in _rows(gate, [0])])
+    red = _plan("reduction", results=tmp_path)
+    (row,) = reused_rows(red, study_meta(red), triage(red, store.recorded(tmp_path)).reused)
+    assert row["checkpoint"] == "../gate/" + ckpt
+    assert (tmp_path / "reduction" / row["checkpoint"]).resolve() == (tmp_path / "gate" / ckpt).resolve()
+    # a URI or an absolute path stands as it is
+    assert store.rebase_checkpoint("s3://b/p/x/checkpoint.pt", "gate") == "s3://b/p/x/checkpoint.pt"
+    assert store.rebase_checkpoint("/abs/x/checkpoint.pt", "gate") == "/abs/x/checkpoint.pt"
+    assert store.rebase_checkpoint(None, "gate") is None
+
+
+def test_collect_mends_copies_recorded_relative_to_their_origin_or_absolute(tmp_path):
+    """Tables written before copies were rebased: a copy's path relative to the study it came from,
+    or an absolute path inside the results folder, both become ../<origin>/... on the next collect."""
+    red = _plan("reduction", results=tmp_path)
+    rows = _rows(red, [0, 1])
+    mine = "ray/reduction-smoke/r8_seed0/checkpoint_000001/checkpoint.pt"
+    for r in rows:
+        r.update(config_id=store.config_id(r), checkpoint=mine, reused_from=None)
+    old_copy, abs_copy = (r for r in rows if r["arm"] == "r=16")
+    old_copy.update(reused_from="gate/gate-smoke", checkpoint="ray/gate-smoke/s0/checkpoint_000001/checkpoint.pt")
+    abs_copy.update(reused_from="gate/gate-smoke-2",
+                    checkpoint=str(tmp_path.absolute() / "gate/ray/gate-smoke-2/s1/checkpoint_000001/checkpoint.pt"))
+    _write(tmp_path, "reduction", rows)
+    table = collect("reduction", tmp_path).set_index(["arm", "seed"])
+    assert table.loc[("r=16", 0), "checkpoint"] == "../gate/ray/gate-smoke/s0/checkpoint_000001/checkpoint.pt"
+    assert table.loc[("r=16", 1), "checkpoint"] == "../gate/ray/gate-smoke-2/s1/checkpoint_000001/checkpoint.pt"
+    assert set(table.loc["r=8", "checkpoint"]) == {mine}  # its own trials stay relative to itself
+    again = collect("reduction", tmp_path).set_index(["arm", "seed"])  # idempotent
+    assert again["checkpoint"].equals(table["checkpoint"])
 
 
 def test_a_trial_recorded_in_another_precision_is_another_configuration(tmp_path, monkeypatch):
@@ -388,6 +424,8 @@ def test_each_trial_is_trained_once_across_seeds_studies_and_clones(ray_session,
     assert r.loc[("reduction=16", 1), "reused_from"] == "g/g-smoke-2"
     assert r.loc[("reduction=16", 1), "trial_id"] == g.set_index(["arm", "seed"]).loc[("gate=sigmoid", 1), "trial_id"]
     assert r["recipe"].nunique() == 1 and r["reused_from"].loc["reduction=8"].isna().all()
+    for seed in (0, 1):  # a copy's checkpoint is found from the study it was copied into
+        assert checkpoint_path(r.loc[("reduction=16", seed), "checkpoint"], res / "r").is_file()
     out = capsys.readouterr().out
     print(out)
     assert "4/4 trials finished (2 trained" in out and "2 reused from other studies" in out
