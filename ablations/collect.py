@@ -130,25 +130,13 @@ def _in_study(path, study: StudyPaths):
         return path
 
 
-def _origins(table: pd.DataFrame) -> list:
-    """Each row's study of origin (``reused_from`` is ``<study>/<experiment>``), None for its own."""
-    if "reused_from" not in table:
-        return [None] * len(table)
-    return [str(r).split("/")[0] if isinstance(r, str) and r else None for r in table["reused_from"]]
-
-
-def _copied_checkpoint(path, origin: str | None, study: StudyPaths):
-    """A copied row's checkpoint as copies record it now (relative to this study's folder): copies
-    made before that held it relative to the folder of the study they came from, or absolute."""
-    if origin is None or not isinstance(path, str) or path.startswith("../") or "://" in path:
-        return path
-    if Path(path).is_absolute():
-        try:
-            inside = Path(path).relative_to(study.dir.absolute().parent / origin)
-        except ValueError:  # trained in a --storage outside the origin's folder
-            return path
-        return (Path("..") / origin / inside).as_posix()
-    return store.rebase_checkpoint(path, origin)
+def _recorded_checkpoint(path, origin: str | None, study: StudyPaths):
+    """A row's checkpoint as a table records it now: relative to this study's folder; a copy's
+    (``origin``: the study it was trained in) as ``../<origin>/...``, which also mends copies made
+    when they kept it relative to their origin's folder, or absolute."""
+    if origin is None:
+        return _in_study(path, study)
+    return store.rebase_checkpoint(_in_study(path, study_paths(study.dir.parent, origin)), origin)
 
 
 def _final_from_checkpoint(trial_dir: Path) -> list[dict]:
@@ -321,8 +309,8 @@ def collect(study: str, results: str | Path = "results", storage: str | Path | S
     old, note = _recorded_rows(paths.runs_parquet)
     table = store.merge(old, pd.DataFrame(rows))
     if "checkpoint" in table:  # rows recorded before checkpoints were stored relative
-        table["checkpoint"] = [_copied_checkpoint(_in_study(c, paths), origin, paths)
-                               for c, origin in zip(table["checkpoint"], _origins(table), strict=True)]
+        table["checkpoint"] = [_recorded_checkpoint(c, store.origin_study(o), paths)
+                               for c, o in zip(table["checkpoint"], table["reused_from"], strict=True)]
     if note:
         print(note + _lost_note(paths, table), file=out, flush=True)
     if table.empty:

@@ -201,6 +201,12 @@ def recorded(results: Path, out=None) -> dict[tuple[str, int], list[dict]]:
     return found
 
 
+def origin_study(reused_from: Any) -> str | None:
+    """The study a copied row was trained in (its ``reused_from`` is ``<study>/<experiment>``), None
+    for a row trained for its own study."""
+    return None if _missing(reused_from) else str(reused_from).split("/")[0]
+
+
 def origin(row: Mapping[str, Any]) -> str:
     """Where a row's trial was trained: ``<study>/<experiment>`` (a copy keeps its first origin)."""
     if not _missing(row.get("reused_from")):
