@@ -24,17 +24,21 @@ ROOT = Path(__file__).resolve().parent.parent
 _MAIN = "import sys; from senet.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
+def senet_command(code: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run ``senet ARGS`` with the package found in ``code`` (its
+    folder first on the path; run it with ``cwd=code`` too, since `python -c` puts the cwd first)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
+    return [sys.executable, "-c", _MAIN, *args], env
+
+
 def sweep_rate(cpus: int | None, preset: str, seeds: int, code: Path | None = None) -> tuple[float, int, float]:
     """(trials per hour, trials, wall s) of `senet sweep gate` with ``cpus`` CPUs per trial (None:
     the code's default), run with the package found in ``code`` (None: this tree)."""
     code = code or ROOT
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-        cmd = [sys.executable, "-c", _MAIN, "sweep", "gate", "--preset", preset, "--seeds", str(seeds),
-               "--results", tmp]
-        if cpus is not None:
-            cmd += ["--cpus-per-trial", str(cpus)]
-        # the code's own folder first on the path (cwd too: `python -c` puts it first)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
+        layout = [] if cpus is None else ["--cpus-per-trial", str(cpus)]
+        cmd, env = senet_command(code, "sweep", "gate", "--preset", preset, "--seeds", str(seeds),
+                                 "--results", tmp, *layout)
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=code, env=env)
         wall = time.perf_counter() - t0

@@ -15,35 +15,30 @@ Needs two idle cores.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sweep_rate import ROOT, checkout  # benchmarks/sweep_rate.py, beside this file
+from sweep_rate import ROOT, checkout, senet_command  # benchmarks/sweep_rate.py, beside this file
 
-_MAIN = "import sys; from senet.cli import main; sys.exit(main(sys.argv[1:]))"
+from senet.layout import read_json, read_jsonl
 
 
 def _start(code: Path, out: Path, args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+    cmd, env = senet_command(code, "train", *args, "--out", str(out))
     log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen([sys.executable, "-c", _MAIN, "train", *args, "--out", str(out)],
-                            cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=code, env={**env, "OMP_NUM_THREADS": "1"}, stdout=log,
+                            stderr=subprocess.STDOUT)
 
 
 def _summary(out: Path, wall: float) -> dict:
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    epochs = [r for r in lines if "epoch" in r]
-    final = json.loads((out / "final.json").read_text())
-    prov = final.get("provenance", {})
+    epochs = [r for r in read_jsonl(out / "metrics.jsonl") if "epoch" in r]
+    final = read_json(out / "final.json", {})
     return {"wall": wall, "epochs": len(epochs),
             "epoch_s": sum(r.get("epoch_time_s") or 0.0 for r in epochs) / max(len(epochs), 1),
-            "precision": prov.get("precision", "fp32 (not recorded)"),
-            "test": final.get("test_top1_err", final.get("final", {}).get("test_top1_err"))}
+            "precision": final.get("provenance", {}).get("precision", "fp32 (not recorded)"),
+            "test": final.get("test_top1_err")}
 
 
 def main(argv=None) -> int:
