@@ -1,13 +1,21 @@
-"""The SE block's two full-size operations with hand-written autograd, and the hook test that lets
-the block take cheaper paths only where nothing watches.
+"""The SE block's two full-size operations with hand-written autograd, its inference fold into the
+preceding 1×1 convolution and BN, and the hook test that lets the block take cheaper paths only
+where nothing watches.
 
 In training, the average pooling (:class:`_SpatialMean`) and the scaling fused with the residual
 addition (:class:`_ScaleAdd`) have backward passes that skip the full-size temporaries autograd's
 generic ones make (a materialised broadcast, a multiplication by 1).
+
+At inference, an SE on ``bn(conv(v))`` (a bottleneck's last 1×1 convolution and BN, with BN's
+running statistics) needs no full-size pass of its own: the average pooling commutes with the
+1×1 convolution and with BN's per-channel affine map, so it can be taken on v, a quarter of the
+width, where that reads less (:func:`pooled_conv_bn`); and ``s_c · BN(y)_c`` is a BN whose γ_c and
+β_c are multiplied by s_c, so the scaling rides in BN's own pass (:func:`scaled_bn`).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
@@ -105,3 +113,50 @@ def has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                 or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
                 or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
+
+
+def folds(conv: nn.Module, bn: nn.Module) -> bool:
+    """Whether an SE on ``bn(conv(v))`` may fold into them: no gradient is recorded, ``conv`` is an
+    ungrouped, unpadded 1×1 convolution with stride 1, ``bn`` normalises with its running statistics,
+    and no hook watches either (the folded path does not call ``bn``)."""
+    return (not torch.is_grad_enabled() and isinstance(conv, nn.Conv2d)
+            and isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training
+            and bn.running_mean is not None and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.groups == 1 and conv.padding in ((0, 0), "valid")
+            and not has_hooks(conv) and not has_hooks(bn))
+
+
+def pooled_conv_bn(conv: nn.Conv2d, bn: nn.Module, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The spatial mean of ``bn(y)``, (N, C), for ``y = conv(v)`` (see :func:`folds`).
+
+    Taken on v through the convolution's weights where v and the weights are less to read than y
+    (a bottleneck's early stages, with large maps), on y where they are not.
+    """
+    c, h, w = y.shape[1:]
+    k = v.shape[1]
+    if k * (h * w + c) < c * h * w:
+        z = F.linear(v.mean((2, 3)), conv.weight.flatten(1), conv.bias)
+    else:
+        z = y.mean((2, 3))
+    return F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def scaled_bn(y: torch.Tensor, bn: nn.Module, s: torch.Tensor) -> torch.Tensor:
+    """``s · bn(y)`` for a BN with running statistics and s of N × C elements, in one pass over y.
+
+    ``s_c · BN(y)_c`` is a BN with γ_c·s_c and β_c·s_c; with one s per image, the N images are
+    the N·C channels of one (a free view of NCHW memory; other layouts take one ``addcmul``).
+    """
+    n, c, h, w = y.shape
+    s = s.reshape(n, c)
+    weight = s if bn.weight is None else s * bn.weight
+    bias = None if bn.bias is None else s * bn.bias
+    mean, var = bn.running_mean, bn.running_var
+    if n == 1:
+        return F.batch_norm(y, mean, var, weight[0], None if bias is None else bias[0], False, 0.0, bn.eps)
+    if y.is_contiguous():
+        return F.batch_norm(y.view(1, n * c, h, w), mean.repeat(n), var.repeat(n), weight.view(-1),
+                            None if bias is None else bias.view(-1), False, 0.0, bn.eps).view(n, c, h, w)
+    scale = weight * torch.rsqrt(var + bn.eps)
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return torch.addcmul(shift[:, :, None, None], y, scale[:, :, None, None])

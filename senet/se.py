@@ -14,7 +14,8 @@ hook on ``<block>.se.gate`` sees the excitation s.
 The module never knows where it sits: placement belongs to the residual block
 (:mod:`senet.models.blocks`). A block whose SE scaling feeds its residual addition calls
 :meth:`SqueezeExcitation.scale_add` for ``x + U·s`` in one pass (:mod:`senet.fused`); the result
-equals ``x + se(U)``.
+equals ``x + se(U)``. At inference, a bottleneck whose SE scales ``bn(conv(v))`` calls
+:meth:`SqueezeExcitation.fold` instead, which adds no full-size pass to the block.
 
 :class:`SEConfig` is the design space as one frozen config (flat keys ``se.<field>``); its
 :meth:`~SEConfig.plan` resolves every choice once into the :class:`SEPlan` a backbone builds from.
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import UserValueError
-from .fused import has_hooks, scale_add, spatial_mean
+from .fused import folds, has_hooks, pooled_conv_bn, scale_add, scaled_bn, spatial_mean
 from .registry import choice_field
 from .slots import (
     ACTIVATIONS,
@@ -136,6 +137,24 @@ class SqueezeExcitation(nn.Module):
         ``self(u) + x`` when the module has any.
         """
         return scale_add(x, u, self.excite(u))
+
+    def folds_into(self, conv: nn.Module, bn: nn.Module) -> bool:
+        """Whether :meth:`fold` applies to ``bn(conv(v))``: see :func:`senet.fused.folds`, with a
+        linear squeeze (the average), an excitation on vectors, and no hooks on this module or its
+        squeeze (which the fold does not call; the excitation and the gate are called)."""
+        sq = self.squeeze
+        return (getattr(sq, "linear", False) and getattr(self.excitation, "takes_vectors", False)
+                and folds(conv, bn) and not has_hooks(self) and not has_hooks(sq))
+
+    def fold(self, conv: nn.Module, bn: nn.Module, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x + self(bn(conv(v)))`` at inference, with no full-size pass of the block's own
+        (:mod:`senet.fused`): the squeeze taken before the convolution where that reads less, the
+        scaling inside BN's pass. Equal to the unfolded block within rounding; callers check
+        :meth:`folds_into` first."""
+        y = conv(v)
+        n, c = y.shape[:2]
+        s = self.gate(self.excitation(pooled_conv_bn(conv, bn, v, y)).view(n, c, 1, 1))
+        return scaled_bn(y, bn, s).add_(x)
 
     def extra_repr(self):
         hidden = "" if self.hidden is None else f", hidden={self.hidden}"

@@ -118,6 +118,9 @@ class Squeeze(nn.Module):
     descriptors = 1
     ops_per_element = 1.0
     pooled = True
+    #: The descriptor is linear in U (an average): it commutes with a 1×1 convolution and with a
+    #: per-channel affine map, so it may be taken before them (:meth:`SqueezeExcitation.fold`).
+    linear = False
 
     def vectors(self, u: torch.Tensor) -> torch.Tensor:
         return self.forward(u).reshape(-1, u.shape[1])
@@ -129,6 +132,8 @@ class Squeeze(nn.Module):
 @SQUEEZES.register("avg", paper=(22.28, 6.03))
 class AvgSqueeze(Squeeze):
     """Global average pooling (paper Eq. 2)."""
+
+    linear = True
 
     def vectors(self, u):
         return spatial_mean(u)

@@ -563,6 +563,113 @@ def test_a_hook_on_the_se_module_sees_and_replaces_its_output(placement):
             torch.testing.assert_close(block(x), torch.relu(branch))
 
 
+def _bottleneck_net(**kw) -> nn.Module:
+    """Two stages of bottlenecks with BN statistics away from their initial values: at 32² the
+    first stage's maps are 8 × 8 (the fold pools before the last 1×1 convolution), the second's
+    4 × 4 with twice the channels (it pools after it)."""
+    model = ResNet(Bottleneck, (2, 1), (8, 16), stem_width=8, num_classes=5,
+                   se=SEConfig(reduction=4).plan(), **kw)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("stride_in_1x1", [True, False])
+def test_inference_folds_a_bottleneck_se_into_its_last_bn_with_the_same_numbers(stride_in_1x1):
+    """At inference (no gradient, BN on running statistics) the SE of a bottleneck folds into its
+    last 1×1 convolution and BN: the same outputs as the unfolded block, at batch 1 and 3, in both
+    memory formats, in float64 to 1e-10 and float32 to 1e-6 relative, and under bf16 autocast as
+    close as bf16 rounding allows."""
+    model = _bottleneck_net(stride_in_1x1=stride_in_1x1)
+    folds = []
+    for block in model.modules():
+        if isinstance(block, Bottleneck):
+            block.se.fold = types.MethodType(
+                lambda se, *a, _f=SqueezeExcitation.fold: folds.append(1) or _f(se, *a), block.se)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-6)):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            m = copy.deepcopy(model).to(dtype=dtype, memory_format=fmt)
+            ref = _reference_twin(m)
+            for batch in (1, 3):
+                x = torch.randn(batch, 3, 32, 32, dtype=dtype).contiguous(memory_format=fmt)
+                for mode in (torch.inference_mode, torch.no_grad):
+                    folds.clear()
+                    with mode():
+                        got, expected = m(x), ref(x)
+                    assert len(folds) == 3, (dtype, fmt, batch, mode)
+                    assert _rel(got, expected) <= tol, (dtype, fmt, batch, mode, _rel(got, expected))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        got, expected = model(x), _reference_twin(model)(x)
+    assert _rel(got.float(), expected.float()) <= 2e-2
+
+
+#: Operations that only alias memory (no pass over it).
+_VIEWS = {"view", "_unsafe_view", "reshape", "as_strided", "expand", "alias", "detach", "t", "unsqueeze"}
+
+
+def _full_size_ops(block: nn.Module, x: torch.Tensor) -> list[str]:
+    """The operations that pass over as many elements as the block's output (views as any shape),
+    by name without the in-place mark, in order."""
+    numel = block(x).numel()
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            ts = [t for t in (*args, out) if isinstance(t, torch.Tensor)]
+            if name not in _VIEWS and any(t.numel() == numel for t in ts):
+                seen.append(name.rstrip("_"))
+            return out
+
+    seen: list[str] = []
+    with Ops():
+        block(x)
+    return seen
+
+
+@pytest.mark.parametrize("size,pooled_after", [(8, False), (3, True)])
+def test_a_folded_se_adds_no_full_size_pass_to_the_bottleneck(size, pooled_after):
+    """Folded, the SE block's full-size work is the plain bottleneck's (convolution, BN, addition,
+    ReLU): no product, no scaled addition; on small maps the pooling reads the BN's input once."""
+    torch.manual_seed(0)
+    se = Bottleneck(32, 8, se=SEConfig(reduction=4).plan()).eval()
+    plain = Bottleneck(32, 8).eval()
+    x = torch.randn(3, 32, size, size)
+    with torch.inference_mode():
+        ops, plain_ops = _full_size_ops(se, x), _full_size_ops(plain, x)
+        assert plain_ops == ["conv2d", "conv2d", "batch_norm", "add", "relu"], plain_ops
+        assert [o for o in ops if o != "mean"] == plain_ops and ops.count("mean") == pooled_after, ops
+        torch.testing.assert_close(se(x), _reference_block_forward(se, x))
+    with torch.no_grad():
+        assert "addcmul" in _full_size_ops(se.train(), x)  # training: the scaled addition
+
+
+@pytest.mark.parametrize("hooked", ["se", "squeeze", "conv3", "bn3"])
+def test_a_hook_on_what_the_fold_skips_keeps_the_bottleneck_unfolded(hooked):
+    """A hook on the SE module, its squeeze, or the convolution and BN it would fold into sees them
+    called, in inference mode too; a hook on the gate (how the analysis reads excitations) sees
+    the same s folded or not."""
+    model = _bottleneck_net()
+    block = model.layer1[0]
+    x = torch.randn(2, 3, 32, 32)
+    seen = {}
+    gate = block.se.gate.register_forward_hook(lambda m, i, o: seen.update(s=o.clone()))
+    with torch.inference_mode():
+        expected = _reference_twin(model)(x)
+        reference_s = seen.pop("s")
+        model(x)
+        torch.testing.assert_close(seen.pop("s"), reference_s)
+    gate.remove()
+    target = {"se": block.se, "squeeze": block.se.squeeze, "conv3": block.conv3, "bn3": block.bn3}[hooked]
+    with target.register_forward_hook(lambda m, i, o: seen.update(called=True)), torch.inference_mode():
+        torch.testing.assert_close(model(x), expected)
+    assert seen == {"called": True}
+
+
 def test_pooled_excitation_keeps_the_gate_shape_and_parameter_names():
     """The matrix-product FCs use the 1×1 convolutions' own parameters: timm's names and shapes."""
     se = SqueezeExcitation(32, 4)

@@ -14,7 +14,9 @@ Sites, in the order a block's forward reaches them:
 ``block_out``   after the addition and its ReLU (SE-POST)
 
 At ``branch_out`` and ``shortcut`` the scaling feeds the residual addition, and the block computes
-both in one pass (:meth:`SESlot._add`), unless hooks watch or replace the SE module's output.
+both in one pass (:meth:`SESlot._add`), unless hooks watch or replace the SE module's output. At
+inference, a bottleneck's standard SE folds into its last 1×1 convolution and BN
+(:meth:`SESlot._add_bn`, :meth:`senet.se.SqueezeExcitation.fold`).
 """
 from __future__ import annotations
 
@@ -76,6 +78,14 @@ class SESlot(nn.Module):
             # it must see the module called, so the addition stays a separate pass
             return se(u) + x
         return se.scale_add(u, x)
+
+    def _add_bn(self, conv: nn.Module, bn: nn.Module, v: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``self._add(bn(conv(v)), shortcut)``; at inference an SE at ``branch_out`` folds into
+        ``conv`` and ``bn`` where it can (:meth:`~senet.se.SqueezeExcitation.fold`)."""
+        se = self.se
+        if self.se_site == "branch_out" and hasattr(se, "fold") and se.folds_into(conv, bn):
+            return se.fold(conv, bn, v, shortcut)
+        return self._add(bn(conv(v)), shortcut)
 
 
 def se_by_stage(se: SEPlan | None, stages: tuple[int, ...], block: type[SESlot]) -> dict[int, SEPlan | None]:
@@ -173,7 +183,7 @@ class Bottleneck(SESlot):
         out = self.relu(self.bn1(self.conv1(out)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self._at("inner", out)
-        out = self._add(self.bn3(self.conv3(out)), identity)
+        out = self._add_bn(self.conv3, self.bn3, out, identity)
         return self._at("block_out", self.relu(out))
 
 
