@@ -52,7 +52,7 @@ results: install
 # then their curves and summary. results/reference holds the pair as it was last run.
 REF ?= $(RESULTS)/reference
 REF_ARGS := --data.name fashion-mnist --data.val_fraction 0 --epochs 15 --seed 0 --run.threads 1 \
-  --run.progress false --overwrite
+  --run.eval_test every --run.progress false --overwrite
 reference: install
 	mkdir -p $(REF)
 	$(BIN)/senet train --model se_resnet20 $(REF_ARGS) --out $(REF)/se_resnet20 > $(REF)/se_resnet20.log 2>&1 & \

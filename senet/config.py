@@ -98,7 +98,7 @@ class RunConfig:
     checkpoint_every: int = _rules(1, above=0)  # write the checkpoint every N epochs (and always at the end)
     progress: bool = True  # show a progress bar
     tensorboard: bool = True  # write TensorBoard event logs (scalars, excitation histograms) into the run folder
-    eval_test: str = choice_field("every", ("every", "end"))  # test set every epoch (curves) | end (last epoch and the best-val weights; NaN between)
+    eval_test: str = choice_field("end", ("every", "end"))  # test set only at the end (the last epoch and the best-val weights; NaN between) | every epoch (curves)
 
 
 @dataclass(frozen=True)

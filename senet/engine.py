@@ -14,8 +14,9 @@ parameters and biases), label smoothing, and one of the schedules of :mod:`senet
 
 Evaluation runs under ``torch.inference_mode`` in the run's precision, in batches of
 :data:`senet.runtime.EVAL_BATCH` for the device type. Validation runs every epoch (plateau schedule,
-best-epoch selection); the test set every epoch (``run.eval_test every``, for curves) or only at the
-end (``end``): the other epochs' metrics carry NaN test errors, the weights of the best validation
+best-epoch selection); the test set only at the end (``run.eval_test end``, the default: the test
+set meets the model once, after every choice is made on validation) or every epoch (``every``, for
+test curves). With ``end`` the other epochs' metrics carry NaN test errors, the weights of the best validation
 epoch are kept in memory (and in the checkpoint, for a resume) and evaluated on the test set once at
 the end, beside the final weights, so ``final.json`` holds the same numbers either way and the best
 epoch's metrics line gets its test errors filled in.

@@ -164,16 +164,20 @@ _TRAIN = ["--model", f"se_{TINY}", "--se.reduction", "4", "--data.name", "synthe
 
 def test_senet_train_runs_show_in_tensorboard(tmp_path, capsys):
     runs = tmp_path / "runs"
-    # a run trained for 2 epochs, then resumed for a third: one point per epoch
-    assert main(["train", *_TRAIN, "--epochs", "2", "--out", str(runs / "resumed")]) == 0
+    # a run trained for 2 epochs, then resumed for a third: one point per epoch (test set included)
+    every = ["--run.eval_test", "every"]
+    assert main(["train", *_TRAIN, *every, "--epochs", "2", "--out", str(runs / "resumed")]) == 0
     assert main(["train", "--resume", str(runs / "resumed"), "--epochs", "3"]) == 0
     # a run started over with --overwrite: the older run's epochs are hidden
-    assert main(["train", *_TRAIN, "--epochs", "2", "--out", str(runs / "redone")]) == 0
-    assert main(["train", *_TRAIN, "--epochs", "1", "--seed", "7", "--out", str(runs / "redone"), "--overwrite"]) == 0
-    # the test set evaluated at the end only: its curve holds the best validation epoch and the last
-    assert main(["train", *_TRAIN, "--epochs", "3", "--run.eval_test", "end", "--out", str(runs / "end")]) == 0
+    assert main(["train", *_TRAIN, *every, "--epochs", "2", "--out", str(runs / "redone")]) == 0
+    assert main(["train", *_TRAIN, *every, "--epochs", "1", "--seed", "7", "--out", str(runs / "redone"),
+                 "--overwrite"]) == 0
+    # the test set evaluated at the end only (the default): its curve holds the best validation
+    # epoch and the last
+    assert main(["train", *_TRAIN, "--epochs", "3", "--out", str(runs / "end")]) == 0
     # no validation split: the excitations come from the test pass
-    assert main(["train", *_TRAIN, "--epochs", "2", "--data.val_fraction", "0", "--out", str(runs / "noval")]) == 0
+    assert main(["train", *_TRAIN, *every, "--epochs", "2", "--data.val_fraction", "0",
+                 "--out", str(runs / "noval")]) == 0
     capsys.readouterr()
     assert len(list((runs / "resumed").glob("events.out.tfevents.*"))) == 2
     end = _metrics(runs / "end")

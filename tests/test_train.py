@@ -543,7 +543,8 @@ def test_eval_test_end_gives_the_same_final_and_best_val_test_errors(tmp_path, m
     base = {"optim.epochs": 4, "run.deterministic": True, "data.synthetic_test": 40}
     fake = _scripted_validation(monkeypatch, [40.0, 10.0, 20.0, 30.0])  # best validation: epoch 2
     every_lines = []
-    every = fit(tiny_cfg(**base, **{"run.out": str(tmp_path / "every")}), every_lines.append)
+    every = fit(tiny_cfg(**base, **{"run.eval_test": "every", "run.out": str(tmp_path / "every")}),
+                every_lines.append)
     fake.calls = 0
     end_lines = []
     end = fit(tiny_cfg(**base, **{"run.eval_test": "end", "run.out": str(tmp_path / "end")}), end_lines.append)
@@ -647,7 +648,7 @@ class _Recorder(Callback):
 def test_callbacks_follow_the_loop_and_see_the_evaluated_model(tmp_path):
     rec, seen = _Recorder(), []
     cfg = tiny_cfg(**{"optim.epochs": 2, "run.out": str(tmp_path), "data.synthetic_train": 96,
-                      "optim.batch_size": 16})
+                      "optim.batch_size": 16, "run.eval_test": "every"})
     fit(cfg, seen.append, callbacks=[rec, ProgressBar()])  # the bar draws on the captured stderr
     steps = 80 // 16  # 96 images, 1/6 held out
     errs = ["loss", "top1_err", "top5_err"]
