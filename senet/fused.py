@@ -148,12 +148,12 @@ def scaled_bn(y: torch.Tensor, bn: nn.Module, s: torch.Tensor) -> torch.Tensor:
     the N·C channels of one (a free view of NCHW memory; other layouts take one ``addcmul``).
     """
     n, c, h, w = y.shape
-    s = s.reshape(n, c)
+    s = s.reshape(c) if n == 1 else s.reshape(n, c)
     weight = s if bn.weight is None else s * bn.weight
     bias = None if bn.bias is None else s * bn.bias
     mean, var = bn.running_mean, bn.running_var
     if n == 1:
-        return F.batch_norm(y, mean, var, weight[0], None if bias is None else bias[0], False, 0.0, bn.eps)
+        return F.batch_norm(y, mean, var, weight, bias, False, 0.0, bn.eps)
     if y.is_contiguous():
         return F.batch_norm(y.view(1, n * c, h, w), mean.repeat(n), var.repeat(n), weight.view(-1),
                             None if bias is None else bias.view(-1), False, 0.0, bn.eps).view(n, c, h, w)

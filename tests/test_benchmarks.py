@@ -29,6 +29,26 @@ def test_median_ci_brackets_the_median_for_small_samples():
         assert lo <= m <= hi
 
 
+def test_the_unfolded_row_keeps_every_se_off_the_fold_with_the_same_outputs(monkeypatch):
+    import torch
+
+    import senet
+    from senet.se import SqueezeExcitation
+
+    folds = []
+    real = SqueezeExcitation.fold
+    monkeypatch.setattr(SqueezeExcitation, "fold", lambda se, *a: folds.append(se) or real(se, *a))
+    torch.manual_seed(0)
+    model = senet.build_model("se_resnet50").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        folded = model(x)
+        assert len(folds) == 16
+        folds.clear()
+        torch.testing.assert_close(latency.unfolded(model)(x), folded, rtol=1e-5, atol=1e-5)
+    assert folds == []
+
+
 def test_checkout_of_an_unknown_ref_is_one_line():
     with pytest.raises(SystemExit, match="is not a commit of this repository"), \
             sweep_rate.checkout("no-such-ref-anywhere"):
