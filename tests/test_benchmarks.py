@@ -30,6 +30,7 @@ def test_median_ci_brackets_the_median_for_small_samples():
 
 
 def test_the_unfolded_row_keeps_every_se_off_the_fold_with_the_same_outputs(monkeypatch):
+    """The row measures the path before the fold: BN, then the scaling fused with the addition."""
     import torch
 
     import senet
@@ -45,8 +46,12 @@ def test_the_unfolded_row_keeps_every_se_off_the_fold_with_the_same_outputs(monk
         folded = model(x)
         assert len(folds) == 16
         folds.clear()
+        scale_adds = []
+        real_scale_add = SqueezeExcitation.scale_add
+        monkeypatch.setattr(SqueezeExcitation, "scale_add",
+                            lambda se, *a: scale_adds.append(se) or real_scale_add(se, *a))
         torch.testing.assert_close(latency.unfolded(model)(x), folded, rtol=1e-5, atol=1e-5)
-    assert folds == []
+    assert folds == [] and len(scale_adds) == 16
 
 
 def test_checkout_of_an_unknown_ref_is_one_line():
