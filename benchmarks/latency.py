@@ -2,6 +2,7 @@
 167 ms, a ratio of 1.018), for the suite's models and for timm's, measured interleaved in one run.
 
     python benchmarks/latency.py [--repeats 30] [--warmup 5] [--threads N] [--device cpu|cuda]
+                                 [--clock wall|cpu] [--processes K]
 
 Interleaving (one forward of each model in turn, every round) exposes all four models to the same
 machine load, so the ratios are comparable even when the absolute times drift. The times are
@@ -12,11 +13,20 @@ statistics (``--clock cpu`` times the thread's CPU time instead of the wall cloc
 inference fold into the bottleneck's last convolution and BN (:mod:`senet.fused`) with a forward
 hook that changes nothing on that BN, in both of its models, so the fold's own gain is measured in
 the same run.
+
+Where a model's weights land in memory moves its time by a few percent for the whole life of a
+process (the same code gave SE/plain ratios from 1.008 to 1.045 in successive runs on one machine),
+so one process measures one draw of that layout. ``--processes K`` builds the models afresh in K
+processes, one after another, and pools their rounds: the ratio and its interval are then over
+K layouts, and the spread of the K processes' own medians is printed beside it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -98,6 +108,24 @@ def measure(device, repeats: int, warmup: int, size: int = 224,
     return times
 
 
+def _in_processes(k: int, argv: list[str]) -> tuple[dict[tuple[str, str], list[float]], dict[str, list[float]]]:
+    """Run the measurement in ``k`` fresh processes in turn; their rounds pooled, and each
+    process's median ratio per row."""
+    pooled: dict[tuple[str, str], list[float]] = {}
+    medians: dict[str, list[float]] = {}
+    for i in range(k):
+        out = subprocess.run([sys.executable, __file__, *argv, "--processes", "1", "--json"],
+                             check=True, capture_output=True, text=True).stdout
+        times = {tuple(key.split("\t")): v for key, v in json.loads(out).items()}
+        for key, v in times.items():
+            pooled.setdefault(key, []).extend(v)
+        for row in dict.fromkeys(r for r, _ in times):
+            medians.setdefault(row, []).append(statistics.median(
+                b / a for a, b in zip(times[(row, "ResNet-50")], times[(row, "SE-ResNet-50")], strict=True)))
+        print(f"process {i + 1}/{k} done", file=sys.stderr, flush=True)
+    return pooled, medians
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=30, help="measured rounds (median reported)")
@@ -106,24 +134,41 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (the paper's setting) or cuda")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall clock (default) or the thread's CPU time (a CPU shared with other jobs)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="measure in K fresh processes in turn and pool their rounds (default 1: this one)")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # a child's raw times
     args = p.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or args.processes < 1:
+        p.error("--repeats and --processes must be at least 1, --warmup at least 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.clock == "cpu" and device.type != "cpu":
         p.error("--clock cpu times the CPU; use the wall clock with --device cuda")
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
-    times = measure(device, args.repeats, args.warmup, clock=clock)
+    medians: dict[str, list[float]] = {}
+    if args.processes > 1:
+        child = ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                 "--device", args.device, "--clock", args.clock]
+        times, medians = _in_processes(args.processes, child)
+    else:
+        times = measure(device, args.repeats, args.warmup, clock=clock)
+    if args.json:
+        print(json.dumps({"\t".join(k): v for k, v in times.items()}))
+        return 0
+    rounds = f"{args.processes} processes x {args.repeats}" if args.processes > 1 else f"{args.repeats}"
     print(f"batch 1, 224², {device.type}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{'thread CPU time' if args.clock == 'cpu' else 'wall clock'}, {args.repeats} interleaved rounds "
+          f"{'thread CPU time' if args.clock == 'cpu' else 'wall clock'}, {rounds} interleaved rounds "
           f"after {args.warmup} warm-up: median ms, median per-round ratio [95% CI]")
-    print(f"{'':<30} {'ResNet-50 ms':>13} {'SE-ResNet-50 ms':>16} {'ratio SE/plain':>15} {'95% CI':>16}")
+    spread = " per-process medians" if medians else ""
+    print(f"{'':<30} {'ResNet-50 ms':>13} {'SE-ResNet-50 ms':>16} {'ratio SE/plain':>15} {'95% CI':>16}{spread}")
     rows = list(dict.fromkeys(r for r, _ in times))
     for row in rows:
         plain, se = times[(row, "ResNet-50")], times[(row, "SE-ResNet-50")]
         r, lo, hi = median_ci([b / a for a, b in zip(plain, se, strict=True)])
+        each = f"  {min(medians[row]):.3f}-{max(medians[row]):.3f}" if medians else ""
         print(f"{row:<30} {statistics.median(plain):>13.1f} {statistics.median(se):>16.1f} {r:>15.3f} "
-              f"{f'[{lo:.3f}, {hi:.3f}]':>16}")
+              f"{f'[{lo:.3f}, {hi:.3f}]':>16}{each}")
     a, b = PAPER_MS["ResNet-50"], PAPER_MS["SE-ResNet-50"]
     print(f"{'paper (§4, CPU)':<30} {a:>13.1f} {b:>16.1f} {b / a:>15.3f}")
     return 0

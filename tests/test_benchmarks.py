@@ -54,6 +54,31 @@ def test_the_unfolded_row_keeps_every_se_off_the_fold_with_the_same_outputs(monk
     assert folds == [] and len(scale_adds) == 16
 
 
+def test_latency_pools_the_rounds_of_fresh_processes(monkeypatch, capsys):
+    """--processes K: each child measures once and returns its raw times; the parent pools the
+    rounds and prints each row's pooled ratio with the spread of the children's medians."""
+    import json
+    import types
+
+    calls = []
+
+    def child(cmd, **kw):
+        calls.append(cmd)
+        k = len(calls)
+        times = {f"{row}\t{name}": [100.0, 100.0] if name == "ResNet-50" else [100.0 + k, 100.0 + k]
+                 for row in ("ours", "timm") for name in ("ResNet-50", "SE-ResNet-50")}
+        return types.SimpleNamespace(stdout=json.dumps(times))
+
+    monkeypatch.setattr(latency.subprocess, "run", child)
+    assert latency.main(["--processes", "3", "--repeats", "2", "--clock", "cpu"]) == 0
+    assert len(calls) == 3 and all("--json" in c and c[c.index("--processes") + 1] == "1" for c in calls)
+    assert all(c[c.index("--repeats") + 1] == "2" and c[c.index("--clock") + 1] == "cpu" for c in calls)
+    out = capsys.readouterr().out
+    assert "3 processes x 2 interleaved rounds" in out
+    ours = next(line for line in out.splitlines() if line.startswith("ours"))
+    assert ours.split()[3] == "1.020" and ours.endswith("1.010-1.030"), ours
+
+
 def test_checkout_of_an_unknown_ref_is_one_line():
     with pytest.raises(SystemExit, match="is not a commit of this repository"), \
             sweep_rate.checkout("no-such-ref-anywhere"):
