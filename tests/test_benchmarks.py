@@ -50,8 +50,10 @@ def test_the_unfolded_row_keeps_every_se_off_the_fold_with_the_same_outputs(monk
         real_scale_add = SqueezeExcitation.scale_add
         monkeypatch.setattr(SqueezeExcitation, "scale_add",
                             lambda se, *a: scale_adds.append(se) or real_scale_add(se, *a))
-        torch.testing.assert_close(latency.unfolded(model)(x), folded, rtol=1e-5, atol=1e-5)
-    assert folds == [] and len(scale_adds) == 16
+        torch.testing.assert_close(latency.Unfolded(model)(x), folded, rtol=1e-5, atol=1e-5)
+        assert folds == [] and len(scale_adds) == 16
+        model(x)  # the hooks were for that call only: folded again
+    assert len(folds) == 16 and len(scale_adds) == 16
 
 
 def test_latency_pools_the_rounds_of_fresh_processes(monkeypatch, capsys):
