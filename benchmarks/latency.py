@@ -116,6 +116,11 @@ def measure(device, repeats: int, warmup: int, size: int = 224,
     return times
 
 
+def _ratios(times: dict[tuple[str, str], list[float]], row: str) -> list[float]:
+    """A row's per-round ratios, SE time over the same round's plain time."""
+    return [b / a for a, b in zip(times[(row, "ResNet-50")], times[(row, "SE-ResNet-50")], strict=True)]
+
+
 def _in_processes(k: int, argv: list[str]) -> tuple[dict[tuple[str, str], list[float]], dict[str, list[float]]]:
     """Run the measurement in ``k`` fresh processes in turn; their rounds pooled, and each
     process's median ratio per row."""
@@ -128,8 +133,7 @@ def _in_processes(k: int, argv: list[str]) -> tuple[dict[tuple[str, str], list[f
         for key, v in times.items():
             pooled.setdefault(key, []).extend(v)
         for row in dict.fromkeys(r for r, _ in times):
-            medians.setdefault(row, []).append(statistics.median(
-                b / a for a, b in zip(times[(row, "ResNet-50")], times[(row, "SE-ResNet-50")], strict=True)))
+            medians.setdefault(row, []).append(statistics.median(_ratios(times, row)))
         print(f"process {i + 1}/{k} done", file=sys.stderr, flush=True)
     return pooled, medians
 
@@ -173,7 +177,7 @@ def main(argv=None) -> int:
     rows = list(dict.fromkeys(r for r, _ in times))
     for row in rows:
         plain, se = times[(row, "ResNet-50")], times[(row, "SE-ResNet-50")]
-        r, lo, hi = median_ci([b / a for a, b in zip(plain, se, strict=True)])
+        r, lo, hi = median_ci(_ratios(times, row))
         each = f"  {min(medians[row]):.3f}-{max(medians[row]):.3f}" if medians else ""
         print(f"{row:<30} {statistics.median(plain):>13.1f} {statistics.median(se):>16.1f} {r:>15.3f} "
               f"{f'[{lo:.3f}, {hi:.3f}]':>16}{each}")

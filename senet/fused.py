@@ -135,9 +135,9 @@ def pooled_conv_bn(conv: nn.Conv2d, bn: nn.Module, v: torch.Tensor, y: torch.Ten
     c, h, w = y.shape[1:]
     k = v.shape[1]
     if k * (h * w + c) < c * h * w:
-        z = F.linear(v.mean((2, 3)), conv.weight.flatten(1), conv.bias)
+        z = F.linear(spatial_mean(v), conv.weight.flatten(1), conv.bias)
     else:
-        z = y.mean((2, 3))
+        z = spatial_mean(y)
     return F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 

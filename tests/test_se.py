@@ -479,6 +479,16 @@ def test_every_se_design_gives_the_unfused_numbers(gate, squeeze, excitation):
                                                    excitation=excitation, placement=placement)), 6)
 
 
+def _perturb_bn(model: nn.Module) -> nn.Module:
+    """BN statistics and affine parameters away from their initial values, so eval mode differs."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
 @pytest.mark.parametrize("name,size,kw", [
     ("se_resnet20", 16, {}),
     ("bottleneck", 32, dict(stride_in_1x1=True)),  # se_resnet50's blocks, narrow and short
@@ -500,11 +510,7 @@ def test_every_residual_block_gives_the_unfused_numbers(name, size, kw, placemen
                        shortcut="conv_nobn", num_classes=5, se=se.plan())
     else:
         model = build_model(name, num_classes=5, se=se)
-    with torch.no_grad():  # BN statistics away from their initial values, so eval mode differs
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    _perturb_bn(model)
     _assert_same_numbers(model, size)
     _assert_same_numbers(model, size, channels_last=True)
 
@@ -569,12 +575,7 @@ def _bottleneck_net(**kw) -> nn.Module:
     4 × 4 with twice the channels (it pools after it)."""
     model = ResNet(Bottleneck, (2, 1), (8, 16), stem_width=8, num_classes=5,
                    se=SEConfig(reduction=4).plan(), **kw)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
-    return model.eval()
+    return _perturb_bn(model).eval()
 
 
 @pytest.mark.parametrize("stride_in_1x1", [True, False])
