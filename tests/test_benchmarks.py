@@ -12,6 +12,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import latency  # noqa: E402
+import se_cost  # noqa: E402
 import sweep_rate  # noqa: E402
 import train_wall  # noqa: E402
 
@@ -117,3 +118,77 @@ def test_sweep_rate_refuses_a_bad_layout(capsys):
         sweep_rate.main(["--cpus", "one"])
     assert e.value.code == 2
     assert "--cpus takes integers" in capsys.readouterr().err
+
+
+def test_se_cost_plain_network_reads_the_se_networks_own_weights():
+    """The parts are measured against a ResNet-50 holding the SE network's tensors: with no SE work
+    the two networks compute the same thing from the same memory."""
+    import torch
+
+    import senet
+
+    torch.manual_seed(0)
+    se_net = senet.build_model("se_resnet50").eval()
+    plain = se_cost.share_weights(senet.build_model("resnet50"), se_net).eval()
+    ours = dict(se_net.named_parameters()) | dict(se_net.named_buffers())
+    for name, t in [*plain.named_parameters(), *plain.named_buffers()]:
+        assert t is ours[name], name
+    switch = se_cost.Parts(se_net)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        switch.use("no SE work")
+        assert torch.equal(se_net(x), plain(x))
+    with pytest.raises(ValueError, match="has no counterpart"):
+        se_cost.share_weights(senet.build_model("resnet101"), se_net)
+
+
+def test_se_cost_parts_switch_the_fold_and_give_it_back(monkeypatch):
+    import torch
+
+    import senet
+    from senet.se import SqueezeExcitation
+
+    torch.manual_seed(0)
+    se_net = senet.build_model("se_resnet50").eval()
+    for m in se_net.modules():  # BN statistics and affine maps away from 0 and 1
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t in (m.weight, m.bias, m.running_mean):
+                t.data.uniform_(-0.5, 0.5)
+            m.running_var.data.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        shipped = se_net(x)
+        switch = se_cost.Parts(se_net)
+        outs = {}
+        for name in switch.variants:
+            switch.use(name)
+            outs[name] = se_net(x)
+            assert torch.isfinite(outs[name]).all(), name
+        folds = []
+        real = SqueezeExcitation.fold
+        monkeypatch.setattr(SqueezeExcitation, "fold", lambda se, *a: folds.append(se) or real(se, *a))
+        assert torch.equal(se_net(x), shipped) and len(folds) == 16  # "as shipped" was used last
+    # the product of FC1, BN's affine map and the convolution is the same function, reassociated
+    torch.testing.assert_close(outs["FC1 precomputed"], shipped, rtol=1e-4, atol=1e-4)
+    assert torch.equal(outs["as shipped"], shipped)
+    assert not torch.equal(outs["pooling and scaling"], shipped)
+    with pytest.raises(ValueError, match="bottleneck"):
+        se_cost.Parts(senet.build_model("se_resnet20"))
+
+
+def test_se_cost_prints_every_part_and_both_read_rates(capsys):
+    assert se_cost.main(["--repeats", "2", "--warmup", "0", "--size", "32", "--copies", "2"]) == 0
+    out = capsys.readouterr().out
+    for row in ("ResNet-50", "no SE work", "pooling and scaling", "FCs and scaling", "FC1 precomputed",
+                "as shipped", "F.linear", "Tensor.sum(1)"):
+        assert row in out, row
+    assert "32 FC matrices (10.1 MB fp32)" in out
+
+
+@pytest.mark.parametrize("argv, message", [(["--only", "parts,speed"], "unknown section(s) speed"),
+                                           (["--copies", "1"], "--copies at least 2")])
+def test_se_cost_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        se_cost.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

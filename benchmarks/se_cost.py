@@ -1,0 +1,224 @@
+"""Where SE-ResNet-50's inference overhead goes, part by part, at batch 1 (the paper's §4 setting).
+
+    python benchmarks/se_cost.py [--repeats 40] [--warmup 5] [--size 224] [--stride-in-3x3]
+                                 [--copies 6] [--only parts,gemv]
+
+``parts``: one SE-ResNet-50 and one ResNet-50 that shares its weights (every parameter and buffer of
+the plain network is the SE network's own tensor, so the two read the same memory and differ only by
+the SE's work; separately built networks differ by a few percent from where their weights land).
+The SE network runs with each bottleneck's folded SE (:meth:`senet.se.SqueezeExcitation.fold`)
+replaced, for the round, by a part of its work:
+
+* no SE work: ``bn(conv(v)) + x``, the plain block's arithmetic (checks the harness: about 1.000);
+* pooling and scaling: the squeeze, the gate on it, and the scaling in BN's pass, without the FCs;
+* FCs and scaling: the excitation on a fixed vector, the gate, the scaling, without the pooling;
+* FC1 precomputed: the squeeze on the convolution's input through a product of FC1, BN's affine
+  map and the convolution computed once beforehand (4× fewer FC1 weights to read). Not what the
+  suite ships: such a product is a cache of the weights that edits through ``.data`` would leave
+  stale; the row shows what it would buy;
+* as shipped: the fold itself.
+
+Each row is the median per-round ratio to ResNet-50 (all variants interleaved, rotating order) with
+a distribution-free 95% interval; the thread's CPU time by default.
+
+``gemv``: the excitation's FC weights are read once per image, and at batch 1 they are a
+matrix-vector product on weights that are not in any cache. This section reads copies of
+SE-ResNet-50's 32 FC matrices (10 MB per copy in fp32), a different copy each round so none is in
+cache, by ``F.linear`` (what the excitation calls) and by ``Tensor.sum(1)`` (a reduction over the
+same bytes), and prints both as GB/s.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import senet
+from senet.fused import pooled_conv_bn, scaled_bn
+from senet.se import SqueezeExcitation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import median_ci  # noqa: E402  (benchmarks/latency.py, beside this file)
+
+
+def share_weights(plain: torch.nn.Module, source: torch.nn.Module) -> torch.nn.Module:
+    """Make every parameter and buffer of ``plain`` the tensor of the same name in ``source``."""
+    modules = dict(source.named_modules())
+    for name, m in plain.named_modules():
+        other = modules.get(name)
+        for kind in ("_parameters", "_buffers"):
+            own, theirs = getattr(m, kind), getattr(other, kind, {})
+            for key, t in own.items():
+                if t is None:
+                    continue
+                if key not in theirs or theirs[key].shape != t.shape:
+                    raise ValueError(f"{name}.{key} has no counterpart of its shape in the source network")
+                own[key] = theirs[key]
+    return plain
+
+
+def _no_se(se, conv, bn, v, x):
+    return bn(conv(v)) + x
+
+
+def _pool_scale(se, conv, bn, v, x):
+    y = conv(v)
+    n, c = y.shape[:2]
+    s = se.gate(pooled_conv_bn(conv, bn, v, y).view(n, c, 1, 1))
+    return scaled_bn(y, bn, s).add_(x)
+
+
+def _fc_scale(se, conv, bn, v, x):
+    y = conv(v)
+    n, c = y.shape[:2]
+    s = se.gate(se.excitation(y.new_zeros(n, c)).view(n, c, 1, 1))
+    return scaled_bn(y, bn, s).add_(x)
+
+
+def composed_fc1(se, conv, bn) -> tuple[torch.Tensor, torch.Tensor]:
+    """FC1 after BN's affine map and the 1×1 convolution, as one (hidden, width of v) matrix and
+    bias: ``W1 (a ⊙ (W3 m) + b) + b1 = (W1 diag(a) W3) m + (W1 b + b1)`` for m the mean of v."""
+    with torch.no_grad():
+        a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        b = bn.bias - bn.running_mean * a
+        fc1 = se.excitation.fc1
+        w1 = fc1.weight.flatten(1)
+        return ((w1 * a) @ conv.weight.flatten(1)).contiguous(), w1 @ b + fc1.bias
+
+
+def _precomputed(products):
+    def fold(se, conv, bn, v, x):
+        y = conv(v)
+        n, c = y.shape[:2]
+        w, bias = products[id(se)]
+        fc2 = se.excitation.fc2
+        h = se.excitation.act(F.linear(v.mean((2, 3)), w, bias))
+        s = se.gate(F.linear(h, fc2.weight.flatten(1), fc2.bias).view(n, c, 1, 1))
+        return scaled_bn(y, bn, s).add_(x)
+    return fold
+
+
+class Parts:
+    """Switch every SE of ``model`` between its fold and a part of it (see the module's doc)."""
+
+    def __init__(self, model: torch.nn.Module):
+        blocks = [m for m in model.modules() if isinstance(getattr(m, "se", None), SqueezeExcitation)]
+        if not all(hasattr(m, "bn3") for m in blocks):
+            raise ValueError("the parts are defined for bottleneck networks")
+        self.ses = [m.se for m in blocks]
+        products = {id(m.se): composed_fc1(m.se, m.conv3, m.bn3) for m in blocks}
+        self.variants = {"no SE work": _no_se, "pooling and scaling": _pool_scale,
+                         "FCs and scaling": _fc_scale, "FC1 precomputed": _precomputed(products),
+                         "as shipped": None}
+
+    def use(self, variant: str) -> None:
+        fn = self.variants[variant]
+        for se in self.ses:
+            if fn is None:
+                se.__dict__.pop("fold", None)  # the class's own fold again
+            else:
+                se.fold = fn.__get__(se)
+
+
+def parts(repeats: int, warmup: int, size: int, stride_in_1x1: bool, clock) -> dict[str, list[float]]:
+    """Per-round times (ms) of ResNet-50 and of each variant of the SE network."""
+    torch.manual_seed(0)
+    se_net = senet.build_model("se_resnet50", stride_in_1x1=stride_in_1x1).eval()
+    plain = share_weights(senet.build_model("resnet50", stride_in_1x1=stride_in_1x1), se_net).eval()
+    switch = Parts(se_net)
+    x = torch.randn(1, 3, size, size)
+    names = ["ResNet-50", *switch.variants]
+    times: dict[str, list[float]] = {k: [] for k in names}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
+                model = plain if name == "ResNet-50" else se_net
+                if model is se_net:
+                    switch.use(name)
+                t = clock()
+                model(x)
+                if i >= warmup:
+                    times[name].append((clock() - t) * 1e3)
+    switch.use("as shipped")
+    return times
+
+
+def fc_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
+    """(out, in) of every FC of the model's SE excitations, in network order."""
+    return [tuple(m.weight.shape[:2]) for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and ".se.excitation." in f".{name}"]
+
+
+def gemv(copies: int, rounds: int, clock) -> dict[str, float]:
+    """GB/s of reading SE-ResNet-50's FC weights cold by F.linear and by a row sum."""
+    shapes = fc_shapes(senet.build_model("se_resnet50"))
+    g = torch.Generator().manual_seed(0)
+    sets = [[torch.randn(o, i, generator=g) for o, i in shapes] for _ in range(copies)]
+    vectors = [torch.randn(1, i, generator=g) for _, i in shapes]
+    nbytes = sum(w.numel() * w.element_size() for w in sets[0])
+    ops = {"F.linear (the excitation's product)": lambda w, z: F.linear(z, w),
+           "Tensor.sum(1) (a reduction, same bytes)": lambda w, z: w.sum(1)}
+    seconds: dict[str, list[float]] = {k: [] for k in ops}
+    with torch.inference_mode():
+        for r in range(rounds + 1):
+            for j, (name, op) in enumerate(ops.items()):
+                ws = sets[(r * len(ops) + j) % copies]  # read again only after all the other copies
+                t = clock()
+                for w, z in zip(ws, vectors, strict=True):
+                    op(w, z)
+                if r:
+                    seconds[name].append(clock() - t)
+    return {"MB": nbytes / 1e6, "matrices": len(shapes),
+            **{k: nbytes / statistics.median(v) / 1e9 for k, v in seconds.items()}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=40, help="measured rounds of the parts (default 40)")
+    p.add_argument("--warmup", type=int, default=5, help="rounds discarded first")
+    p.add_argument("--size", type=int, default=224, help="image side (default 224, the paper's)")
+    p.add_argument("--stride-in-3x3", action="store_true", help="the v1.5 convention (default: the paper's, stride in 1×1)")
+    p.add_argument("--copies", type=int, default=6, help="copies of the FC weights cycled by the gemv section")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="thread CPU time (default) or wall clock")
+    p.add_argument("--only", default="", help="comma-separated sections: parts, gemv (default both)")
+    args = p.parse_args(argv)
+    want = set(args.only.split(",")) if args.only else {"parts", "gemv"}
+    if bad := want - {"parts", "gemv"}:
+        p.error(f"unknown section(s) {', '.join(sorted(bad))}; choose from gemv, parts")
+    if args.repeats < 1 or args.warmup < 0 or args.copies < 2 or args.size < 32:
+        p.error("--repeats must be at least 1, --warmup at least 0, --copies at least 2, --size at least 32")
+    torch.set_num_threads(1)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    if "parts" in want:
+        times = parts(args.repeats, args.warmup, args.size, not args.stride_in_3x3, clock)
+        where = "3×3 (v1.5)" if args.stride_in_3x3 else "1×1 (paper)"
+        print(f"SE-ResNet-50, stride in {where}, batch 1, {args.size}², 1 thread, torch {torch.__version__}, "
+              f"{'thread CPU time' if args.clock == 'cpu' else 'wall clock'}, {args.repeats} interleaved rounds; "
+              "ResNet-50 shares the SE network's weights")
+        print(f"{'':<34}{'median ms':>10}{'ratio to ResNet-50':>20}{'95% CI':>18}")
+        base = times["ResNet-50"]
+        print(f"{'ResNet-50':<34}{statistics.median(base):>10.1f}")
+        for name, v in times.items():
+            if name == "ResNet-50":
+                continue
+            r, lo, hi = median_ci([b / a for a, b in zip(base, v, strict=True)])
+            print(f"{'SE-ResNet-50, ' + name:<34}{statistics.median(v):>10.1f}{r:>20.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}",
+                  flush=True)
+    if "gemv" in want:
+        got = gemv(args.copies, max(3, args.repeats // 4), clock)
+        print(f"\nSE-ResNet-50's {got['matrices']} FC matrices ({got['MB']:.1f} MB fp32), read cold, "
+              f"{args.copies} copies cycled, 1 thread: GB/s")
+        for k, v in got.items():
+            if k not in ("MB", "matrices"):
+                print(f"  {k:<42}{v:>6.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
