@@ -11,8 +11,9 @@ the same round's plain time), with a distribution-free 95% confidence interval f
 statistics (``--clock cpu`` times the thread's CPU time instead of the wall clock). The paper's Caffe models put the stride in the first 1×1; timm's in the
 3×3, so both conventions are shown for ours. The row "unfolded" runs the first row's two models
 with each SE block kept off its inference fold into the bottleneck's last convolution and BN
-(:mod:`senet.fused`) by a forward hook that changes nothing on that BN, so the fold's own gain is
-measured in the same run, on the same weights in the same memory.
+(:mod:`senet.fused`) by a forward hook that changes nothing on that BN (which also keeps the plain
+blocks' addition out of BN's output: the code before both), so the fold's own gain is measured in
+the same run, on the same weights in the same memory.
 
 Where a model's weights land in memory moves its time by a few percent for the whole life of a
 process (the same code gave SE/plain ratios from 1.008 to 1.045 in successive runs on one machine),
@@ -40,7 +41,8 @@ PAPER_MS = {"ResNet-50": 164.0, "SE-ResNet-50": 167.0}
 class Unfolded(torch.nn.Module):
     """``model`` (the same object, the same memory) run with each bottleneck's last BN watched by a
     forward hook that changes nothing: an SE folds only into a BN no hook watches, so its block
-    takes the path it took before the fold (BN, then the scaling fused with the residual addition).
+    takes the path it took before the fold (BN, then the scaling fused with the residual addition),
+    and a plain block adds into a new tensor rather than into BN's output, as it did then too.
     The hooks live only for the call, and are given to both models of a row, so their own cost is
     the same on either side."""
 

@@ -115,6 +115,23 @@ def has_hooks(m: nn.Module) -> bool:
                 or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
 
 
+def owns_output(bn: nn.Module) -> bool:
+    """Whether ``bn(...)`` returns a tensor only its caller holds, so the caller may write into it:
+    a BatchNorm (its kernel always returns new memory) that no hook watches, with no gradient
+    recorded (no graph keeps it either)."""
+    return (not torch.is_grad_enabled() and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+            and not has_hooks(bn))
+
+
+def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, written into ``fresh`` (a tensor only the caller holds) where the two have
+    one shape and dtype; a new tensor otherwise (under autocast, a bf16 ``fresh`` and a float32
+    ``other`` sum to float32)."""
+    if fresh.shape == other.shape and fresh.dtype == other.dtype:
+        return fresh.add_(other)
+    return fresh + other
+
+
 def folds(conv: nn.Module, bn: nn.Module) -> bool:
     """Whether an SE on ``bn(conv(v))`` may fold into them: no gradient is recorded, ``conv`` is an
     ungrouped, unpadded 1×1 convolution with stride 1, ``bn`` normalises with its running statistics,

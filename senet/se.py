@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import UserValueError
-from .fused import folds, has_hooks, pooled_conv_bn, scale_add, scaled_bn, spatial_mean
+from .fused import add_into, folds, has_hooks, pooled_conv_bn, scale_add, scaled_bn, spatial_mean
 from .registry import choice_field
 from .slots import (
     ACTIVATIONS,
@@ -154,7 +154,7 @@ class SqueezeExcitation(nn.Module):
         y = conv(v)
         n, c = y.shape[:2]
         s = self.gate(self.excitation(pooled_conv_bn(conv, bn, v, y)).view(n, c, 1, 1))
-        return scaled_bn(y, bn, s).add_(x)
+        return add_into(scaled_bn(y, bn, s), x)
 
     def extra_repr(self):
         hidden = "" if self.hidden is None else f", hidden={self.hidden}"

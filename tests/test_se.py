@@ -23,6 +23,7 @@ from senet import (
     build_model,
     se_modules,
 )
+from senet.fused import add_into
 from senet.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, SESlot
 from senet.models.resnet import ResNet
 from senet.se import Squeeze, excitation_args, hidden_width, scale_add, spatial_mean
@@ -669,6 +670,67 @@ def test_a_hook_on_what_the_fold_skips_keeps_the_bottleneck_unfolded(hooked):
     with target.register_forward_hook(lambda m, i, o: seen.update(called=True)), torch.inference_mode():
         torch.testing.assert_close(model(x), expected)
     assert seen == {"called": True}
+
+
+def _residual_adds(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The names of the additions of the model's output shape, in order, in-place ones with '_'."""
+    numel = model(x).numel()
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            if name.rstrip("_") in ("add", "addcmul") and isinstance(out, torch.Tensor) and out.numel() == numel:
+                seen.append(name)
+            return out
+
+    seen: list[str] = []
+    with Ops():
+        model(x)
+    return seen
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_at_inference_a_block_without_se_adds_into_its_bns_output(block):
+    """With no gradient recorded and no hook on the last BN, the residual addition writes into BN's
+    output (as torchvision's and timm's blocks do) with the same numbers; a hook on that BN, which
+    may keep its output, or a recorded gradient keeps the addition out of place."""
+    torch.manual_seed(0)
+    if block == "basic":
+        plain, bn = _perturb_bn(BasicBlock(8, 8)).eval(), "bn2"
+    else:
+        plain, bn = _perturb_bn(Bottleneck(32, 8)).eval(), "bn3"
+    x = torch.randn(2, plain.conv1.in_channels, 6, 6)
+    with torch.no_grad():
+        assert _residual_adds(plain, x) == ["add_"]
+        got = plain(x)
+    expected = plain(x)  # gradient recorded: out of place
+    assert _residual_adds(plain, x) == ["add"]
+    assert torch.equal(got, expected)
+    kept = []
+    with getattr(plain, bn).register_forward_hook(lambda m, i, o: kept.append((o, o.clone()))), torch.no_grad():
+        assert _residual_adds(plain, x) == ["add"]
+        out = plain(x)
+    held, copied = kept[-1]
+    assert torch.equal(held, copied)  # the tensor the hook kept is still BN's output, not the sum
+    assert torch.equal(out, expected)
+    # an SE elsewhere in the block leaves the addition to the block as well
+    se_inner = BasicBlock(8, 8, se=SEConfig(placement="post", reduction=2).plan()).eval()
+    with torch.no_grad():
+        assert _residual_adds(se_inner, torch.randn(2, 8, 6, 6)) == ["add_"]
+
+
+def test_add_into_writes_in_place_only_where_the_sum_keeps_shape_and_dtype():
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    expected = a + b
+    out = add_into(a, b)
+    assert out is a and torch.equal(out, expected)
+    half = torch.randn(2, 3, 4, 4, dtype=torch.bfloat16)
+    mixed = add_into(half, b)  # bf16 + float32 is float32, as the unfused addition gives
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, half + b)
+    assert half.dtype == torch.bfloat16
+    row = torch.randn(1, 3, 1, 1)
+    assert add_into(row, b).shape == (2, 3, 4, 4)  # broadcast to a larger shape: a new tensor
 
 
 def test_pooled_excitation_keeps_the_gate_shape_and_parameter_names():

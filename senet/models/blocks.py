@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import UserValueError
+from ..fused import add_into, owns_output
 from ..se import SEPlan, has_hooks
 from ..slots import PLACEMENTS, Placement
 
@@ -81,10 +82,15 @@ class SESlot(nn.Module):
 
     def _add_bn(self, conv: nn.Module, bn: nn.Module, v: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """``self._add(bn(conv(v)), shortcut)``; at inference an SE at ``branch_out`` folds into
-        ``conv`` and ``bn`` where it can (:meth:`~senet.se.SqueezeExcitation.fold`)."""
-        se = self.se
-        if self.se_site == "branch_out" and hasattr(se, "fold") and se.folds_into(conv, bn):
+        ``conv`` and ``bn`` where it can (:meth:`~senet.se.SqueezeExcitation.fold`), and with no
+        SE on the way the addition writes into BN's output where no one else holds it (as
+        torchvision's and timm's blocks add in place), so a block without an SE allocates no more
+        than a folded one."""
+        se, site = self.se, self.se_site
+        if site == "branch_out" and hasattr(se, "fold") and se.folds_into(conv, bn):
             return se.fold(conv, bn, v, shortcut)
+        if site not in ("branch_out", "shortcut") and owns_output(bn):
+            return add_into(bn(conv(v)), shortcut)
         return self._add(bn(conv(v)), shortcut)
 
 
@@ -152,7 +158,7 @@ class BasicBlock(SESlot):
         out = self._at("branch_in", x)
         out = self.relu(self.bn1(self.conv1(out)))
         out = self._at("inner", out)
-        out = self._add(self.bn2(self.conv2(out)), identity)
+        out = self._add_bn(self.conv2, self.bn2, out, identity)
         return self._at("block_out", self.relu(out))
 
 
