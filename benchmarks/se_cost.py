@@ -9,7 +9,8 @@ the SE's work; separately built networks differ by a few percent from where thei
 The SE network runs with each bottleneck's folded SE (:meth:`senet.se.SqueezeExcitation.fold`)
 replaced, for the round, by a part of its work:
 
-* no SE work: ``bn(conv(v)) + x``, the plain block's arithmetic (checks the harness: about 1.000);
+* no SE work: ``bn(conv(v)) + x`` added in place, the plain block's work (checks the harness:
+  about 1.000);
 * pooling and scaling: the squeeze, the gate on it, and the scaling in BN's pass, without the FCs;
 * FCs and scaling: the excitation on a fixed vector, the gate, the scaling, without the pooling;
 * FC1 precomputed: the squeeze on the convolution's input through a product of FC1, BN's affine
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 import senet
-from senet.fused import pooled_conv_bn, scaled_bn
+from senet.fused import add_into, pooled_conv_bn, scaled_bn
 from senet.se import SqueezeExcitation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +64,7 @@ def share_weights(plain: torch.nn.Module, source: torch.nn.Module) -> torch.nn.M
 
 
 def _no_se(se, conv, bn, v, x):
-    return bn(conv(v)) + x
+    return add_into(bn(conv(v)), x)  # the plain block's addition at inference
 
 
 def _pool_scale(se, conv, bn, v, x):
