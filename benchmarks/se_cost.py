@@ -1,7 +1,7 @@
 """Where SE-ResNet-50's inference overhead goes, part by part, at batch 1 (the paper's §4 setting).
 
     python benchmarks/se_cost.py [--repeats 40] [--warmup 5] [--size 224] [--stride-in-3x3]
-                                 [--copies 6] [--only parts,gemv]
+                                 [--copies 6] [--only parts,timm,gemv]
 
 ``parts``: one SE-ResNet-50 and one ResNet-50 that shares its weights (every parameter and buffer of
 the plain network is the SE network's own tensor, so the two read the same memory and differ only by
@@ -21,6 +21,10 @@ replaced, for the round, by a part of its work:
 
 Each row is the median per-round ratio to ResNet-50 (all variants interleaved, rotating order) with
 a distribution-free 95% interval; the thread's CPU time by default.
+
+``timm``: the same like-for-like ratio for timm's SE-ResNet-50 and ours, both in timm's stride
+convention (3×3), each against its own plain ResNet-50 holding its SE network's weights, the four
+networks interleaved.
 
 ``gemv``: the excitation's FC weights are read once per image, and at batch 1 they are a
 matrix-vector product on weights that are not in any cache. This section reads copies of
@@ -132,22 +136,55 @@ def parts(repeats: int, warmup: int, size: int, stride_in_1x1: bool, clock) -> d
     se_net = senet.build_model("se_resnet50", stride_in_1x1=stride_in_1x1).eval()
     plain = share_weights(senet.build_model("resnet50", stride_in_1x1=stride_in_1x1), se_net).eval()
     switch = Parts(se_net)
+    models = {"ResNet-50": plain, **dict.fromkeys(switch.variants, se_net)}
+    try:
+        return _interleaved(models, repeats, warmup, size, clock,
+                            before=lambda name: name in switch.variants and switch.use(name))
+    finally:
+        switch.use("as shipped")
+
+
+def against_timm(repeats: int, warmup: int, size: int, clock) -> dict[str, list[float]] | None:
+    """Per-round times (ms) of timm's and our SE-ResNet-50 and ResNet-50 (stride in the 3×3), each
+    plain network holding its SE network's weights; None without timm."""
+    try:
+        import timm  # noqa: PLC0415 (optional: a test dependency)
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    timm_se = timm.create_model("seresnet50", pretrained=False).eval()
+    ours_se = senet.build_model("se_resnet50", stride_in_1x1=False).eval()
+    models = {
+        "timm ResNet-50": share_weights(timm.create_model("resnet50", pretrained=False), timm_se).eval(),
+        "timm SE-ResNet-50": timm_se,
+        "ours ResNet-50": share_weights(senet.build_model("resnet50", stride_in_1x1=False), ours_se).eval(),
+        "ours SE-ResNet-50": ours_se,
+    }
+    return _interleaved(models, repeats, warmup, size, clock)
+
+
+def _interleaved(models: dict[str, torch.nn.Module], repeats: int, warmup: int, size: int, clock,
+                 before=lambda name: None) -> dict[str, list[float]]:
+    """Per-round times (ms) of each named model on one image, in a rotating order each round
+    (``before(name)`` is called first, untimed)."""
     x = torch.randn(1, 3, size, size)
-    names = ["ResNet-50", *switch.variants]
+    names = list(models)
     times: dict[str, list[float]] = {k: [] for k in names}
     with torch.inference_mode():
         for i in range(warmup + repeats):
             k = i % len(names)
             for name in names[k:] + names[:k]:
-                model = plain if name == "ResNet-50" else se_net
-                if model is se_net:
-                    switch.use(name)
+                before(name)
                 t = clock()
-                model(x)
+                models[name](x)
                 if i >= warmup:
                     times[name].append((clock() - t) * 1e3)
-    switch.use("as shipped")
     return times
+
+
+def _ratio_row(label: str, plain: list[float], se: list[float]) -> str:
+    r, lo, hi = median_ci([b / a for a, b in zip(plain, se, strict=True)])
+    return f"{label:<34}{statistics.median(se):>10.1f}{r:>20.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}"
 
 
 def fc_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
@@ -189,9 +226,10 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="thread CPU time (default) or wall clock")
     p.add_argument("--only", default="", help="comma-separated sections: parts, gemv (default both)")
     args = p.parse_args(argv)
-    want = set(args.only.split(",")) if args.only else {"parts", "gemv"}
-    if bad := want - {"parts", "gemv"}:
-        p.error(f"unknown section(s) {', '.join(sorted(bad))}; choose from gemv, parts")
+    sections = {"parts", "timm", "gemv"}
+    want = set(args.only.split(",")) if args.only else sections
+    if bad := want - sections:
+        p.error(f"unknown section(s) {', '.join(sorted(bad))}; choose from {', '.join(sorted(sections))}")
     if args.repeats < 1 or args.warmup < 0 or args.copies < 2 or args.size < 32:
         p.error("--repeats must be at least 1, --warmup at least 0, --copies at least 2, --size at least 32")
     torch.set_num_threads(1)
@@ -206,11 +244,20 @@ def main(argv=None) -> int:
         base = times["ResNet-50"]
         print(f"{'ResNet-50':<34}{statistics.median(base):>10.1f}")
         for name, v in times.items():
-            if name == "ResNet-50":
-                continue
-            r, lo, hi = median_ci([b / a for a, b in zip(base, v, strict=True)])
-            print(f"{'SE-ResNet-50, ' + name:<34}{statistics.median(v):>10.1f}{r:>20.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}",
-                  flush=True)
+            if name != "ResNet-50":
+                print(_ratio_row("SE-ResNet-50, " + name, base, v), flush=True)
+    if "timm" in want:
+        got = against_timm(args.repeats, args.warmup, args.size, clock)
+        if got is None:
+            print("\ntimm is not installed: its comparison is left out")
+        else:
+            print(f"\nstride in 3×3 (timm's convention), {args.repeats} interleaved rounds; each ResNet-50 shares "
+                  "its SE network's weights")
+            print(f"{'':<34}{'median ms':>10}{'SE/plain':>20}{'95% CI':>18}")
+            for who in ("timm", "ours"):
+                print(f"{who + ' ResNet-50':<34}{statistics.median(got[who + ' ResNet-50']):>10.1f}")
+                print(_ratio_row(who + " SE-ResNet-50", got[who + " ResNet-50"], got[who + " SE-ResNet-50"]),
+                      flush=True)
     if "gemv" in want:
         got = gemv(args.copies, max(3, args.repeats // 4), clock)
         print(f"\nSE-ResNet-50's {got['matrices']} FC matrices ({got['MB']:.1f} MB fp32), read cold, "

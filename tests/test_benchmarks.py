@@ -176,11 +176,23 @@ def test_se_cost_parts_switch_the_fold_and_give_it_back(monkeypatch):
         se_cost.Parts(senet.build_model("se_resnet20"))
 
 
+def test_se_cost_against_timm_shares_each_pairs_weights(monkeypatch):
+    pytest.importorskip("timm")
+    got = {}
+    monkeypatch.setattr(se_cost, "_interleaved", lambda models, *a, **k: got.update(models) or {})
+    se_cost.against_timm(1, 0, 32, None)
+    for who in ("timm", "ours"):
+        plain, se = got[f"{who} ResNet-50"], got[f"{who} SE-ResNet-50"]
+        se_tensors = {id(t) for t in [*se.parameters(), *se.buffers()]}
+        assert all(id(t) in se_tensors for t in [*plain.parameters(), *plain.buffers()]), who
+    assert got["ours SE-ResNet-50"].layer2[0].conv2.stride == (2, 2)  # timm's convention: in the 3×3
+
+
 def test_se_cost_prints_every_part_and_both_read_rates(capsys):
     assert se_cost.main(["--repeats", "2", "--warmup", "0", "--size", "32", "--copies", "2"]) == 0
     out = capsys.readouterr().out
     for row in ("ResNet-50", "no SE work", "pooling and scaling", "FCs and scaling", "FC1 precomputed",
-                "as shipped", "F.linear", "Tensor.sum(1)"):
+                "as shipped", "timm SE-ResNet-50", "ours SE-ResNet-50", "F.linear", "Tensor.sum(1)"):
         assert row in out, row
     assert "32 FC matrices (10.1 MB fp32)" in out
 
