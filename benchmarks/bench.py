@@ -20,7 +20,8 @@ Sections:
   per second: the forward pass, and a backward pass of twice its work. timm has no CIFAR ResNet-20,
   so the training SE/plain ratio is the suite's only.
 * inference, batch 1, 224²: SE-ResNet-50 / ResNet-50 of the suite (both stride conventions) and of
-  timm, the paper's §4 setting (as ``benchmarks/latency.py``, by this bench's clock).
+  timm, the paper's §4 setting, each ResNet-50 holding its SE network's weight tensors (as
+  ``benchmarks/se_cost.py``; ``benchmarks/latency.py`` builds them apart, over several processes).
 * evaluation batch: SE-ResNet-20 inference img/s per batch size, the measurement behind
   :data:`senet.train.EVAL_BATCH`.
 * epoch (``--epoch``): one epoch of `senet train`'s loop (train + evaluation of the validation and
@@ -293,17 +294,26 @@ def print_training(result, peak: dict | None, batch: int) -> None:
           f"ResNet-20 {macs['resnet20'] / 1e6:.1f} M)", flush=True)
 
 
+def _pair(plain: nn.Module, se: nn.Module) -> dict[str, nn.Module]:
+    """ResNet-50 holding SE-ResNet-50's own weight tensors (``benchmarks/se_cost.py``): the two
+    read the same memory, so one process's ratio does not hang on where each model's weights landed
+    (a few percent either way)."""
+    from se_cost import share_weights  # noqa: PLC0415 (benchmarks/se_cost.py, beside this file)
+
+    return {"ResNet-50": share_weights(plain, se), "SE-ResNet-50": se}
+
+
 def inference_models(device) -> dict[str, dict[str, nn.Module]]:
-    """SE-ResNet-50 and ResNet-50: the suite's in both stride conventions, and timm's."""
-    pairs = {f"ours, stride in {where}": {
-        "ResNet-50": senet.build_model("resnet50", stride_in_1x1=s1),
-        "SE-ResNet-50": senet.build_model("se_resnet50", stride_in_1x1=s1)}
-        for where, s1 in (("1×1 (paper)", True), ("3×3 (v1.5)", False))}
+    """SE-ResNet-50 and ResNet-50: the suite's in both stride conventions, and timm's; each plain
+    network shares its SE network's weights."""
+    pairs = {f"ours, stride in {where}": _pair(senet.build_model("resnet50", stride_in_1x1=s1),
+                                               senet.build_model("se_resnet50", stride_in_1x1=s1))
+             for where, s1 in (("1×1 (paper)", True), ("3×3 (v1.5)", False))}
     try:
         import timm  # a test dependency
 
-        pairs["timm"] = {"ResNet-50": timm.create_model("resnet50", pretrained=False),
-                         "SE-ResNet-50": timm.create_model("seresnet50", pretrained=False)}
+        pairs["timm"] = _pair(timm.create_model("resnet50", pretrained=False),
+                              timm.create_model("seresnet50", pretrained=False))
     except ImportError:
         print("(timm is not installed: its row is left out)")
     return {k: {n: m.to(device).eval() for n, m in v.items()} for k, v in pairs.items()}

@@ -11,6 +11,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import bench  # noqa: E402
 import latency  # noqa: E402
 import se_cost  # noqa: E402
 import sweep_rate  # noqa: E402
@@ -204,3 +205,15 @@ def test_se_cost_refuses_bad_arguments(argv, message, capsys):
         se_cost.main(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_inference_pairs_share_their_weights():
+    """Each inference row's ResNet-50 reads its SE-ResNet-50's own weight tensors."""
+    import torch
+
+    rows = bench.inference_models(torch.device("cpu"))
+    assert {"ours, stride in 1×1 (paper)", "ours, stride in 3×3 (v1.5)"} <= set(rows)
+    for row, pair in rows.items():
+        se = {id(t) for t in [*pair["SE-ResNet-50"].parameters(), *pair["SE-ResNet-50"].buffers()]}
+        plain = [*pair["ResNet-50"].parameters(), *pair["ResNet-50"].buffers()]
+        assert plain and all(id(t) in se for t in plain), row
