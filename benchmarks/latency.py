@@ -98,24 +98,32 @@ def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float, float
     return statistics.median(s), s[lo], s[hi]
 
 
-def measure(device, repeats: int, warmup: int, size: int = 224,
-            clock=time.perf_counter) -> dict[tuple[str, str], list[float]]:
-    models = _models(device)
-    x = torch.randn(1, 3, size, size, device=device)
-    flat = [(row, name, m) for row, pair in models.items() for name, m in pair.items()]
-    times: dict[tuple[str, str], list[float]] = {(r, n): [] for r, n, _ in flat}
+def interleaved(models: dict, x: torch.Tensor, repeats: int, warmup: int, clock=time.perf_counter,
+                before=lambda key: None, sync=lambda: None) -> dict:
+    """Per-round times (ms) of each keyed model on ``x``, one forward of each per round, after
+    ``warmup`` rounds; ``before(key)`` runs untimed before each forward, ``sync()`` around it."""
+    keys = list(models)
+    times: dict = {key: [] for key in keys}
     with torch.inference_mode():
         for i in range(warmup + repeats):
             # rotate the order each round so no model always runs right after the same one
-            k = i % len(flat)
-            for row, name, m in flat[k:] + flat[:k]:
-                _sync(device)
+            k = i % len(keys)
+            for key in keys[k:] + keys[:k]:
+                before(key)
+                sync()
                 t = clock()
-                m(x)
-                _sync(device)
+                models[key](x)
+                sync()
                 if i >= warmup:
-                    times[(row, name)].append((clock() - t) * 1e3)
+                    times[key].append((clock() - t) * 1e3)
     return times
+
+
+def measure(device, repeats: int, warmup: int, size: int = 224,
+            clock=time.perf_counter) -> dict[tuple[str, str], list[float]]:
+    flat = {(row, name): m for row, pair in _models(device).items() for name, m in pair.items()}
+    x = torch.randn(1, 3, size, size, device=device)
+    return interleaved(flat, x, repeats, warmup, clock, sync=lambda: _sync(device))
 
 
 def _ratios(times: dict[tuple[str, str], list[float]], row: str) -> list[float]:

@@ -48,7 +48,7 @@ from senet.fused import add_into, pooled_conv_bn, scaled_bn
 from senet.se import SqueezeExcitation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import median_ci  # noqa: E402  (benchmarks/latency.py, beside this file)
+from latency import interleaved, median_ci  # noqa: E402  (benchmarks/latency.py, beside this file)
 
 
 def share_weights(plain: torch.nn.Module, source: torch.nn.Module) -> torch.nn.Module:
@@ -71,18 +71,15 @@ def _no_se(se, conv, bn, v, x):
     return add_into(bn(conv(v)), x)  # the plain block's addition at inference
 
 
-def _pool_scale(se, conv, bn, v, x):
-    y = conv(v)
-    n, c = y.shape[:2]
-    s = se.gate(pooled_conv_bn(conv, bn, v, y).view(n, c, 1, 1))
-    return scaled_bn(y, bn, s).add_(x)
-
-
-def _fc_scale(se, conv, bn, v, x):
-    y = conv(v)
-    n, c = y.shape[:2]
-    s = se.gate(se.excitation(y.new_zeros(n, c)).view(n, c, 1, 1))
-    return scaled_bn(y, bn, s).add_(x)
+def _folded(excite):
+    """The fold's arithmetic (:meth:`senet.se.SqueezeExcitation.fold`) with ``excite(se, conv, bn,
+    v, y)``, the (N, C) input of the gate, in place of the squeeze and excitation."""
+    def fold(se, conv, bn, v, x):
+        y = conv(v)
+        n, c = y.shape[:2]
+        s = se.gate(excite(se, conv, bn, v, y).view(n, c, 1, 1))
+        return add_into(scaled_bn(y, bn, s), x)
+    return fold
 
 
 def composed_fc1(se, conv, bn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,15 +94,12 @@ def composed_fc1(se, conv, bn) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _precomputed(products):
-    def fold(se, conv, bn, v, x):
-        y = conv(v)
-        n, c = y.shape[:2]
+    def excite(se, conv, bn, v, y):
         w, bias = products[id(se)]
         fc2 = se.excitation.fc2
         h = se.excitation.act(F.linear(v.mean((2, 3)), w, bias))
-        s = se.gate(F.linear(h, fc2.weight.flatten(1), fc2.bias).view(n, c, 1, 1))
-        return scaled_bn(y, bn, s).add_(x)
-    return fold
+        return F.linear(h, fc2.weight.flatten(1), fc2.bias)
+    return _folded(excite)
 
 
 class Parts:
@@ -117,9 +111,13 @@ class Parts:
             raise ValueError("the parts are defined for bottleneck networks")
         self.ses = [m.se for m in blocks]
         products = {id(m.se): composed_fc1(m.se, m.conv3, m.bn3) for m in blocks}
-        self.variants = {"no SE work": _no_se, "pooling and scaling": _pool_scale,
-                         "FCs and scaling": _fc_scale, "FC1 precomputed": _precomputed(products),
-                         "as shipped": None}
+        self.variants = {
+            "no SE work": _no_se,
+            "pooling and scaling": _folded(lambda se, conv, bn, v, y: pooled_conv_bn(conv, bn, v, y)),
+            "FCs and scaling": _folded(lambda se, conv, bn, v, y: se.excitation(y.new_zeros(y.shape[:2]))),
+            "FC1 precomputed": _precomputed(products),
+            "as shipped": None,
+        }
 
     def use(self, variant: str) -> None:
         fn = self.variants[variant]
@@ -138,8 +136,8 @@ def parts(repeats: int, warmup: int, size: int, stride_in_1x1: bool, clock) -> d
     switch = Parts(se_net)
     models = {"ResNet-50": plain, **dict.fromkeys(switch.variants, se_net)}
     try:
-        return _interleaved(models, repeats, warmup, size, clock,
-                            before=lambda name: name in switch.variants and switch.use(name))
+        return interleaved(models, torch.randn(1, 3, size, size), repeats, warmup, clock,
+                           before=lambda name: name in switch.variants and switch.use(name))
     finally:
         switch.use("as shipped")
 
@@ -160,26 +158,7 @@ def against_timm(repeats: int, warmup: int, size: int, clock) -> dict[str, list[
         "ours ResNet-50": share_weights(senet.build_model("resnet50", stride_in_1x1=False), ours_se).eval(),
         "ours SE-ResNet-50": ours_se,
     }
-    return _interleaved(models, repeats, warmup, size, clock)
-
-
-def _interleaved(models: dict[str, torch.nn.Module], repeats: int, warmup: int, size: int, clock,
-                 before=lambda name: None) -> dict[str, list[float]]:
-    """Per-round times (ms) of each named model on one image, in a rotating order each round
-    (``before(name)`` is called first, untimed)."""
-    x = torch.randn(1, 3, size, size)
-    names = list(models)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            k = i % len(names)
-            for name in names[k:] + names[:k]:
-                before(name)
-                t = clock()
-                models[name](x)
-                if i >= warmup:
-                    times[name].append((clock() - t) * 1e3)
-    return times
+    return interleaved(models, torch.randn(1, 3, size, size), repeats, warmup, clock)
 
 
 def _ratio_row(label: str, plain: list[float], se: list[float]) -> str:
@@ -224,7 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--stride-in-3x3", action="store_true", help="the v1.5 convention (default: the paper's, stride in 1×1)")
     p.add_argument("--copies", type=int, default=6, help="copies of the FC weights cycled by the gemv section")
     p.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="thread CPU time (default) or wall clock")
-    p.add_argument("--only", default="", help="comma-separated sections: parts, gemv (default both)")
+    p.add_argument("--only", default="", help="comma-separated sections: parts, timm, gemv (default all)")
     args = p.parse_args(argv)
     sections = {"parts", "timm", "gemv"}
     want = set(args.only.split(",")) if args.only else sections

@@ -136,11 +136,9 @@ def folds(conv: nn.Module, bn: nn.Module) -> bool:
     """Whether an SE on ``bn(conv(v))`` may fold into them: no gradient is recorded, ``conv`` is an
     ungrouped, unpadded 1×1 convolution with stride 1, ``bn`` normalises with its running statistics,
     and no hook watches either (the folded path does not call ``bn``)."""
-    return (not torch.is_grad_enabled() and isinstance(conv, nn.Conv2d)
-            and isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training
-            and bn.running_mean is not None and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.groups == 1 and conv.padding in ((0, 0), "valid")
-            and not has_hooks(conv) and not has_hooks(bn))
+    return (owns_output(bn) and not bn.training and bn.running_mean is not None
+            and isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.groups == 1 and conv.padding in ((0, 0), "valid") and not has_hooks(conv))
 
 
 def pooled_conv_bn(conv: nn.Conv2d, bn: nn.Module, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

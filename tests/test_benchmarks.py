@@ -180,7 +180,7 @@ def test_se_cost_parts_switch_the_fold_and_give_it_back(monkeypatch):
 def test_se_cost_against_timm_shares_each_pairs_weights(monkeypatch):
     pytest.importorskip("timm")
     got = {}
-    monkeypatch.setattr(se_cost, "_interleaved", lambda models, *a, **k: got.update(models) or {})
+    monkeypatch.setattr(se_cost, "interleaved", lambda models, *a, **k: got.update(models) or {})
     se_cost.against_timm(1, 0, 32, None)
     for who in ("timm", "ours"):
         plain, se = got[f"{who} ResNet-50"], got[f"{who} SE-ResNet-50"]
