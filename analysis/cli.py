@@ -115,15 +115,16 @@ class AnalyzeCommand(AnalysisCommand, name="analyze", overrides=True):
 
 @command
 class ReportCommand(AnalysisCommand, name="report"):
-    """paper-style tables, paired tests with Holm's correction, power and figures of a study into
-    <results>/<study>/report.md"""
+    """paper-style tables, anytime-valid comparisons with the reference arm, a seed projection and
+    figures of a study into <results>/<study>/report.md"""
 
     def configure(self, p):
         p.add_argument("study", help="a study with collected results (results/<study>/runs.parquet)")
         study_options(p, "report only")
-        p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (at least 200)")
+        p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the descriptive "
+                       "bootstrap interval (at least 200)")
         p.add_argument("--effect", type=float, default=None, metavar="PP", help="difference (points) the "
-                       "power line sizes the seeds for (default 0.5, or one test image if larger)")
+                       "projection line sizes the seeds for (default the design's delta, or one test image if larger)")
         p.epilog = "a table holding several recipes is refused until --preset, --experiment or --recipe chooses one"
 
     def run(self, args, overrides):
@@ -177,8 +178,8 @@ class CurvesCommand(AnalysisCommand, name="curves"):
 
 @command
 class FindingsCommand(AnalysisCommand, name="findings"):
-    """the findings table: each finding of the paper against the committed results (effect, 95 percent
-    CI, n, verdict, power) into <results>/README.md"""
+    """the findings table: each finding of the paper against the committed results (effect, anytime
+    95 percent confidence sequence, n, verdict, seed projection) into <results>/README.md"""
 
     def configure(self, p):
         study_options(p, "read only", keys=("preset",))
@@ -189,7 +190,8 @@ class FindingsCommand(AnalysisCommand, name="findings"):
                        "results/reference/se_resnet20/analysis that exists)")
         p.add_argument("--metric", default="test_top1_err", help="the error compared (default test_top1_err, "
                        "as the reports' tables)")
-        p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (at least 200)")
+        p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the descriptive "
+                       "bootstrap interval (at least 200)")
         p.epilog = "a study holding several recipes is refused until --preset chooses one"
 
     def run(self, args, overrides):

@@ -2,8 +2,10 @@
 
 :func:`summary_table` gives the paper's table as numbers (mean and std over completed seeds, counts
 by status, the paper's ImageNet figures); :func:`compare_arms` pairs each arm with the reference by
-seed (paired t-test, BCa bootstrap, Holm's step-down, a verdict); :func:`power_summary` says what the
-design can detect. Method: :mod:`analysis.stats`. pandas, numpy and scipy only.
+seed and reads its outcome off the anytime-valid confidence sequence of :mod:`senet.sequential`
+(the study's design from study.json, else the defaults); :func:`projection` says how many seeds
+that sequence would need to settle a difference of δ, next to a fixed-n design. pandas, numpy and
+scipy only.
 """
 from __future__ import annotations
 
@@ -12,14 +14,13 @@ import math
 import numpy as np
 import pandas as pd
 
+from senet.sequential import Design, assess, design_of, fixed_n_seeds, seeds_to_settle
+
 from . import stats
 from .errors import ReportInputError
 from .study import arm_order, completed
 
 METRICS = ("test_top1_err", "test_top5_err")
-#: Default target for "how many seeds would it take" (pp): the size of the paper's differences
-#: between SE variants (r=32 vs r=16: 0.44, max vs avg squeeze: 0.29, tanh vs sigmoid: 0.72).
-DEFAULT_EFFECT = 0.5
 #: Statuses of a trial that has not finished (``senet collect``: still running, or interrupted and
 #: not resumed yet): neither a result nor a failure.
 UNFINISHED = ("running",)
@@ -84,23 +85,39 @@ def paired_values(runs: pd.DataFrame, meta: dict, metric: str = "test_top1_err")
     return {arm: paired(ok, arm, ref, metric) for arm in arm_order(runs, meta) if arm != ref}
 
 
-COMPARISON_COLUMNS = ["arm", "reference", "metric", "pairs", "mean_diff", "sd_diff", "t_low", "t_high",
-                      "p", "p_holm", "ci_low", "ci_high", "boot_method", "verdict", "reason", "seeds_for_diff"]
+def study_design(meta: dict, runs: pd.DataFrame | None = None) -> tuple[Design, bool]:
+    """The sequential design the study declared in its study.json for the preset of ``runs`` (one
+    recipe, so one preset) and whether it declared one; else the preset's default design
+    (:func:`senet.sequential.design_of`)."""
+    presets = runs["preset"].dropna().astype(str).unique() if runs is not None and "preset" in runs else ()
+    preset = presets[0] if len(presets) == 1 else str(meta.get("preset") or "")
+    return design_of(meta, preset)
 
 
-def paired_verdict(r: dict, resolution: float, alpha: float) -> tuple[str, str]:
-    """better / worse / inconclusive / no verdict of one paired test (rules: :func:`compare_arms`)."""
-    if r["pairs"] < stats.MIN_PAIRS:
-        return "no verdict", f"{r['pairs']} seed pair(s); a verdict needs ≥ {stats.MIN_PAIRS}"
-    if r["zero_spread"]:
-        return "no verdict", "every seed gave the same difference: no spread to test it against"
-    if math.isfinite(resolution) and abs(r["mean_diff"]) < resolution - 1e-9:
-        return "inconclusive", f"|Δ| below one test image ({resolution:.2f} pp)"
-    if not r["p_holm"] <= alpha:
-        return "inconclusive", f"Holm p = {r['p_holm']:.2g} > {alpha:g}"
-    if r["pairs"] >= stats.BOOT_DECIDES_FROM and not (r["ci_high"] < 0 or r["ci_low"] > 0):
-        return "inconclusive", "the bootstrap interval includes 0"
-    return ("better" if r["mean_diff"] < 0 else "worse"), f"Holm p = {r['p_holm']:.2g} ≤ {alpha:g}"
+#: The fixed-n paired t interval's header: it is valid only at an n fixed in advance.
+FIXED_T = "fixed-n t 95% CI (descriptive; not valid under optional stopping)"
+COMPARISON_COLUMNS = ["arm", "reference", "metric", "pairs", "mean_diff", "sd_diff", "rho", "cs_low", "cs_high",
+                      "level", "outcome", "reason", "closed_at", "more_seeds", "t_low", "t_high", "ci_low",
+                      "ci_high", "boot_method"]
+
+
+def compare_pair(a, r, design: Design, k: int, resolution: float, *, n_boot: int = 10000,
+                 seed: int = 0) -> dict:
+    """Arm values ``a`` against reference values ``r`` (paired, in seed order): the outcome and the
+    confidence sequence at level α/``k`` (:func:`senet.sequential.assess`; ``resolution`` is one test
+    image in points, 0 when unknown), σ̂_d, ρ̂, and the descriptive fixed-n paired t 95% interval and
+    BCa bootstrap interval (:func:`analysis.stats.paired_test`)."""
+    a, r = np.asarray(a, float), np.asarray(r, float)
+    s = assess(a - r, design, k, resolution)
+    t = stats.paired_test(a, r, n_boot=n_boot, seed=seed)
+    reason = s.reason()
+    if not s.closed and s.n >= design.min_seeds and (s.low > 0 or s.high < 0) and abs(s.mean) < resolution:
+        # what keeps a sequence that excludes 0 open
+        reason += f"; |Δ̂| is below one test image ({resolution:.2f} pp), never a difference"
+    return {"pairs": s.n, "mean_diff": s.mean, "sd_diff": s.sd, "rho": stats.pair_correlation(a, r),
+            "cs_low": s.low, "cs_high": s.high, "level": s.level, "outcome": s.outcome, "reason": reason,
+            "closed_at": s.closed_at, "more_seeds": s.more_seeds, "t_low": t["t_low"], "t_high": t["t_high"],
+            "ci_low": t["ci_low"], "ci_high": t["ci_high"], "boot_method": t["boot_method"]}
 
 
 def check_n_boot(n_boot: int) -> None:
@@ -110,58 +127,56 @@ def check_n_boot(n_boot: int) -> None:
 
 
 def compare_arms(runs: pd.DataFrame, meta: dict, metric: str = "test_top1_err", *, n_boot: int = 10000,
-                 level: float = 0.95, seed: int = 0, num_test: int | None = None,
-                 alpha: float = stats.ALPHA) -> pd.DataFrame:
+                 seed: int = 0, num_test: int | None = None) -> pd.DataFrame:
     """Each arm's difference from the reference arm (arm − reference, in points), paired by seed.
 
-    Only seeds completed by both arms pair up. Per arm: the paired t-test (``scipy.stats.ttest_rel``)
-    and its interval, the BCa bootstrap interval (:func:`analysis.stats.paired_test`), the p-value
-    Holm-adjusted over the arms tested against the reference, and a verdict for an error metric:
-
-    - ``no verdict`` below 3 pairs, or when every seed gave the same difference (zero spread);
-    - ``inconclusive`` when |mean Δ| is below one test image (100 / ``num_test`` pp; skipped when
-      the test-set size is unknown), when the Holm-adjusted p exceeds ``alpha``, or, from 6 pairs on,
-      when the bootstrap interval includes 0;
-    - else ``better`` (lower error) or ``worse``.
-
-    ``seeds_for_diff``: for arms without a better/worse verdict, the seeds a study would need to
-    detect a difference the size of the observed |Δ| (at least one test image) with 80% power,
-    from the seed-to-seed σ pooled over arms.
-    """
+    Only seeds completed by both arms pair up, taken in seed order. Every arm of the study other
+    than the reference is one of the k comparisons, so each gets its confidence sequence at level
+    α/k (Bonferroni: all outcomes of the table together err with probability ≤ α) and one of the
+    outcomes of :mod:`senet.sequential` (better, worse, alike, different within ±δ; open below the
+    seed cap, unresolved at it). A |Δ̂| below one test image (100 / ``num_test`` pp) is never a
+    difference; unknown test-set size: not applied. ``attrs``: the design, whether study.json
+    declared it, k, the level and the resolution."""
     check_n_boot(n_boot)
+    design, declared = study_design(meta, runs)
     ref = meta.get("reference_arm")
     pairs = paired_values(runs, meta, metric)
-    resolution = 100.0 / num_test if num_test else math.nan
-    rows = []
-    for arm, (a, r) in pairs.items():
-        t = stats.paired_test(a, r, level=level, n_boot=n_boot, seed=seed)
-        rows.append({"arm": arm, "reference": ref, "metric": metric, **t})
-    tested = [r["pairs"] >= stats.MIN_PAIRS and math.isfinite(r["p"]) for r in rows]
-    adjusted = stats.holm([r["p"] if ok else math.nan for r, ok in zip(rows, tested, strict=True)])
-    sd, _ = stats.pooled_sd(a - r for a, r in pairs.values())
-    for r, p_holm in zip(rows, adjusted, strict=True):
-        r["p_holm"] = float(p_holm)
-        r["verdict"], r["reason"] = paired_verdict(r, resolution, alpha)
-        target = max(abs(r["mean_diff"]), resolution if math.isfinite(resolution) else 0.0)
-        r["seeds_for_diff"] = (stats.seeds_needed(sd, target) if r["verdict"] not in ("better", "worse")
-                               and math.isfinite(target) else None)
-    out = pd.DataFrame(rows, columns=[*COMPARISON_COLUMNS, "zero_spread"])
-    out.attrs["holm_k"] = int(sum(tested))
-    return out.drop(columns="zero_spread")
+    k = len(pairs)
+    resolution = 100.0 / num_test if num_test else 0.0
+    rows = [{"arm": arm, "reference": ref, "metric": metric,
+             **compare_pair(a, r, design, k, resolution, n_boot=n_boot, seed=seed)}
+            for arm, (a, r) in pairs.items()]
+    out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    out.attrs.update(design=design, declared=declared, k=k, level=design.level(k), resolution=resolution)
+    return out
 
 
-def power_summary(runs: pd.DataFrame, meta: dict, metric: str = "test_top1_err", *,
-                  effect: float | None = None, num_test: int | None = None) -> dict:
-    """What the study can detect: σ_d, the standard deviation of the paired differences pooled over
-    the arms; n, the most seed pairs any arm has; the minimum detectable effect at two-sided 5% and
-    80% power (per comparison, before Holm); and the seeds a difference of ``effect`` pp would need
-    (default: 0.5 pp, or one test image if that is larger)."""
+def settle_seeds(sd: float, design: Design, k: int, effect: float) -> tuple[int | None, int | None]:
+    """(the seeds the confidence sequence at α/``k`` needs to settle a difference of ``effect``,
+    the seeds of a fixed-n paired t-test at the same level with 80% power at ``effect``) if σ_d is
+    ``sd``; None where unknown (no spread) or, for the sequence, beyond 100,000. The sequence's are
+    the fewest after which its half-width is below max(effect, δ − effect): it then excludes 0 at
+    Δ̂ = effect, or fits inside ±δ (:func:`senet.sequential.seeds_to_settle`)."""
+    if not (math.isfinite(sd) and sd > 0):
+        return None, None
+    level = design.level(k)
+    more = seeds_to_settle(2, effect, sd, level, design.g, design.delta)  # none is finite at 2 seeds
+    return (None if more is None else 2 + more), fixed_n_seeds(effect, sd, level)
+
+
+def projection(runs: pd.DataFrame, meta: dict, metric: str = "test_top1_err", *,
+               effect: float | None = None, num_test: int | None = None) -> dict:
+    """What the design can settle if σ_d stays what the seeds show: σ̂_d, the standard deviation of
+    the paired differences pooled over the arms, and :func:`settle_seeds` for ``effect`` (default
+    the design's δ, at least one test image)."""
+    design, declared = study_design(meta, runs)
     pairs = paired_values(runs, meta, metric)
+    k = len(pairs)
     sd, df = stats.pooled_sd(a - r for a, r in pairs.values())
-    n = max((len(a) for a, _ in pairs.values()), default=0)
-    resolution = 100.0 / num_test if num_test else math.nan
-    if effect is None:
-        effect = max(DEFAULT_EFFECT, resolution) if math.isfinite(resolution) else DEFAULT_EFFECT
+    resolution = 100.0 / num_test if num_test else 0.0
+    effect = max(design.delta if effect is None else effect, resolution)
+    cs_seeds, fixed_seeds = settle_seeds(sd, design, k, effect)
     return {"metric": metric, "sd": sd, "df": df, "arms": sum(len(a) >= 2 for a, _ in pairs.values()),
-            "n": n, "mde": stats.min_detectable_effect(sd, n), "effect": effect,
-            "seeds": stats.seeds_needed(sd, effect), "resolution": resolution}
+            "n": max((len(a) for a, _ in pairs.values()), default=0), "effect": effect, "k": k,
+            "level": design.level(k), "design": design, "declared": declared, "cs_seeds": cs_seeds,
+            "fixed_seeds": fixed_seeds}

@@ -4,10 +4,11 @@ These turn the paper's §7.2 observations into one number per block: "early laye
 class-agnostic manner, later ones become class-specific, and SE_5_2 is saturated (close to the
 identity)". Inputs are the tidy tables of :mod:`analysis.extract`.
 
-The second half compares ablation arms over seeds (see ``statistics-notes``: paired t-test and BCa
-bootstrap of the paired differences, Holm's step-down over the arms compared with one reference,
-and the power of the design). pandas, numpy and scipy only, so figures and reports can be made
-without torch.
+The second half holds the fixed-n helpers of the comparisons over seeds: the paired t interval and
+the BCa bootstrap of the paired differences (shown in the reports as descriptive columns only: they
+assume n was fixed in advance), the correlation of paired errors and the pooled spread. The verdicts
+come from the anytime-valid confidence sequence of :mod:`senet.sequential`. pandas, numpy and scipy
+only, so figures and reports can be made without torch.
 """
 from __future__ import annotations
 
@@ -133,13 +134,10 @@ def spearman(a, b) -> float:
 # ---------------------------------------------------------------------------------------------
 # Comparing arms over seeds
 # ---------------------------------------------------------------------------------------------
-ALPHA = 0.05  # two-sided, family-wise (Holm) over the arms compared with the reference
+ALPHA = 0.05  # two-sided, for the excitation findings' tests
 POWER = 0.80
-#: Below this many seed pairs there is no spread estimate worth a verdict.
+#: Below this many seed pairs a bootstrap over seeds is not computed (too few distinct resamples).
 MIN_PAIRS = 3
-#: With fewer pairs a bootstrap over seeds has too few distinct resamples to decide on its own; it is
-#: shown, and from this many pairs on it must agree with the t-test for a verdict.
-BOOT_DECIDES_FROM = 6
 #: Fewest bootstrap resamples: 200 leaves 5 resamples beyond each end of a 95% interval, so its
 #: ends are not set by one or two draws (BCa moves the ends further out still).
 MIN_BOOT = 200
@@ -215,22 +213,6 @@ def paired_test(a, r, *, level: float = 0.95, n_boot: int = 10000, seed: int = 0
     return out
 
 
-def holm(pvalues: Iterable[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (NaN entries are not tests and stay NaN).
-
-    Sorted p(1) ≤ … ≤ p(k): H(j) is rejected while p(j) ≤ α / (k − j + 1); the adjusted value
-    max over i ≤ j of min(1, (k − i + 1) p(i)) is ≤ α exactly for the rejected ones."""
-    p = np.asarray(list(pvalues), float)
-    out = np.full(p.shape, np.nan)
-    tested = np.flatnonzero(np.isfinite(p))
-    k = len(tested)
-    running = 0.0
-    for j, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
-        running = max(running, min(1.0, (k - j) * p[i]))
-        out[i] = running
-    return out
-
-
 def pooled_sd(diffs: Iterable[np.ndarray]) -> tuple[float, int]:
     """The standard deviation of paired differences pooled over arms (each arm's variance weighted
     by its degrees of freedom) and those degrees of freedom; (NaN, 0) without 2 pairs anywhere."""
@@ -243,29 +225,14 @@ def pooled_sd(diffs: Iterable[np.ndarray]) -> tuple[float, int]:
     return (math.sqrt(ss / df), df) if df else (math.nan, 0)
 
 
-def min_detectable_effect(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """Smallest true mean difference a paired t-test over ``n`` pairs detects (two-sided ``alpha``)
-    with probability ``power``: (t(1 − α/2, n − 1) + t(power, n − 1)) · σ_d / √n."""
-    if n < 2 or not math.isfinite(sd):
+def pair_correlation(a, r) -> float:
+    """ρ̂ of the arm's and the reference's errors over the paired seeds, from the variances:
+    (s_A² + s_R² − s_d²) / (2 s_A s_R). How much pairing by seed removes (s_d² = s_A² + s_R² − 2ρ s_A s_R);
+    NaN below 3 pairs (two points always correlate ±1) or when either arm does not vary."""
+    a, r = np.asarray(a, float), np.asarray(r, float)
+    if len(a) < 3:
         return math.nan
-    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
-
-
-def seeds_needed(sd: float, effect: float, alpha: float = ALPHA, power: float = POWER,
-                 limit: int = 1_000_000) -> int | None:
-    """The fewest seeds (at least :data:`MIN_PAIRS`) whose minimum detectable effect is ≤ ``effect``;
-    None when unknown (no σ) or beyond ``limit``."""
-    if not (math.isfinite(sd) and math.isfinite(effect)) or effect <= 0:
-        return None
-    mde = lambda n: min_detectable_effect(sd, n, alpha, power)
-    if mde(MIN_PAIRS) <= effect:
-        return MIN_PAIRS
-    lo, hi = MIN_PAIRS, MIN_PAIRS * 2  # mde(lo) > effect: grow hi until it is enough, then bisect
-    while mde(hi) > effect:
-        lo, hi = hi, hi * 2
-        if hi > limit:
-            return None
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if mde(mid) <= effect else (mid, hi)
-    return hi
+    va, vr, vd = np.var(a, ddof=1), np.var(r, ddof=1), np.var(a - r, ddof=1)
+    if zero_spread(a) or zero_spread(r):
+        return math.nan
+    return float((va + vr - vd) / (2 * math.sqrt(va * vr)))

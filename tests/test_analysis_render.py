@@ -27,6 +27,7 @@ from analysis.stats import selectivity, t_quantile
 from analysis.study import best_checkpoint, completed, count_test_images, load_study
 from analysis.style import LABELS, save
 from analysis.tables import latex, markdown
+from senet.sequential import seeds_to_settle
 
 BLOCKS = ["SE_2_3", "SE_3_3", "SE_4_1", "SE_4_2", "SE_4_3"]
 CLASSES = ["T-shirt/top", "Trouser", "Bag"]
@@ -160,22 +161,26 @@ def test_summary_table_hand_computed():
     assert rows["softmax"][6] == "41M" and rows["softmax"][8] == "–"
 
 
-def test_compare_arms_verdicts():
+def test_compare_arms_outcomes():
     b = compare_arms(_runs(), STUDY, "test_top1_err", n_boot=2000).set_index("arm")
-    # tanh - sigmoid per seed: +1.0, +1.5, +1.5: t = 8.0 on 2 df, p = 0.0153; Holm over the 2 arms
-    # with >= 3 pairs (tanh, relu) doubles it: 0.0305 <= 0.05 -> worse.
-    assert b.loc["tanh", "pairs"] == 3 and b.loc["tanh", "mean_diff"] == pytest.approx(4 / 3)
-    assert b.loc["tanh", "p"] == pytest.approx(0.015268, abs=1e-5)
-    assert b.loc["tanh", "p_holm"] == pytest.approx(2 * b.loc["tanh", "p"])
-    assert b.loc["tanh", "ci_low"] >= 1.0 and b.loc["tanh", "ci_high"] <= 1.5
-    assert b.loc["tanh", "verdict"] == "worse"
-    # relu - sigmoid: -1, +1, -0.5: the interval straddles 0.
-    assert b.loc["relu", "verdict"] == "inconclusive" and b.loc["relu", "ci_low"] < 0 < b.loc["relu", "ci_high"]
+    k = len(STUDY["arms"]) - 1  # every arm but the reference shares α
+    assert b.attrs["k"] == k and b.attrs["level"] == pytest.approx(0.05 / k) and not b.attrs["declared"]
+    # tanh - sigmoid per seed: +1.0, +1.5, +1.5. The fixed-n t interval 4/3 ± t(0.975, 2)·0.2887/√3
+    # = [+0.616, +2.051] excludes 0, but no sequence is finite at 3 seeds: open, with the seeds it lacks.
+    t = b.loc["tanh"]
+    assert t["pairs"] == 3 and t["mean_diff"] == pytest.approx(4 / 3) and t["sd_diff"] == pytest.approx(0.288675, abs=1e-6)
+    assert (t["t_low"], t["t_high"]) == pytest.approx((0.6162, 2.0505), abs=1e-4)
+    assert 1.0 <= t["ci_low"] and t["ci_high"] <= 1.5  # the bootstrap: descriptive too
+    assert t["outcome"] == "open" and np.isinf(t["cs_low"]) and np.isinf(t["cs_high"])
+    assert t["more_seeds"] == seeds_to_settle(3, 4 / 3, t["sd_diff"], 0.05 / k, 1.0, 0.5)
+    assert t["rho"] == pytest.approx(np.corrcoef([9.0, 10.5, 11.5], [8.0, 9.0, 10.0])[0, 1])
+    # relu - sigmoid: -1, +1, -0.5: open as well.
+    assert b.loc["relu", "outcome"] == "open" and b.loc["relu", "t_low"] < 0 < b.loc["relu", "t_high"]
     # softmax pairs only on the two completed seeds: +0.5, +0.5. Issue 9 item 2: this test used to
-    # assert "worse" from two equal differences (an interval of width zero); below 3 pairs there is
-    # no verdict, and softmax is not one of Holm's tests.
-    assert b.loc["softmax", "pairs"] == 2 and b.loc["softmax", "verdict"] == "no verdict"
-    assert np.isnan(b.loc["softmax", "p_holm"])
+    # assert "worse" from two equal differences (an interval of width zero); no spread, no projection.
+    s = b.loc["softmax"]
+    assert s["pairs"] == 2 and s["outcome"] == "open" and pd.isna(s["more_seeds"])
+    assert s["reason"] == "Δ ∈ (−∞, ∞)" and np.isnan(s["t_low"]) and np.isnan(s["rho"])
 
 
 def test_markdown_and_latex_tables():
@@ -293,18 +298,19 @@ def test_t_quantile_matches_tables():
         assert abs(t_quantile(0.975, df) - t) < 2e-3
 
 
-def test_two_noisy_seeds_get_no_verdict():
-    # Differences +1 and +9 points: the bootstrap interval [+1, +9] excludes 0, but two seeds this
-    # far apart prove nothing (t interval: 5 ± 12.706·5.657/√2 = [-45.8, +55.8]).
+def test_two_noisy_seeds_stay_open():
+    # Differences +1 and +9 points: the bootstrap interval [+1, +9] would exclude 0, but two seeds this
+    # far apart prove nothing (t interval: 5 ± 12.706·5.657/√2 = [-45.8, +55.8]; no sequence at all).
     runs = pd.DataFrame([{"arm": a, "seed": s, "status": "completed", "test_top1_err": e}
                          for a, s, e in [("sigmoid", 0, 10.0), ("sigmoid", 1, 10.0),
                                          ("tanh", 0, 11.0), ("tanh", 1, 19.0)]])
     meta = {"reference_arm": "sigmoid", "arms": [{"arm": "sigmoid"}, {"arm": "tanh"}]}
     b = compare_arms(runs, meta, "test_top1_err", n_boot=2000).set_index("arm")
-    # a bootstrap over 2 pairs (3 possible resampled means) is not computed at all now
+    # a bootstrap over 2 pairs (3 possible resampled means) is not computed at all
     assert np.isnan(b.loc["tanh", "ci_low"])
     assert abs(b.loc["tanh", "t_low"] + 45.8) < 0.1 and abs(b.loc["tanh", "t_high"] - 55.8) < 0.1
-    assert b.loc["tanh", "verdict"] == "no verdict"
+    assert b.loc["tanh", "outcome"] == "open" and np.isinf(b.loc["tanh", "cs_high"])
+    assert b.loc["tanh", "reason"].startswith("Δ ∈ (−∞, ∞); ≈ ")
 
 
 def test_a_figure_drawn_again_from_the_same_table_is_the_same_file(tmp_path):

@@ -1,7 +1,7 @@
 """`senet findings` (issue 12 item 5): the paper's findings against a results folder, by code.
 
 The fixtures are synthetic ``runs.parquet`` files with known differences, so each verdict is known
-in advance: agrees, contradicts, inconclusive, no verdict, not run yet."""
+in advance: agrees, contradicts, no effect ≥ δ here, unresolved, not run yet."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,8 @@ import torch
 
 from analysis.findings import FINDINGS, Finding, evaluate, write_findings
 from analysis.findings.arms import ArmClaims, higher
-from analysis.stats import holm
 from senet.cli import main
+from senet.sequential import Design, assess
 
 #: Per-seed offsets shared by every arm (what pairing by seed removes).
 SEED_EFFECT = [0.30, -0.20, 0.10, 0.50, -0.40]
@@ -32,7 +32,7 @@ def hidden(r: int) -> str:
     return ",".join(f"SE_{s}_{b}:{c}/{max(1, c // r)}" for s, c in ((2, 16), (3, 32), (4, 64)) for b in (1, 2, 3))
 
 
-def write_study(results, study, offsets, *, seeds=5, noise=0.02, num_test=10000, seed=0, extra=None):
+def write_study(results, study, offsets, *, seeds=8, noise=0.02, num_test=10000, seed=0, extra=None):
     """``results/<study>/runs.parquet`` + ``study.json``: error = 10 + seed effect + the arm's offset
     + noise (sd ``noise``); ``offsets`` maps arm -> offset, or (offset, n seeds, noise sd)."""
     axis, ref, arms = ARMS[study]
@@ -87,7 +87,7 @@ def results(tmp_path):
     write_study(r, "reduction", {"baseline": 1.0, "r=2": 0.0, "r=4": 0.02, "r=8": -0.03, "r=16": 0.0, "r=32": 0.8})
     # tanh clearly *better* than sigmoid: the paper's order is contradicted.
     write_study(r, "gate", {"sigmoid": 0.0, "tanh": -0.8, "relu": 1.0})
-    # max vs avg drowned in seed noise (inconclusive); NoSqueeze with 2 seeds (no verdict).
+    # max vs avg drowned in seed noise, NoSqueeze with 2 seeds: both unresolved.
     write_study(r, "squeeze", {"avg": (0.0, 3, 0.0), "max": (0.3, 3, 1.0), "none": (0.7, 2, 0.02)})
     write_analysis(r / "gate" / "analysis", [0.05, 0.08, 0.12, 0.2, 0.31, 0.4])
     return r
@@ -96,21 +96,26 @@ def results(tmp_path):
 def test_findings_verdicts_on_a_synthetic_results_folder(results):
     df, recipes = evaluate(results, n_boot=1000)
     assert verdicts(df) == {
-        "se_beats_baseline": "agrees", "reduction": "agrees", "avg_beats_max": "inconclusive",
-        "nosqueeze_worse": "no verdict", "gate_order": "contradicts", "placement": "not run yet",
+        "se_beats_baseline": "agrees", "reduction": "agrees", "avg_beats_max": "unresolved",
+        "nosqueeze_worse": "unresolved", "gate_order": "contradicts", "placement": "not run yet",
         "stages": "not run yet", "selectivity_depth": "agrees", "last_stage_removal": "agrees"}
     se = df[df["key"] == "se_beats_baseline"].iloc[0]
-    assert se["source"] == "reduction" and se["comparison"] == "r=16 − baseline" and se["n"] == 5
+    assert se["source"] == "reduction" and se["comparison"] == "r=16 − baseline" and se["n"] == 8
     assert se["effect"] == pytest.approx(-1.0, abs=0.05) and se["ci_low"] < se["effect"] < se["ci_high"] < 0
+    assert se["outcome"] == "better" and se["reason"].startswith("better than baseline; the 0.95 sequence excludes 0")
     red = df[df["key"] == "reduction"]
     assert list(red["comparison"]) == ["r=2 − r=16", "r=4 − r=16", "r=8 − r=16", "r=32 − r=16"]
     assert list(red["verdict"]) == ["agrees"] * 4
+    assert set(red["outcome"].iloc[:3]) <= {"alike", "different within ±δ"} and red["outcome"].iloc[3] == "worse"
     assert "per stage: r=32 16→1, 32→1, 64→2; r=16 16→1, 32→2, 64→4" in red["notes"].iloc[3]
-    assert (red["notes"].iloc[:3] == "").all()  # same widths: nothing to note
+    assert (red["notes"].iloc[:3].fillna("") == "").all()  # same widths: nothing to note
     gate = df[df["key"] == "gate_order"]
     assert gate.iloc[0]["verdict"] == "contradicts" and "sigmoid − tanh" in gate.iloc[0]["finding_reason"]
-    assert "inconclusive" in df[df["key"] == "avg_beats_max"].iloc[0]["reason"] or \
-        "Holm p" in df[df["key"] == "avg_beats_max"].iloc[0]["reason"]
+    assert gate.iloc[0]["reason"].startswith("worse than tanh")
+    for key in ("avg_beats_max", "nosqueeze_worse"):  # 3 and 2 seeds: no sequence yet, and what it lacks
+        row = df[df["key"] == key].iloc[0]
+        assert row["reason"].startswith("Δ ∈ (−∞, ∞)") and np.isinf(row["ci_high"])
+    assert "≈" in df[df["key"] == "avg_beats_max"].iloc[0]["reason"]
     place = df[df["key"] == "placement"].iloc[0]
     assert "no " in place["finding_reason"] and "placement" in place["finding_reason"]
     sel = df[df["key"] == "selectivity_depth"].iloc[0]
@@ -123,13 +128,19 @@ def test_findings_verdicts_on_a_synthetic_results_folder(results):
     assert {r["study"] for r in recipes} == {"reduction", "gate", "squeeze"}
 
 
-def test_holm_runs_over_the_directional_comparisons_of_one_finding(results):
+def test_the_level_is_alpha_over_the_comparisons_of_one_finding(results):
     df, _ = evaluate(results, n_boot=1000)
-    gate = df[df["key"] == "gate_order"]
-    np.testing.assert_allclose(gate["p_holm"], holm(gate["p"]))
-    red = df[df["key"] == "reduction"]
-    # the "alike" claims are equivalence tests on the interval: only r=32 is in the Holm family
-    assert red["p_holm"].iloc[:3].isna().all() and red["p_holm"].iloc[3] == pytest.approx(red["p"].iloc[3])
+    for key, k in (("se_beats_baseline", 1), ("gate_order", 2), ("reduction", 4)):
+        rows = df[df["key"] == key]
+        assert len(rows) == k
+        assert (rows["ci_method"] == f"anytime t-CS at α/{k} ({100 * (1 - 0.05 / k):.4g}%)").all()
+    # the interval is the sequence of the paired differences at that level, seeds in order
+    runs = pd.read_parquet(results / "gate" / "runs.parquet").pivot(index="seed", columns="arm",
+                                                                    values="test_top1_err").sort_index()
+    want = assess((runs["sigmoid"] - runs["tanh"]).to_numpy(), Design(), k=2, resolution=0.01)
+    got = df[(df["key"] == "gate_order") & (df["comparison"] == "sigmoid − tanh")].iloc[0]
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((want.low, want.high))
+    assert got["ci_high"] - got["ci_low"] > got["t_high"] - got["t_low"] > 0  # the sequence is the wider
 
 
 def test_alike_contradicts_when_the_interval_lies_beyond_delta(tmp_path):
@@ -140,31 +151,54 @@ def test_alike_contradicts_when_the_interval_lies_beyond_delta(tmp_path):
     red = df[df["key"] == "reduction"].set_index("comparison")
     assert red.loc["r=2 − r=16", "verdict"] == "contradicts"  # 1.5 pp apart: not alike at δ = 0.5
     assert red.loc["r=4 − r=16", "verdict"] == "agrees"
-    assert red.loc["r=8 − r=16", "verdict"] == "inconclusive"  # 0.5 ± ~0.1: the interval straddles +δ
+    # 0.5 ± ~0.1: the sequence excludes 0 (worse) but straddles +δ: not alike, not shown to differ by δ
+    assert red.loc["r=8 − r=16", "verdict"] == "unresolved" and red.loc["r=8 − r=16", "outcome"] == "worse"
+    assert "reaches inside ±0.5 pp" in red.loc["r=8 − r=16", "reason"]
     assert red["finding_verdict"].iloc[0] == "contradicts"
+
+
+def test_no_effect_and_differences_within_delta(tmp_path):
+    r = tmp_path / "results"
+    # sigmoid and tanh alike; tanh 0.3 pp below ReLU, a real difference smaller than δ: the finding has
+    # no effect ≥ δ here (one claim agrees, one finds nothing), naming the comparison without one.
+    write_study(r, "gate", {"sigmoid": 0.0, "tanh": 0.0, "relu": 0.3}, noise=0.01)
+    df, _ = evaluate(r, n_boot=1000)
+    g = df[df["key"] == "gate_order"].set_index("comparison")
+    assert g.loc["sigmoid − tanh", "verdict"] == "no effect ≥ δ here" and g.loc["sigmoid − tanh", "outcome"] == "alike"
+    assert g.loc["tanh − relu", "verdict"] == "agrees" and g.loc["tanh − relu", "outcome"] == "different within ±δ"
+    assert g.loc["tanh − relu", "reason"].startswith("lower than relu but within ±0.5 pp (smaller than δ)")
+    assert g["finding_verdict"].iloc[0] == "no effect ≥ δ here"
+    assert g["finding_reason"].iloc[0] == "no effect ≥ δ in sigmoid − tanh"
+    # the same small difference against the paper's direction contradicts it
+    write_study(r, "gate", {"sigmoid": 0.0, "tanh": 0.0, "relu": -0.3}, noise=0.01)
+    g = evaluate(r, n_boot=1000)[0].query("key == 'gate_order'").set_index("comparison")
+    assert g.loc["tanh − relu", "verdict"] == "contradicts" and g["finding_verdict"].iloc[0] == "contradicts"
 
 
 def test_a_difference_below_one_test_image_is_never_a_difference(tmp_path):
     r = tmp_path / "results"
-    # 100 test images: one image is 1 pp; a steady 0.5 pp is below it whatever the p-value.
+    # 100 test images: one image is 1 pp; a steady 0.5 pp is below it, however narrow the sequence.
     write_study(r, "gate", {"sigmoid": 0.0, "tanh": 0.5, "relu": 3.0}, num_test=100, noise=0.01)
     df, _ = evaluate(r, n_boot=1000)
     g = df[df["key"] == "gate_order"].set_index("comparison")
-    assert g.loc["sigmoid − tanh", "verdict"] == "inconclusive"
-    assert "below one test image" in g.loc["sigmoid − tanh", "reason"]
+    assert g.loc["sigmoid − tanh", "verdict"] == "unresolved" and g.loc["sigmoid − tanh", "ci_high"] < 0
+    assert "below one test image (1.00 pp), never a difference" in g.loc["sigmoid − tanh", "reason"]
     assert g.loc["tanh − relu", "verdict"] == "agrees"
-    assert "needs ≈" in g.loc["sigmoid − tanh", "power"]  # the power line says what it would take
+    assert "the CS at α/2 settles δ = 0.5 pp in ≈ " in g.loc["sigmoid − tanh", "power"]  # the projection
 
 
 def test_stage_globs_and_the_alternative_source(tmp_path):
     r = tmp_path / "results"
     write_study(r, "stages", {"stage2": -0.6, "stage3": -0.5, "stage4": -0.7, "all": -1.0, "none": 0.0})
     df, _ = evaluate(r, n_boot=1000)
-    st = df[df["key"] == "stages"]
-    assert list(st["comparison"]) == ["stage2 − none", "stage3 − none", "stage4 − none",
-                                      "all − stage2", "all − stage3", "all − stage4"]
+    st = df[df["key"] == "stages"].set_index("comparison")
+    assert list(st.index) == ["stage2 − none", "stage3 − none", "stage4 − none",
+                              "all − stage2", "all − stage3", "all − stage4"]
     assert (st["verdict"] == "agrees").all()
-    np.testing.assert_allclose(st["p_holm"], holm(st["p"]))  # one family of six
+    assert (st["ci_method"] == "anytime t-CS at α/6 (99.17%)").all()  # one family of six
+    # all − stage3 = −0.5 ± noise and all − stage2 = −0.4: lower, but by less than δ where the CS says so
+    assert st.loc["all − stage2", "outcome"] == "different within ±δ"
+    assert "smaller than δ" in st.loc["all − stage2", "reason"]
     se = df[df["key"] == "se_beats_baseline"].iloc[0]  # no reduction study: the stages study answers
     assert se["source"] == "stages" and se["comparison"] == "all − none" and se["verdict"] == "agrees"
 
@@ -203,8 +237,11 @@ def test_findings_command_writes_the_readme_deterministically(results, capsys):
     printed = capsys.readouterr().out
     assert "| 5 | sigmoid beats tanh, which beats ReLU |" in printed and f"wrote {out}" in printed
     for needle in ("not ImageNet and not ResNet-50", "fashion-mnist", "se_resnet20", "0123456789ab",
-                   "| reduction | standard | fashion-mnist | se_resnet20 | 5 | 20,000 | 10,000 | 5 |",
-                   "not run yet", "inconclusive at n = 3", "**Headline:**"):
+                   "| reduction | standard | fashion-mnist | se_resnet20 | 5 | 20,000 | 10,000 | 8 |",
+                   "not run yet", "unresolved at n = 3", "**Headline:** of 9 findings: 1 contradicts, 4 agree, "
+                   "0 no effect ≥ δ here, 2 unresolved, 2 not run yet.",
+                   "| comparison | expected | n | Δ | interval | interval method | outcome | σ̂_d | ρ̂ | fixed-n t "
+                   "95% CI (descriptive; not valid under optional stopping) |", "holds at every n at once: valid however seeds were added"):
         assert needle in text, needle
     assert main(["findings", "--results", str(results), "--n-boot", "1000"]) == 0
     assert out.read_text() == text  # nothing in it depends on when or where it ran

@@ -2,8 +2,8 @@
 
 ``senet findings`` reads ``<results>/<study>/runs.parquet`` of every ablation study (and an
 ``senet analyze`` folder for the excitation findings) and writes ``results/README.md``: one row per
-finding of the paper with our measured effect, its 95% interval, n, a verdict and the power of the
-design. Nothing in it is typed by hand; re-running the command on the same files gives the same text.
+finding of the paper with our measured effect, its interval (for arms the anytime-valid confidence
+sequence), n, a verdict and how many seeds would settle it. Nothing in it is typed by hand; re-running the command on the same files gives the same text.
 
 A finding is a declarative entry of :data:`FINDINGS` (:func:`register_finding`): a statement, the
 paper's numbers, and one or more *sources*, alternatives tried in order (the first that has been run
@@ -11,20 +11,17 @@ is used). A source is a small frozen dataclass with an ``evaluate(ctx)`` method
 (:mod:`analysis.findings.evidence` holds what it returns and reads):
 
 - :class:`ArmClaims`: comparisons of arms of one study, each "lower", "higher" or "alike" (error of
-  ``arm`` − error of ``vs``, in points). Directional claims use the reports' rules
-  (:func:`analysis.compare.compare_arms`): paired by seed, paired t-test, Holm's step-down over the
-  directional claims of the finding, no verdict below 3 pairs, a difference below one test image
-  never a difference, and from 6 pairs on the BCa bootstrap interval must agree. An "alike" claim
-  is an equivalence test: agreement needs the 95% interval of the difference inside ±δ, with δ
-  stated in the entry (default :data:`analysis.findings.evidence.DELTA`); a conjunction of such
-  claims needs each to hold (an intersection-union test, which needs no multiplicity correction).
+  ``arm`` − error of ``vs``, in points), judged on the reports' anytime-valid confidence sequence
+  (:mod:`senet.sequential`) at level α/k for the k comparisons of the finding, with the study's
+  design (its study.json, else the defaults): see :mod:`analysis.findings.arms`.
 - :class:`SelectivityDepth`: Spearman's ρ between block depth and class selectivity η² over the
   analysed blocks, with an exact permutation p-value.
 - :class:`StageRemoval`: the error change when the last stage's SE blocks are removed (``mean``
   mode of the analysis' removal table), with an interval over the paired test images.
 
-A finding agrees when all its claims agree, contradicts when any claim contradicts, and is
-inconclusive otherwise (or has no verdict, or has not been run). :mod:`analysis.findings.render`
+A finding contradicts when any claim contradicts; else it is unresolved when any claim is (or has
+not been run while others have); else it agrees when all its claims agree; else (claims that agree
+mixed with "no effect ≥ δ here", or only those) there is no effect ≥ δ here. :mod:`analysis.findings.render`
 writes the table. Rendering only: pandas, numpy, scipy; no torch.
 """
 from __future__ import annotations
@@ -39,7 +36,7 @@ from senet.layout import write_atomic
 from ..errors import AnalysisInputError
 from ..stats import MIN_BOOT
 from .arms import ArmClaims, alike, higher, lower
-from .evidence import AGREES, CONTRADICTS, INCONCLUSIVE, NO_VERDICT, NOT_RUN, Context, Outcome, SourceResult
+from .evidence import AGREES, CONTRADICTS, NO_EFFECT, NOT_RUN, UNRESOLVED, Context, Outcome, SourceResult
 from .excitations import SelectivityDepth, StageRemoval
 from .render import render
 
@@ -114,7 +111,7 @@ register_finding(Finding(
 # Evaluating
 # ---------------------------------------------------------------------------------------------
 def combine(outcomes: list[Outcome]) -> tuple[str, str]:
-    """A finding's verdict from its claims'."""
+    """A finding's verdict from its claims' (rules: the module docstring)."""
     v = [o.verdict for o in outcomes]
     if not v or all(x == NOT_RUN for x in v):
         return NOT_RUN, ""
@@ -122,12 +119,12 @@ def combine(outcomes: list[Outcome]) -> tuple[str, str]:
         return v[0], outcomes[0].reason
     if CONTRADICTS in v:
         return CONTRADICTS, "contradicted by " + ", ".join(o.comparison for o in outcomes if o.verdict == CONTRADICTS)
+    if UNRESOLVED in v or NOT_RUN in v:
+        why = [f"{v.count(x)} of {len(v)} comparisons {x}" for x in (UNRESOLVED, NOT_RUN) if x in v]
+        return UNRESOLVED, "; ".join(why)
     if all(x == AGREES for x in v):
         return AGREES, ""
-    for level in (INCONCLUSIVE, NO_VERDICT):
-        if level in v:
-            return level, f"{v.count(level)} of {len(v)} comparisons {level}"
-    return INCONCLUSIVE, f"{v.count(NOT_RUN)} of {len(v)} comparisons not run yet"
+    return NO_EFFECT, "no effect ≥ δ in " + ", ".join(o.comparison for o in outcomes if o.verdict == NO_EFFECT)
 
 
 def evaluate(results: str | Path, *, preset: str | None = None, analysis: str | Path | None = None,

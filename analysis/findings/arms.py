@@ -1,35 +1,37 @@
 """Findings about arms of one study: "lower", "higher" or "alike" against another arm.
 
 An :class:`ArmClaims` source compares arms of one study's ``runs.parquet`` (Δ = error of ``arm`` −
-error of ``vs``, in points). Directional claims use the reports' rules
-(:func:`analysis.compare.compare_arms`): paired by seed, paired t-test, Holm's step-down over the
-directional claims of the finding, no verdict below 3 pairs, a difference below one test image never
-a difference, and from 6 pairs on the BCa bootstrap interval must agree. An "alike" claim is an
-equivalence test: agreement needs the 95% interval of the difference inside ±δ; a conjunction of
-such claims needs each to hold (an intersection-union test, which needs no multiplicity correction).
+error of ``vs``, in points), paired by seed in seed order, with the reports' anytime-valid
+confidence sequence (:func:`analysis.compare.compare_pair`, :mod:`senet.sequential`). The study's
+design comes from its study.json (else the defaults); the k comparisons of one finding share α
+(each at α/k, Bonferroni), so all claims of a finding together err with probability ≤ α.
+
+- "lower" / "higher": better or worse in the paper's direction agrees, in the other contradicts;
+  "different within ±δ" agrees or contradicts by its sign (a difference smaller than δ); "alike"
+  says there is no effect of δ or more here; open or unresolved stays unresolved.
+- "alike": the sequence inside ±δ agrees, wholly beyond ±δ contradicts, else unresolved.
 """
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass
 
 import pandas as pd
 
 from senet.layout import study_paths
+from senet.sequential import ALIKE, BETTER, CLOSED, WITHIN, WORSE, Design
 
 from .. import stats
-from ..compare import paired, paired_verdict
+from ..compare import compare_pair, paired, settle_seeds, study_design
 from ..errors import ReportInputError
 from ..study import arm_order, completed, count_test_images
 from .evidence import (
     AGREES,
     CONTRADICTS,
-    DELTA,
     EXPECT_TEXT,
-    INCONCLUSIVE,
-    NO_VERDICT,
+    NO_EFFECT,
     NOT_RUN,
+    UNRESOLVED,
     Context,
     Outcome,
     SourceResult,
@@ -64,9 +66,15 @@ def alike(arm: str, vs: str) -> Claim:
 
 
 
-def _seeds_text(sd: float, target: float) -> str:
-    n = stats.seeds_needed(sd, target)
-    return "more than a million seeds" if n is None else f"{n} seeds"
+def projection_text(sd: float, df: int, design: Design, k: int) -> str:
+    """How many seeds the sequence at α/``k`` would need to settle δ if σ_d stays ``sd``, next to a
+    fixed-n paired t-test at the same level (80% power at δ)."""
+    cs, fixed = settle_seeds(sd, design, k, design.delta)
+    if fixed is None:
+        return "no spread estimate (fewer than 2 seed pairs that differ)"
+    cs = "more than 100,000" if cs is None else f"≈ {cs}"
+    return (f"σ̂_d {sd:.2f} pp ({df} df): the CS at α/{k} settles δ = {design.delta:g} pp in {cs} seeds "
+            f"(cap {design.max_seeds}); fixed-n t: {fixed}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,6 @@ class ArmClaims:
 
     study: str
     claims: tuple[Claim, ...]
-    delta: float = DELTA  # half-width of "alike", points
 
     def label(self) -> str:
         return self.study
@@ -97,75 +104,66 @@ class ArmClaims:
         runs, meta, recipe = got
         if ctx.metric not in runs:
             raise ReportInputError(f"{study_paths(ctx.results, self.study).runs_parquet} has no column {ctx.metric!r}")
+        design, _ = study_design(meta, runs)
         ok = completed(runs).dropna(subset=[ctx.metric])
         num_test, _ = count_test_images(runs, ctx.results / self.study)
-        resolution = 100.0 / num_test if num_test else math.nan
+        resolution = 100.0 / num_test if num_test else 0.0
         claims = self._expand(arm_order(runs, meta))
-        rows, tests = [], []
+        k = len(claims)  # the finding's family: every comparison shares its α
+        rows, diffs = [], []
         for arm, vs, expect in claims:
             comparison = f"{arm} − {vs}"
             absent = [x for x in (arm, vs) if not (ok["arm"] == x).any()]
             if absent:
                 rows.append(Outcome(comparison, EXPECT_TEXT[expect], NOT_RUN,
                                     f"no completed trial of {', '.join(absent)} in {self.study}"))
-                tests.append(None)
                 continue
             a, r = paired(ok, arm, vs, ctx.metric)
-            t = stats.paired_test(a, r, n_boot=ctx.n_boot)
-            rows.append(Outcome(comparison, EXPECT_TEXT[expect], "", effect=t["mean_diff"], ci_low=t["t_low"],
-                                ci_high=t["t_high"], ci_method="paired t", n=t["pairs"], p=t["p"],
-                                boot_low=t["ci_low"], boot_high=t["ci_high"], sd=t["sd_diff"],
+            c = compare_pair(a, r, design, k, resolution, n_boot=ctx.n_boot)
+            verdict, why = (_alike if expect == "alike" else _directional)(c, expect, vs, design.delta)
+            rows.append(Outcome(comparison, EXPECT_TEXT[expect], verdict, why, effect=c["mean_diff"],
+                                ci_low=c["cs_low"], ci_high=c["cs_high"],
+                                ci_method=f"anytime t-CS at α/{k} ({100 * (1 - c['level']):.4g}%)", n=c["pairs"],
+                                outcome=c["outcome"], t_low=c["t_low"], t_high=c["t_high"], boot_low=c["ci_low"],
+                                boot_high=c["ci_high"], sd=c["sd_diff"], rho=c["rho"],
                                 notes=_hidden_note(ok, arm, vs)))
-            tests.append((expect, t, a - r))
-        if all(t is None for t in tests):
+            diffs.append(a - r)
+        if not diffs:
             return SourceResult(self.study, rows, missing="; ".join(o.reason for o in rows), recipe=recipe)
-        directional = [i for i, t in enumerate(tests) if t is not None and t[0] != "alike"
-                       and t[1]["pairs"] >= stats.MIN_PAIRS and math.isfinite(t[1]["p"])]
-        adjusted = stats.holm([tests[i][1]["p"] for i in directional])
-        for i, p in zip(directional, adjusted, strict=True):
-            rows[i].p_holm = float(p)
-        sd, df = stats.pooled_sd(t[2] for t in tests if t is not None)
-        for o, t in zip(rows, tests, strict=True):
-            if t is None:
-                continue
-            expect, res, _ = t
-            o.verdict, o.reason = (self._alike if expect == "alike" else self._directional)(
-                o, res, expect, resolution)
-            o.mde = stats.min_detectable_effect(sd, o.n)
-            o.power = self._power(o, sd, df, expect, resolution)
+        sd, df = stats.pooled_sd(diffs)
+        for o in rows:
+            if o.verdict != NOT_RUN:
+                o.power = projection_text(sd, df, design, k)
         return SourceResult(self.study, rows, recipe=recipe)
 
-    def _directional(self, o: Outcome, t: dict, expect: str, resolution: float) -> tuple[str, str]:
-        verdict, why = paired_verdict({**t, "p_holm": o.p_holm}, resolution, stats.ALPHA)
-        if verdict in ("better", "worse"):
-            right = (verdict == "better") == (expect == "lower")
-            return (AGREES if right else CONTRADICTS), f"{verdict} than {o.comparison.split(' − ')[1]}; {why}"
-        return verdict, why
 
-    def _alike(self, o: Outcome, t: dict, expect: str, resolution: float) -> tuple[str, str]:
-        d = self.delta
-        if t["pairs"] < stats.MIN_PAIRS:
-            return NO_VERDICT, f"{t['pairs']} seed pair(s); a verdict needs ≥ {stats.MIN_PAIRS}"
-        if t["zero_spread"]:
-            return NO_VERDICT, "every seed gave the same difference: no spread to test it against"
-        inside = -d <= o.ci_low and o.ci_high <= d
-        if inside and t["pairs"] >= stats.BOOT_DECIDES_FROM and not (-d <= o.boot_low and o.boot_high <= d):
-            return INCONCLUSIVE, f"t interval inside ±{d:g} pp but the bootstrap interval is not"
-        if inside:
-            return AGREES, f"95% CI inside ±{d:g} pp"
-        if o.ci_low > d or o.ci_high < -d:
-            return CONTRADICTS, f"95% CI beyond ±{d:g} pp: the arms differ by more than δ"
-        return INCONCLUSIVE, f"95% CI reaches beyond ±{d:g} pp"
+def _directional(c: dict, expect: str, vs: str, delta: float) -> tuple[str, str]:
+    """A "lower" / "higher" claim from the comparison's outcome."""
+    state = c["outcome"]
+    if state in (BETTER, WORSE, WITHIN):
+        lower = c["cs_high"] < 0
+        right = lower == (expect == "lower")
+        if state == WITHIN:
+            side = "lower" if lower else "higher"
+            return (AGREES if right else CONTRADICTS), (f"{side} than {vs} but within ±{delta:g} pp (smaller "
+                                                        f"than δ); {c['reason']}")
+        return (AGREES if right else CONTRADICTS), f"{state} than {vs}; {c['reason']}"
+    if state == ALIKE:
+        return NO_EFFECT, f"alike within ±{delta:g} pp; {c['reason']}"
+    return UNRESOLVED, c["reason"]
 
-    def _power(self, o: Outcome, sd: float, df: int, expect: str, resolution: float) -> str:
-        if not math.isfinite(o.mde):
-            return "no spread estimate (fewer than 2 seed pairs)"
-        base = f"σ_d {sd:.2f} pp ({df} df), n {o.n}: detects ≥ {o.mde:.2f} pp"
-        if o.verdict in (AGREES, CONTRADICTS):
-            return base
-        target = self.delta if expect == "alike" else max(abs(o.effect), resolution if math.isfinite(resolution) else 0)
-        what = f"±{self.delta:g} pp" if expect == "alike" else f"|Δ| = {target:.2f} pp"
-        return f"{base}; {what} needs ≈ {_seeds_text(sd, target)}"
+
+def _alike(c: dict, expect: str, vs: str, delta: float) -> tuple[str, str]:
+    """An "alike" claim: the sequence inside ±δ agrees, wholly beyond it contradicts."""
+    state = c["outcome"]
+    if state in (ALIKE, WITHIN):
+        return AGREES, (f"different but within ±{delta:g} pp; " if state == WITHIN else "") + c["reason"]
+    if state in CLOSED and (c["cs_low"] > delta or c["cs_high"] < -delta):
+        return CONTRADICTS, f"the CS lies beyond ±{delta:g} pp: the arms differ by more than δ"
+    if state in CLOSED:
+        return UNRESOLVED, (f"{state} than {vs}, but the CS [{c['cs_low']:+.2f}, {c['cs_high']:+.2f}] "
+                            f"reaches inside ±{delta:g} pp")
+    return UNRESOLVED, c["reason"]
 
 
 def _hidden_note(ok: pd.DataFrame, arm: str, vs: str) -> str:

@@ -13,20 +13,21 @@ from pathlib import Path
 import pandas as pd
 
 from senet.layout import study_paths
+from senet.sequential import Design
 
-from ..compare import DEFAULT_EFFECT
 from ..errors import AnalysisInputError
 from ..study import completed, count_test_images, load_study, select_recipe
 
-#: Half-width (points of top-1 error) of "performs alike": the size of the paper's differences
-#: between SE variants (see :data:`analysis.compare.DEFAULT_EFFECT`).
-DELTA = DEFAULT_EFFECT
+#: Half-width (points of top-1 error) of "performs alike" where no study declares its own (the
+#: default design's δ: the size of the paper's differences between SE variants, r=32 vs r=16 0.44,
+#: max vs avg squeeze 0.29, tanh vs sigmoid 0.72).
+DELTA = Design().delta
 #: Where an ``senet analyze`` folder of the best SE model is looked for, relative to the results
 #: directory, when ``--analysis`` does not name one.
 ANALYSIS_DIRS = ("analysis", "gate/analysis", "reference/se_resnet20/analysis")
 
-AGREES, CONTRADICTS, INCONCLUSIVE, NO_VERDICT, NOT_RUN = (
-    "agrees", "contradicts", "inconclusive", "no verdict", "not run yet")
+AGREES, CONTRADICTS, NO_EFFECT, UNRESOLVED, NOT_RUN = (
+    "agrees", "contradicts", "no effect ≥ δ here", "unresolved", "not run yet")
 EXPECT_TEXT = {"lower": "Δ < 0", "higher": "Δ > 0", "alike": "|Δ| < δ"}
 
 
@@ -40,16 +41,19 @@ class Outcome:
     reason: str = ""
     unit: str = "pp"
     effect: float = math.nan
-    ci_low: float = math.nan
+    ci_low: float = math.nan  # the interval judged on: for arms, the anytime CS at level α/k
     ci_high: float = math.nan
     ci_method: str = ""
     n: int = 0
     n_label: str = "seed pairs"
     p: float = math.nan
-    p_holm: float = math.nan
-    boot_low: float = math.nan
+    outcome: str = ""  # for arms: the sequence's outcome (senet.sequential)
+    t_low: float = math.nan  # for arms: the fixed-n paired t 95% interval, descriptive only
+    t_high: float = math.nan
+    boot_low: float = math.nan  # for arms: the BCa bootstrap 95% interval, descriptive only
     boot_high: float = math.nan
     sd: float = math.nan
+    rho: float = math.nan
     mde: float = math.nan
     power: str = ""
     notes: str = ""

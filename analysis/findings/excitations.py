@@ -4,6 +4,9 @@
   analysed blocks, with an exact permutation p-value.
 - :class:`StageRemoval`: the error change when the last stage's SE blocks are removed (``mean``
   mode of the analysis' removal table), with an interval over the paired test images.
+
+Both keep their own fixed-sample tests (one network, no seeds to add); what they cannot decide is
+``unresolved``, the arms' word, so the findings speak one vocabulary.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..stats import ALPHA, POWER
-from .evidence import AGREES, CONTRADICTS, DELTA, INCONCLUSIVE, NO_VERDICT, Context, Outcome, SourceResult
+from .evidence import AGREES, CONTRADICTS, DELTA, UNRESOLVED, Context, Outcome, SourceResult
 
 
 def _exact_spearman(depth: np.ndarray, value: np.ndarray, n_resamples: int = 50000):
@@ -82,7 +85,7 @@ class SelectivityDepth(AnalysisSource):
         o = Outcome(comp, "ρ > 0", "", unit="ρ", n=n, n_label="blocks",
                     notes=f"{src}: η² " + ", ".join(f"{b} {e:.3f}" for b, e in zip(sel["block"], sel["eta2"], strict=True)))
         if n < 3:
-            o.verdict, o.reason = NO_VERDICT, f"{n} block(s) with a defined η²; a trend needs ≥ 3"
+            o.verdict, o.reason = UNRESOLVED, f"{n} block(s) with a defined η²; a trend needs ≥ 3"
             return SourceResult(src, [o])
         o.effect, o.p, crit = _exact_spearman(sel["depth"].to_numpy(float), sel["eta2"].to_numpy(float))
         if n > 3 and abs(o.effect) < 1:  # Bonett & Wright's standard error of atanh(ρ) for Spearman
@@ -94,7 +97,7 @@ class SelectivityDepth(AnalysisSource):
             o.verdict = AGREES if o.effect > 0 else CONTRADICTS
             o.reason = f"permutation p = {o.p:.2g} ≤ {ALPHA:g}"
         else:
-            o.verdict, o.reason = INCONCLUSIVE, f"permutation p = {o.p:.2g} > {ALPHA:g}"
+            o.verdict, o.reason = UNRESOLVED, f"permutation p = {o.p:.2g} > {ALPHA:g}"
         o.power = (f"with {n} blocks |ρ| ≥ {crit:.2f} is significant at 5%" if math.isfinite(crit)
                    else f"with {n} blocks no ordering is significant at 5%: analyse more blocks (--blocks all)")
         return SourceResult(src, [o])
@@ -143,7 +146,7 @@ class StageRemoval(AnalysisSource):
         elif o.ci_low > self.delta:
             o.verdict, o.reason = CONTRADICTS, f"95% CI lower end > {self.delta:g} pp: removal costs more"
         else:
-            o.verdict, o.reason = INCONCLUSIVE, f"95% CI reaches beyond {self.delta:g} pp"
+            o.verdict, o.reason = UNRESOLVED, f"95% CI reaches beyond {self.delta:g} pp"
         mde = (z + sps.norm.ppf(POWER)) * se
         o.mde = mde
         o.power = f"N = {n:,} images: ±{z * se:.2f} pp; detects ≥ {mde:.2f} pp"

@@ -7,16 +7,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import stats
+from senet.sequential import Design
+
+from ..compare import FIXED_T
 from ..style import label
 from ..tables import human, markdown, num
-from .evidence import AGREES, CONTRADICTS, DELTA, INCONCLUSIVE, NO_VERDICT, NOT_RUN
+from .evidence import AGREES, CONTRADICTS, NO_EFFECT, NOT_RUN, UNRESOLVED
 
 
 def _ci(lo, hi, unit="pp") -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "–"
     return f"[{lo:+.2f}, {hi:+.2f}]" if unit == "pp" else f"[{lo:.2f}, {hi:.2f}]"
+
+
+def _interval(r) -> str:
+    """The interval judged on; an arm's sequence that is still the whole line says so."""
+    if r.ci_method.startswith("anytime") and not (math.isfinite(r.ci_low) and math.isfinite(r.ci_high)):
+        return "(−∞, ∞)"
+    return _ci(r.ci_low, r.ci_high, r.unit)
 
 
 def _effect(v, unit="pp") -> str:
@@ -26,15 +35,15 @@ def _effect(v, unit="pp") -> str:
 
 
 def _verdict_cell(v: str, n: int) -> str:
-    if v == INCONCLUSIVE and n:
-        return f"inconclusive at n = {n}"
+    if v == UNRESOLVED and n:
+        return f"unresolved at n = {n}"
     return v
 
 
 def table(df: pd.DataFrame) -> str:
     """The headline table: one row per finding; multi-claim findings list each comparison in the cell."""
     header = ["#", "finding (paper)", "paper (ImageNet, ResNet-50)", "source", "comparison (Δ = error of first − second)",
-              "our Δ", "95% CI", "n", "verdict", "power"]
+              "our Δ", "anytime 95% CS (seeds) or 95% CI", "n", "verdict", "projection or power"]
     out = []
     for _, g in df.groupby("finding", sort=True):
         first = g.iloc[0]
@@ -48,7 +57,7 @@ def table(df: pd.DataFrame) -> str:
                     join([f"{r.comparison} ({r.expect})" if r.expect else r.comparison for r in g.itertuples()])
                     if run else "–",
                     join([_effect(r.effect, r.unit) for r in g.itertuples()]) if run else "–",
-                    join([_ci(r.ci_low, r.ci_high, r.unit) for r in g.itertuples()]) if run else "–",
+                    join([_interval(r) for r in g.itertuples()]) if run else "–",
                     join([f"{r.n:,} {r.n_label}" if r.verdict != NOT_RUN else "–" for r in g.itertuples()]) if run else "–",
                     verdict, join(dict.fromkeys(r.power for r in run if r.power)) if run else "–"])
     return markdown(header, out)
@@ -56,16 +65,17 @@ def table(df: pd.DataFrame) -> str:
 
 def details(df: pd.DataFrame) -> list[str]:
     """One table per finding that has been run, one row per comparison."""
-    header = ["comparison", "expected", "n", "Δ", "95% CI", "CI method", "bootstrap 95% CI", "p", "p (Holm)",
-              "verdict", "why", "power"]
+    header = ["comparison", "expected", "n", "Δ", "interval", "interval method", "outcome", "σ̂_d", "ρ̂",
+              FIXED_T, "bootstrap 95% CI (descriptive)", "verdict", "why", "projection or power"]
     parts = []
     for _, g in df.groupby("finding", sort=True):
         first = g.iloc[0]
         if (g["verdict"] == NOT_RUN).all():
             continue
         rows = [[r.comparison, r.expect, f"{r.n:,} {r.n_label}", _effect(r.effect, r.unit),
-                 _ci(r.ci_low, r.ci_high, r.unit), r.ci_method or "–", _ci(r.boot_low, r.boot_high, r.unit),
-                 num(r.p, "{:.3g}"), num(r.p_holm, "{:.3g}"), r.verdict, r.reason, r.power or "–"]
+                 _interval(r), r.ci_method or "–", r.outcome or "–", num(r.sd), num(r.rho),
+                 _ci(r.t_low, r.t_high, r.unit), _ci(r.boot_low, r.boot_high, r.unit), r.verdict, r.reason,
+                 r.power or "–"]
                 for r in g.itertuples(index=False)]
         notes = list(dict.fromkeys(n for n in g["notes"] if n))
         parts += [f"### {first.finding}. {first.statement}", "",
@@ -100,7 +110,7 @@ def caveat(recipes: list[dict]) -> str:
             f"a handful of classes, and stages so narrow that the SE bottleneck holds only a few hidden units"
             + (f" (channels → hidden units per stage at the reference arm: {hidden})" if hidden else "")
             + ". The paper's differences between SE variants are 0.05–1 point of top-1 error; differences "
-            "that small are at or below what a few seeds resolve here (see each row's power). `agrees` "
+            "that small are at or below what a few seeds resolve here (see each row's projection). `agrees` "
             "means the paper's direction (or equivalence) holds in this small setting, `contradicts` that "
             "it does not hold here; neither says what would happen on ImageNet.")
 
@@ -110,27 +120,43 @@ def render(df: pd.DataFrame, recipes: list[dict], results: Path, metric: str) ->
     folders = sorted({p.parent for pat in ("*/report.md", "*/*/summary.md", "*/summary.md", "*/*/gates.md")
                       for p in results.glob(pat)})
     counts = df.drop_duplicates("finding")["finding_verdict"].value_counts()
-    headline = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in (AGREES, CONTRADICTS, INCONCLUSIVE, NO_VERDICT, NOT_RUN)
-                         if counts.get(v, 0))
+    n = lambda v: int(counts.get(v, 0))  # noqa: E731
+    headline = (f"of {df['finding'].nunique()} findings: {n(CONTRADICTS)} contradicts, {n(AGREES)} agree, "
+                f"{n(NO_EFFECT)} {NO_EFFECT}, {n(UNRESOLVED)} unresolved"
+                + (f", {n(NOT_RUN)} not run yet" if n(NOT_RUN) else ""))
+    d = Design()
     method = (
         f"Effects are in points of {label(metric).replace(' (%)', '')} (Δ = error of the first arm − error of "
-        f"the second; negative = the first is better), paired by seed: only seeds both arms completed pair up. "
-        f"Directional claims: paired t-test, p Holm-adjusted over the directional comparisons of one finding "
-        f"(family-wise 5%), no verdict below {stats.MIN_PAIRS} pairs, a |Δ| below one test image never a difference, "
-        f"and from {stats.BOOT_DECIDES_FROM} pairs on the BCa bootstrap interval must exclude 0 too (the rules of "
-        f"`senet report`). \"Alike\": the paired-t 95% interval must lie inside ±δ (δ = {DELTA:g} pp, the size of "
-        "the paper's differences between SE variants); it contradicts when the interval lies wholly beyond ±δ. "
-        "Power: σ_d is the standard deviation of the paired differences pooled over the finding's comparisons; "
-        "the detectable difference is (t(0.975, n−1) + t(0.80, n−1)) · σ_d / √n. Excitation findings read an "
-        "`senet analyze` folder of one trained network: selectivity by Spearman's ρ over the analysed blocks "
-        "with an exact permutation p-value, removal by the paired change in error over the test images.")
+        "the second; negative = the first is better), paired by seed: only seeds both arms completed pair up, "
+        "taken in seed order. Each comparison of arms is judged on the anytime-valid t confidence sequence (CS) "
+        "of its paired differences (`senet.sequential`: Gaussian mixture, intersected over the seeds), which "
+        "holds at every n at once: valid however seeds were added, stopped, resumed or extended, unlike a "
+        "fixed-n t-test read after each seed. The k comparisons of one finding share α (each at α/k, "
+        "Bonferroni), so the headline's CS is a simultaneous 95% one. Each study's design (α, δ, g, the seed "
+        "cap) is its study.json's `sequential` entry, else the defaults: α = "
+        f"{d.alpha:g}, δ = {d.delta:g} pp (the size of the paper's differences between SE variants), g = {d.g:g}, "
+        f"no verdict before {d.min_seeds} seeds, cap {d.max_seeds} seeds. A comparison ends in one of four "
+        "outcomes: better/worse (the CS excludes 0 and |Δ̂| is at least one test image), alike (the CS lies "
+        "inside ±δ), different within ±δ (both), or unresolved (neither; open while below the cap), given "
+        "with Δ ∈ [L, U] and ≈ how many more seeds would settle it. Directional claims agree when the outcome "
+        "has the paper's sign (also when different but within ±δ, a difference smaller than δ), contradict "
+        "when it has the other, and find no effect ≥ δ here when alike. \"Alike\" claims agree when the CS "
+        "lies inside ±δ and contradict when it lies wholly beyond ±δ. A finding contradicts when any "
+        "comparison does; else it is unresolved when any is; else it agrees when all do; else there is no "
+        "effect ≥ δ here. The fixed-n t and bootstrap 95% intervals of the details are descriptive only "
+        "(valid at an n fixed in advance). Projection: σ̂_d pooled over the finding's comparisons, and the "
+        "seeds the CS would need to settle δ if σ_d stays so, next to a fixed-n paired t-test at the same "
+        "level with 80% power at δ. Excitation findings read an `senet analyze` folder of one trained "
+        "network: selectivity by Spearman's ρ over the analysed blocks with an exact permutation p-value, "
+        "removal by the paired change in error over the test images; what their tests cannot decide is "
+        "unresolved.")
     parts = [
         "# Findings: the paper's claims against our measurements", "",
         "Generated by `senet findings` from the committed `runs.parquet` of each study and the analysis "
         "folders; do not edit by hand (re-run the command). Paper: Hu et al., \"Squeeze-and-Excitation "
         "Networks\" (arXiv 1709.01507), §6 Tables 10-16 and §7.2.", "",
         caveat(recipes), "",
-        f"**Headline:** {headline} (of {df['finding'].nunique()} findings).", "",
+        f"**Headline:** {headline}.", "",
         "## Findings", "", table(df),
         "## Recipes", "",
         (_recipe_table(recipes) if recipes else "No study has been run yet (no `results/<study>/runs.parquet`)."), "",
