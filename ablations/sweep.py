@@ -30,6 +30,7 @@ import pandas as pd
 from senet.errors import UserError
 
 from . import store
+from .bf16_note import say_emulated_bf16
 from .cluster import check_address, connect
 from .collect import collect, experiments, save_table
 from .launch import check_data, fit_experiment, run_options
@@ -85,6 +86,7 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
         _collect_first(p, err)
     found = store.recorded(p.paths.results, err)
     t = triage(p, found)
+    say_emulated_bf16(p, opts, opts.resume or bool(t.todo), err)  # what bf16 costs on a CPU without it
     if opts.dry_run:
         _say_plan(p, t, out, dry=True)
         return SweepOutcome(p.results_dir, len(cells(p)), len(t.recorded) + len(t.reused), (), "",
@@ -183,6 +185,7 @@ def run_sweeps(opts: SweepOptions, out=None, err=None) -> list[SweepOutcome]:
             _say_plan(p, t, out, dry=True)
             earlier |= {c.key for c in t.todo}
         print(f"[{','.join(names)}] {len(earlier)} distinct trials would be trained", file=out, flush=True)
+        say_emulated_bf16(p, opts, bool(earlier), err, tag=",".join(names))
         return outcomes
     for n in names:
         t0 = time.time()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
 from pathlib import Path
 
@@ -62,13 +63,50 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+#: Environment variable that overrides the detection: ``1`` says the CPU has native bf16, ``0`` says
+#: it has none (what ``auto`` and the sweeps' plans then do is what they do on such a CPU; the tests
+#: use it). Local Ray workers inherit it from the sweep that starts them.
+BF16_ENV = "SENET_CPU_BF16"
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), detected from its flags.
 
     Elsewhere (no such flag, or no /proc/cpuinfo to read) False: ``run.precision auto`` then trains
-    in fp32, and ``bf16`` still works but runs emulated.
+    in fp32, and ``bf16`` still works but runs emulated. ``SENET_CPU_BF16=1`` or ``0``
+    (:data:`BF16_ENV`) overrides the detection, to see on any machine what the other kind of CPU does.
     """
+    forced = os.environ.get(BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ConfigError(f"bad value for ${BF16_ENV}: {forced!r}; use 1 (native bf16), 0 (none) or leave it unset")
     return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+#: What emulated bf16 costs. Measured on this suite's 2-core AMD EPYC with oneDNN held below its
+#: bf16 instructions (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI python benchmarks/bench.py --quick --only
+#: train``, one thread): an SE-ResNet-20 training step ran at 181 img/s in bf16 and 341 in fp32 (571
+#: and 309 with the native instructions). A CPU without AVX-512 at all was not measured.
+EMULATED_BF16 = ("about 1.9x slower than fp32 (an SE-ResNet-20 training step: 181 img/s in bf16 against 341 "
+                 "in fp32 on an AVX-512 core without BF16)")
+
+
+def cpu_device(device: str) -> bool:
+    """Whether ``run.device`` ``device`` runs on this machine's CPU (``auto`` without a GPU here),
+    without opening a device (a bad name is left for :func:`resolve_device` to refuse)."""
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def emulated_bf16_note(precision: str, device: str, source: str = "this run") -> str | None:
+    """One line saying what bf16 costs where it is emulated: for ``run.precision`` ``precision`` as
+    asked (``auto`` is fp32 on such a CPU) on ``run.device`` ``device``, when that is bf16 on a CPU
+    without native bf16; else None. ``source`` names what trains in bf16 (a run, a preset's sweep)."""
+    if precision != "bf16" or not cpu_device(device) or cpu_has_native_bf16():
+        return None
+    return (f"note: this CPU has no native bf16 (AVX512-BF16/AMX); {source} trains in bf16, emulated "
+            f"here: {EMULATED_BF16}; --run.precision fp32 is faster here but a separate recipe "
+            "(results trained in bf16 do not count for it)")
 
 
 def default_precision(device: torch.device) -> str:

@@ -20,6 +20,7 @@ from .config import Config
 from .engine import fit
 from .layout import CHECKPOINT, CONFIG_JSON, METRICS_JSONL, read_jsonl
 from .resume import ResumePoint, check_resume, plan_phases, saved_phases
+from .runtime import emulated_bf16_note
 from .schedules import SCHEDULES
 from .tensorboard import TensorBoardCallback
 
@@ -160,6 +161,8 @@ class TrainCommand(ConfiguredCommand):
         return self._train(cfg, point)
 
     def _train(self, cfg: Config, resume: ResumePoint | None) -> int:
+        if note := emulated_bf16_note(cfg.run.precision, cfg.run.device):  # bf16 on a CPU without it
+            print(note, file=sys.stderr, flush=True)
         try:
             r = fit(cfg, resume=resume, callbacks=[EpochLines(), TensorBoardCallback.when_wanted(cfg)])
         except KeyboardInterrupt:

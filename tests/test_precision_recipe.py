@@ -1,0 +1,119 @@
+"""One recipe whatever the machine: the standard preset pins bf16 (the precision of its published
+trials), so a CPU without native bf16 plans the same trials as one with it and counts the committed
+results; such a CPU is told what emulated bf16 costs. ``SENET_CPU_BF16`` forces the detection either
+way. Dry runs only: nothing is trained."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ablations import studies
+from senet import runtime, train_cmd
+from senet.cli import main
+from senet.errors import UserError
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+NOTE = "note: this CPU has no native bf16"
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A copy of the committed tables (a dry run writes nothing; the copy makes sure of it)."""
+    dest = tmp_path / "results"
+    for table in sorted(RESULTS.glob("*/runs.parquet")):
+        (dest / table.parent.name).mkdir(parents=True)
+        shutil.copy2(table, dest / table.parent.name / table.name)
+    return dest
+
+
+def _files(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
+
+
+def _committed(study: str) -> pd.DataFrame:
+    df = pd.read_parquet(RESULTS / study / "runs.parquet")
+    return df[df["preset"] == "standard"]
+
+
+def _dry(capsys, results: Path, *argv: str) -> tuple[str, str]:
+    before = _files(results)
+    assert main(["sweep", *argv, "--preset", "standard", "--dry-run", "--results", str(results)]) == 0
+    cap = capsys.readouterr()
+    assert _files(results) == before  # a dry run writes nothing
+    return cap.out, cap.err
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_one_more_seed_of_the_published_gate_study_trains_only_that_seed(native, monkeypatch, capsys, results):
+    monkeypatch.setenv(runtime.BF16_ENV, native)
+    assert runtime.cpu_has_native_bf16() is (native == "1")
+    df = _committed("gate")
+    arms, seeds = df["arm"].nunique(), df["seed"].nunique()
+    out, err = _dry(capsys, results, "gate", "--seeds", str(seeds + 1))
+    assert (f"[gate] {arms * (seeds + 1)} trials ({arms} arms × {seeds + 1} seeds), preset standard: "
+            f"{len(df)} recorded, 0 reused, {arms} would train") in out
+    assert "35 recorded, 0 reused, 7 would train" in out  # the published figures
+    # the note goes to stderr, once, only where bf16 is emulated
+    assert err.count(NOTE) == (native == "0"), err
+    if native == "0":
+        assert "[gate] note:" in err and "preset standard trains in bf16" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_every_published_study_is_recorded_whatever_the_cpu(native, monkeypatch, capsys, results):
+    monkeypatch.setenv(runtime.BF16_ENV, native)
+    out, err = _dry(capsys, results, "all")
+    for name in studies.RUN_ORDER:
+        df = _committed(name)
+        assert f"[{name}] {len(df)} trials" in out and f": {len(df)} recorded, 0 reused, 0 would train" in out
+    assert out.rstrip().endswith("0 distinct trials would be trained"), out
+    assert NOTE not in err  # nothing would be trained, so nothing costs more
+
+
+def test_fp32_is_another_recipe(monkeypatch, capsys, results):
+    monkeypatch.setenv(runtime.BF16_ENV, "0")
+    df = _committed("gate")
+    out, err = _dry(capsys, results, "gate", "--run.precision", "fp32")
+    assert f"0 recorded, 0 reused, {len(df)} would train" in out
+    assert NOTE not in err
+
+
+def test_only_the_published_preset_pins_bf16():
+    gate = studies.STUDIES.get("gate")
+    assert studies.base_config(gate, "standard").run.precision == "bf16"
+    assert studies.base_config(gate, "quick").run.precision == "auto"
+    assert studies.base_config(gate, "smoke").run.precision == "auto"
+
+
+def test_the_note_is_for_bf16_on_a_cpu_without_it(monkeypatch):
+    monkeypatch.setenv(runtime.BF16_ENV, "0")
+    assert NOTE in runtime.emulated_bf16_note("bf16", "cpu")
+    assert runtime.emulated_bf16_note("auto", "cpu") is None  # auto trains fp32 there
+    assert runtime.emulated_bf16_note("fp32", "cpu") is None
+    assert runtime.emulated_bf16_note("bf16", "cuda") is None
+    monkeypatch.setenv(runtime.BF16_ENV, "1")
+    assert runtime.emulated_bf16_note("bf16", "cpu") is None
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_senet_train_says_what_emulated_bf16_costs(native, monkeypatch, capsys, tmp_path):
+    def stop(*a, **k):
+        raise UserError("stopped before training")
+
+    monkeypatch.setenv(runtime.BF16_ENV, native)
+    monkeypatch.setattr(train_cmd, "fit", stop)
+    rc = main(["train", "--data.name", "synthetic", "--run.device", "cpu", "--run.precision", "bf16",
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stopped before training" in err
+    assert err.count(NOTE) == (native == "0"), err
+
+
+def test_a_bad_override_of_the_detection_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(runtime.BF16_ENV, "yes")
+    rc = main(["sweep", "gate", "--preset", "quick", "--dry-run", "--results", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad value for $SENET_CPU_BF16: 'yes'" in err and err.count("\n") == 1, err
