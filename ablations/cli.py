@@ -70,6 +70,14 @@ class SweepCommand(Command):
         p.add_argument("--resume", action="store_true",
                        help="continue an interrupted sweep as it was started (its seeds, arms, config and "
                             "resources; trials that ended in error are retried)")
+        p.add_argument("--until-resolved", action="store_true",
+                       help="add seeds in blocks (the reference and every arm still open) until each arm's "
+                            "anytime-valid interval decides it, or the cap (the design in study.json)")
+        p.add_argument("--max-seeds", type=int, default=None,
+                       help="with --until-resolved: the seed cap (default: the study's declared design; "
+                            "40 at standard)")
+        p.add_argument("--arms", default=None,
+                       help="only these arms, as a,b,c (the reference arm is always included)")
         p.add_argument("--verbose", action="store_true", help="also show Ray's and Tune's own output")
         p.add_argument("--dry-run", action="store_true",
                        help="say which trials are recorded, reused from another study or to train; start nothing")
@@ -89,7 +97,9 @@ class SweepCommand(Command):
             storage=args.storage, address=args.address, cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             max_failures=args.max_failures, resume=args.resume, model=args.model, spec=args.spec,
-            overrides=overrides, verbose=args.verbose, dry_run=args.dry_run))
+            overrides=overrides, verbose=args.verbose, dry_run=args.dry_run,
+            until_resolved=args.until_resolved, max_seeds=args.max_seeds,
+            arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else None))
         # a sweep that left any trial unfinished or failed is not a success, whatever it wrote
         return 0 if args.dry_run or all(o.ok for o in outcomes) else 1
 

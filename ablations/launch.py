@@ -62,10 +62,12 @@ def param_space(p: Plan) -> dict:
     seed, nuisance values) run is :func:`trial_points`."""
     from ray import tune
 
+    # a sequential sweep's searcher names each trial's arm and seed itself (no search space)
+    sequential = p.design is not None
     space: dict[str, Any] = {
         "study": p.study.name, "preset": p.preset,
-        "seed": tune.choice(list(range(p.seeds))),
-        "arm": tune.choice([a.label for a in p.arms]),
+        "seed": 0 if sequential else tune.choice(list(range(p.seeds))),
+        "arm": p.study.reference_arm if sequential else tune.choice([a.label for a in p.arms]),
         "base": p.base_flat,
         "arms": {a.label: dict(a.overrides) for a in p.arms},
         "nuisance_keys": list(p.study.nuisance),
@@ -83,6 +85,27 @@ def trial_points(todo: tuple[Cell, ...]):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(points_to_evaluate=[c.params() for c in todo]), len(todo)
+
+
+def sequential_search(p: Plan, todo: tuple[Cell, ...], run: dict, out):
+    """A sequential sweep's searcher (:mod:`ablations.sequencer`) under a ``ConcurrencyLimiter`` of
+    ``--max-concurrent`` trials, else as many as the cluster's CPUs (or GPUs) hold; the number of
+    samples is at most every trainable cell, the searcher ends the experiment sooner."""
+    import ray
+
+    from .seed_searcher import seed_searcher
+    from .sequencer import SeedSequencer
+
+    slots = int(run["max_concurrent"])
+    if not slots:
+        res = ray.cluster_resources()
+        cpus = int(res.get("CPU", 1) // max(float(run["cpus_per_trial"]), 1e-9))
+        gpus = (int(res.get("GPU", 0) // float(run["gpus_per_trial"])) if run["gpus_per_trial"] else cpus)
+        slots = max(1, min(cpus, gpus))
+    seq = SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
+                        {(c.arm, c.seed): c.params() for c in todo}, table=p.paths.runs_parquet,
+                        ids={c.key: c.arm for c in cells(p)}, out=out)
+    return seed_searcher(seq, slots), max(1, len(todo))
 
 
 def _trainable(cpus: float, gpus: float):
@@ -123,13 +146,14 @@ def fit_experiment(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tup
             print(f"[{p.study.name}] {note}", file=out, flush=True)
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
     else:
-        search, n = trial_points(todo)
+        search, n = (sequential_search(p, todo, run, out) if p.design is not None else trial_points(todo))
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(p),
             tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=trial_dirname,
                                         search_alg=search, num_samples=n,
-                                        max_concurrent_trials=int(run["max_concurrent"]) or None),
+                                        max_concurrent_trials=(None if p.design is not None else
+                                                               int(run["max_concurrent"]) or None)),
             run_config=tune.RunConfig(
                 name=p.experiment, storage_path=p.store.tune_path, verbose=1 if opts.verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=int(run["max_failures"])),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from senet import config
 from senet.errors import UserError
 from senet.layout import StudyPaths, study_paths
 from senet.recipe import PRECISION_COLUMN, recipe_hash
+from senet.sequential import Design, design_of
 from senet.storage import Location
 
 from . import store
@@ -49,6 +50,9 @@ class SweepOptions:
     progress_every_s: float = 30.0
     verbose: bool = False  # Ray's and Tune's own output too
     dry_run: bool = False  # say what would be trained and reused; start nothing, write nothing
+    until_resolved: bool = False  # add seeds in blocks until every arm is decided (ablations.sequencer)
+    max_seeds: int | None = None  # with until_resolved: the cap (default: the study's declared design)
+    arms: tuple[str, ...] | None = None  # only these arms (the reference is always included)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Plan:
     experiment: str
     stored: Mapping[str, Any] | None = None  # on --resume: the experiment's meta as it was started
     remote: Location | None = None  # the object store Tune writes to, when --storage is a URI
+    design: Design | None = None  # a sequential sweep's design (its cap is ``seeds``)
 
     @property
     def results_dir(self) -> Path:
@@ -139,17 +144,58 @@ def plan(opts: SweepOptions) -> Plan:
         raise UserError(f"--{clash[0]} is swept by the {study.name} study (its axis or the seeds); "
                         "drop it or use --seeds N")
     base = base_config(study, preset.name, overrides)
-    arms = study.resolve_arms(base)
-    seeds = study.seeds_at(preset.name) if opts.seeds is None else int(opts.seeds)
+    arms = select_arms(study.resolve_arms(base), opts.arms, study)
+    paths = study_paths(Path(opts.results).expanduser().absolute(), study.name)
+    design = sequential_design(opts, paths, preset.name)
+    if design is not None:
+        seeds = design.max_seeds
+    else:
+        seeds = study.seeds_at(preset.name) if opts.seeds is None else int(opts.seeds)
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
-    paths = study_paths(Path(opts.results).expanduser().absolute(), study.name)
     where = open_storage(opts.storage, paths)  # an object store is checked here, before Ray starts
     refresh(where, study.name)
     p = Plan(study, preset.name, seeds, base, arms, paths, where.local,
-             launch_name(study.name, preset.name, paths, where.local, latest=opts.resume), remote=where.remote)
+             launch_name(study.name, preset.name, paths, where.local, latest=opts.resume), remote=where.remote,
+             design=design)
     cells(p)  # a bad arm or two arms of one configuration fail here, before Ray starts
     return p
+
+
+def select_arms(arms: tuple, wanted: tuple[str, ...] | None, study: Study) -> tuple:
+    """The study's arms named in ``wanted`` (``--arms``), in the study's order, with the reference."""
+    if not wanted:
+        return arms
+    labels = [a.label for a in arms]
+    unknown = [w for w in wanted if w not in labels]
+    if unknown:
+        raise UserError(f"--arms: {', '.join(unknown)} is not an arm of the {study.name} study "
+                        f"({', '.join(labels)})")
+    keep = {*wanted, study.reference_arm}
+    return tuple(a for a in arms if a.label in keep)
+
+
+def sequential_design(opts: SweepOptions, paths: StudyPaths, preset: str) -> Design | None:
+    """The design of a sequential sweep: the one the study declared for ``preset`` in its study.json
+    when its first sequential sweep started (else the preset's default), with ``--max-seeds`` as
+    the cap; None for a sweep of a fixed number of seeds."""
+    if not opts.until_resolved:
+        if opts.max_seeds is not None:
+            raise UserError("--max-seeds goes with --until-resolved (a fixed sweep takes --seeds N)")
+        return None
+    if get_study(opts.study, opts.spec).nuisance:
+        raise UserError(f"--until-resolved compares one result per arm and seed; the {opts.study} study also "
+                        "sweeps nuisance values: run it with --seeds N")
+    if opts.seeds is not None:
+        raise UserError("--seeds fixes the seeds per arm; --until-resolved adds them until each arm is "
+                        "decided: give the cap with --max-seeds N")
+    design, _ = design_of(read_study(paths), preset)
+    if opts.max_seeds is not None:
+        if opts.max_seeds < design.min_seeds:
+            raise UserError(f"--max-seeds must be >= the design's {design.min_seeds} seeds before any arm "
+                            f"closes, got {opts.max_seeds}")
+        design = replace(design, max_seeds=int(opts.max_seeds))
+    return design
 
 
 def launch_name(study: str, preset: str, paths: StudyPaths, storage: Path, latest: bool = False) -> str:
@@ -235,6 +281,8 @@ def study_meta(p: Plan) -> dict:
             "seeds": p.seeds, "nuisance": {k: list(v) for k, v in s.nuisance.items()},
             "average_nuisance": bool(s.average_nuisance), "fixed": dict(s.fixed), "doc": s.doc,
             "experiment": p.experiment, "base": base}
+    if p.design is not None:
+        meta["until_resolved"] = p.design.to_dict()
     from senet.provenance import git_commit  # loads torch, which a dry run of fixed precision need not
 
     code = git_commit()  # the checkout the launch ran from; each row also records its trial's commit

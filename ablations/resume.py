@@ -15,6 +15,7 @@ from typing import Any
 from senet import config
 from senet.errors import UserError
 from senet.layout import read_json
+from senet.sequential import Design
 
 from . import store
 from .plan import Cell, Plan, SweepOptions
@@ -82,8 +83,12 @@ def resume_plan(p: Plan, opts: SweepOptions) -> Plan:
         base = config.from_flat(stored_base) if stored_base else p.base
     except UserError:  # keys renamed since it started; Tune still restores the trials' own configs
         base = p.base
+    sequential = stored.get("until_resolved")
+    if opts.until_resolved and not sequential:
+        raise UserError(f"{again}, with a fixed number of seeds; drop --until-resolved, {other}")
+    design = Design.from_dict(sequential) if isinstance(sequential, dict) else None
     return replace(p, study=study, arms=study.arms, seeds=int(stored.get("seeds", p.seeds)), base=base,
-                   stored={**stored, "experiment": p.experiment})
+                   stored={**stored, "experiment": p.experiment}, design=design)
 
 
 def resume_command(opts: SweepOptions, p: Plan) -> str:

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from senet.errors import UserError
 from senet.layout import StudyPaths, read_json, write_json
 
 #: Keys of study.json that no launch's meta sets: kept as they are when a launch is written.
-_KEPT = ("recorded",)
+_KEPT = ("recorded", "sequential")
 
 
 def read_study(paths: StudyPaths) -> dict:
@@ -36,6 +37,30 @@ def write_study_json(paths: StudyPaths, meta: Mapping[str, Any], launch: bool = 
     if launch:
         experiments[meta.get("experiment") or f"{meta.get('name')}-{meta.get('preset')}"] = meta
     return write_json(paths.study_json, {**meta, "experiments": experiments, **kept})
+
+
+def declare_design(paths: StudyPaths, preset: str, design: Mapping[str, Any]) -> str:
+    """Record a sequential sweep's design (α, δ, g, seeds before closing, cap) under ``sequential``
+    for ``preset`` the first time one starts; later sweeps keep it. Only the cap may change (the
+    confidence sequence stays valid when a study is extended): returns a note saying so, or ''."""
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    meta = read_study(paths)
+    declared = dict(meta.get("sequential") or {})
+    old = declared.get(preset)
+    new = dict(design)
+    note = ""
+    if isinstance(old, dict):
+        changed = sorted(k for k in new if k != "max_seeds" and old.get(k) != new[k])
+        if changed:
+            raise UserError(f"the {preset} design of {paths.dir.name} was declared with "
+                            f"{', '.join(f'{k}={old.get(k)}' for k in changed)} before its first seed and "
+                            "cannot change with its results")
+        if old.get("max_seeds") == new["max_seeds"]:
+            return ""
+        note = f"seed cap {old.get('max_seeds')} -> {new['max_seeds']} (the intervals stay valid)"
+    declared[preset] = new
+    write_json(paths.study_json, {**meta, "sequential": declared})
+    return note
 
 
 def write_recorded(paths: StudyPaths, recorded: list[dict]) -> Path:

@@ -36,8 +36,9 @@ from .collect import collect, experiments, save_table
 from .launch import check_data, fit_experiment, run_options
 from .plan import Cell, Plan, SweepOptions, Triage, cells, plan, reused_rows, study_meta, triage
 from .resume import interrupted_launches, resume_command, resume_plan
+from .sequencer import SeedSequencer, state_lines
 from .studies import study_names
-from .study_json import write_study_json
+from .study_json import declare_design, write_study_json
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,20 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
     found = store.recorded(p.paths.results, err)
     t = triage(p, found)
     say_emulated_bf16(p, opts, opts.resume or bool(t.todo), err)  # what bf16 costs on a CPU without it
+    seq = _sequencer(p, t) if p.design is not None else None
     if opts.dry_run:
+        if seq is not None:
+            return _say_sequential_plan(p, t, seq, out)
         _say_plan(p, t, out, dry=True)
         return SweepOutcome(p.results_dir, len(cells(p)), len(t.recorded) + len(t.reused), (), "",
                             trained=len(t.todo), reused=len(t.reused), recorded=len(t.recorded))
 
     launching = opts.resume or bool(t.todo)
+    if seq is not None:
+        note = declare_design(p.paths, p.preset, p.design.to_dict())
+        if note:
+            print(f"[{name}] {note}", file=err, flush=True)
+        launching = opts.resume or seq.next_cell() is not None
     meta = study_meta(p)
     meta.setdefault("run_options", dict(run))
     meta.setdefault("trials", {"planned": len(cells(p)), "recorded": len(t.recorded),
@@ -104,7 +113,10 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
     if t.reused:  # into the table now, so an interrupted launch keeps them
         old, _ = store.read_table(p.paths.runs_parquet)
         save_table(p.paths, store.merge(old, pd.DataFrame(reused_rows(p, meta, t.reused))))
-    _say_plan(p, t, out)
+    if seq is None:
+        _say_plan(p, t, out)
+    else:
+        _say_sequential_plan(p, t, seq, out, dry=False)
     stale = interrupted_launches(p, t.todo)
     if stale and not opts.resume:
         print(f"[{name}] note: {', '.join(stale)} left some of these unfinished; they start over in "
@@ -115,7 +127,13 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
         wall, trained = _train(p, opts, run, meta, t.todo, out, err)
 
     df = collect(name, opts.results, storage=p.store, out=err, ended=(p.experiment,))
-    outcome = _outcome(p, df, opts, trained=trained, reused=len(t.reused), recorded=len(t.recorded))
+    started = None
+    if seq is not None:  # the cells the sequencer asked for, and those recorded before
+        seq.load_table()
+        started = _started(p, df, t)
+        _say_sequential_end(p, seq, out)
+    outcome = _outcome(p, df, opts, trained=trained, reused=len(t.reused), recorded=len(t.recorded),
+                       planned=started)
     print(f"[{name}] {outcome.finished}/{outcome.total} trials finished ({trained} trained in {wall:.0f} s, "
           f"{outcome.reused} reused from other studies, {outcome.recorded} already recorded); results in "
           f"{p.paths.runs_parquet}", file=out, flush=True)
@@ -164,6 +182,55 @@ def _say_plan(p: Plan, t: Triage, out, dry: bool = False) -> None:
           f"{len(t.todo)} {what}", file=out, flush=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# Sequential sweeps (--until-resolved)
+# ---------------------------------------------------------------------------------------------
+def _sequencer(p: Plan, t: Triage, out=None) -> SeedSequencer:
+    """The study's seed blocks as its table records them (the reused rows counted in)."""
+    every = cells(p)
+    seq = SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
+                        {(c.arm, c.seed): c.params() for c in t.todo}, table=p.paths.runs_parquet,
+                        ids={c.key: c.arm for c in every}, out=out)
+    if t.reused:
+        seq.know({**row, "arm": c.arm} for c, row in t.reused)
+    return seq
+
+
+def _say_sequential_plan(p: Plan, t: Triage, seq: SeedSequencer, out, dry: bool = True):
+    d = p.design
+    known = len(seq.values)
+    nxt = seq.next_cell()
+    what = "would train" if dry else "to train"
+    block = (f"next: seed block {nxt[1]} ({sum(1 for a in p.arms if seq.needed(a.label, nxt[1]))} trials) {what}"
+             if nxt else "nothing left to train")
+    print(f"[{p.study.name}] until resolved, preset {p.preset}: {len(p.arms)} arms, α {d.alpha:g} (α/{len(seq.others)} "
+          f"per arm), δ {d.delta:g} pp, g {d.g:g}, {d.min_seeds} seeds before any arm closes, cap {d.max_seeds} seeds; "
+          f"{len(t.recorded)} recorded, {len(t.reused)} reused, {known} results known; {block}", file=out, flush=True)
+    for line in state_lines(seq):
+        print(line, file=out, flush=True)
+    if dry:
+        return SweepOutcome(p.results_dir, known, known, (), "", trained=0, reused=len(t.reused),
+                            recorded=len(t.recorded))
+    return None
+
+
+def _say_sequential_end(p: Plan, seq: SeedSequencer, out) -> None:
+    states = seq.states()
+    closed = sum(a.closed for _, a in states)
+    why = ("every arm is decided" if closed == len(states) else
+           f"{len(states) - closed} arm(s) reached the cap of {p.design.max_seeds} seeds" if seq.done() else
+           "stopped before every arm was decided (run the same command again to continue)")
+    print(f"[{p.study.name}] until resolved: {closed} of {len(states)} arms decided; {why}", file=out, flush=True)
+    for line in state_lines(seq):
+        print(line, file=out, flush=True)
+
+
+def _started(p: Plan, df: pd.DataFrame, t: Triage) -> tuple[Cell, ...]:
+    """The planned cells the table has any row of (started by a launch, or recorded or reused)."""
+    keys = {store.key_of(r) for r in store.with_ids(df).to_dict("records")} if df is not None and len(df) else set()
+    return tuple(c for c in cells(p) if c.key in keys)
+
+
 def run_sweeps(opts: SweepOptions, out=None, err=None) -> list[SweepOutcome]:
     """``senet sweep all`` or ``senet sweep a,b,c``: each study in turn, each reusing what the earlier
     ones trained (so a trial two studies share is trained once), with its wall time. A dry run
@@ -176,7 +243,7 @@ def run_sweeps(opts: SweepOptions, out=None, err=None) -> list[SweepOutcome]:
     if opts.resume:
         raise UserError("--resume continues one study's launch; name that study (senet sweep STUDY --resume)")
     outcomes = []
-    if opts.dry_run:
+    if opts.dry_run and not opts.until_resolved:
         found = store.recorded(Path(opts.results).expanduser().absolute(), err)
         earlier: set = set()
         for n in names:
@@ -209,9 +276,9 @@ def _trial_error(exp: Path, trial_id: str) -> str:
 
 
 def _outcome(p: Plan, df, opts: SweepOptions, *, trained: int = 0, reused: int = 0,
-             recorded: int = 0) -> SweepOutcome:
+             recorded: int = 0, planned: tuple[Cell, ...] | None = None) -> SweepOutcome:
     """Every planned trial against the table: finished, failed (with its error) or never started."""
-    planned = cells(p)
+    planned = cells(p) if planned is None else planned
     rows = {}
     for r in store.with_ids(df).to_dict("records"):
         k = store.key_of(r)

@@ -1,0 +1,190 @@
+"""``senet sweep STUDY --until-resolved``: seeds added where they decide something.
+
+The study runs in seed blocks: every arm gets the design's ``min_seeds`` seeds; after that a block
+``s`` holds the reference and every arm still open. After each trial the arms are re-assessed from
+their seed pairs in seed order (:func:`senet.sequential.assess`, at level α/k): an arm whose
+confidence sequence reaches a verdict is closed and gets no more seeds, and the sweep ends when
+every arm is closed or has reached the cap. The sequence is valid at any n and under any stopping,
+so trials already running when an arm closes (at most the concurrency) only narrow it.
+
+:class:`SeedSequencer` is a Ray Tune searcher (``suggest`` / ``on_trial_complete``, run under a
+``ConcurrencyLimiter``), so it runs the same on a cluster. Its results come from the study's
+``runs.parquet`` (which the sweep brings up to date from the trial folders before it starts or
+resumes) and from the trials it sees complete; a restored one reads the table again, so after a
+SIGKILL a recorded (configuration, seed) is never trained twice. The Tune side is
+:mod:`ablations.seed_searcher`; this module imports no Ray.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from senet.errors import UserError
+from senet.sequential import OPEN, UNRESOLVED, Assessment, Design, assess
+
+from . import store
+
+METRIC = "test_top1_err"
+
+
+Key = tuple[str, int]  # (arm, seed)
+
+
+class SeedSequencer:
+    """The seed blocks of one study; the Tune searcher (:func:`searcher`) wraps it.
+
+    ``cells``: (arm, seed) -> the trial's parameters, for every trial the sweep may train (up to
+    the cap); ``table``: the study's runs.parquet, whose finished rows are the known results."""
+
+    def __init__(self, arms: list[str], reference: str, design: Design, cells: Mapping[Key, dict],
+                 table: Path | None = None, ids: Mapping[tuple[str, int], str] | None = None,
+                 metric: str = METRIC, resolution: float = 0.0, out=None):
+        if reference not in arms:
+            raise UserError(f"the reference arm {reference!r} is not one of the arms ({', '.join(arms)})")
+        self.arms, self.reference, self.design = list(arms), reference, design
+        self.others = [a for a in self.arms if a != reference]
+        self.cells = dict(cells)
+        self.table = table
+        self.ids = dict(ids or {})  # (config_id, seed) -> arm: how a table row is one of ours
+        self.metric = metric
+        self.resolution = resolution
+        self.values: dict[Key, float] = {}  # finished: the metric, or NaN (diverged, failed)
+        self.live: dict[str, Key] = {}  # trial id -> the cell it trains
+        self.closed: dict[str, Assessment] = {}
+        self._out = out
+        self.load_table()
+
+    # -- state -----------------------------------------------------------------------------------
+    def load_table(self) -> None:
+        """Take every finished row of the study's table as a known result."""
+        if self.table is None:
+            return
+        df, _ = store.read_table(self.table)
+        if df is None or df.empty:
+            return
+        self.know(store.with_ids(df).to_dict("records"))
+
+    def know(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for r in rows:
+            if r.get("status") not in store.FINISHED:
+                continue
+            arm = self.ids.get(store.key_of(r))
+            if arm is None:
+                continue
+            v = r.get(self.metric)
+            ok = r.get("status") == "completed" and v is not None and math.isfinite(float(v))
+            self.values[(arm, int(r["seed"]))] = float(v) if ok else math.nan
+            if not self.resolution and r.get("num_test"):
+                self.resolution = 100.0 / float(r["num_test"])
+        self.update()
+
+    def pairs(self, arm: str) -> list[float]:
+        """The arm's differences from the reference, seed by seed, up to the first seed whose pair
+        is not complete yet (a pair that will never be, a diverged or failed trial, is skipped)."""
+        out = []
+        for s in range(self.design.max_seeds):
+            a, r = self.values.get((arm, s)), self.values.get((self.reference, s))
+            if a is None or r is None:
+                if self._pending(arm, s) or self._pending(self.reference, s):
+                    break
+                continue
+            if math.isfinite(a) and math.isfinite(r):
+                out.append(a - r)
+        return out
+
+    def _pending(self, arm: str, seed: int) -> bool:
+        """Whether (arm, seed) may still get a result: running, or still to be trained."""
+        key = (arm, seed)
+        return key not in self.values and (key in self.live.values() or key in self.cells)
+
+    def assess(self, arm: str) -> Assessment:
+        capped = not any(self._pending(arm, s) or self._pending(self.reference, s) for s in range(self.design.max_seeds)
+                         if (arm, s) not in self.values or (self.reference, s) not in self.values)
+        return assess(self.pairs(arm), self.design, k=len(self.others), resolution=self.resolution,
+                      capped=capped)
+
+    def update(self) -> list[tuple[str, Assessment]]:
+        """Re-assess the open arms; return those that closed now."""
+        now = []
+        for arm in self.others:
+            if arm in self.closed:
+                continue
+            a = self.assess(arm)
+            if a.closed:
+                self.closed[arm] = a
+                now.append((arm, a))
+        for arm, a in now:
+            self.say(f"closed {arm}: {a.outcome} after {a.n} seed pairs, Δ {a.mean:+.2f} pp, CS {a.interval()} "
+                     f"({a.reason()})")
+        return now
+
+    def needed(self, arm: str, seed: int) -> bool:
+        if seed < self.design.min_seeds:
+            return True
+        if arm == self.reference:
+            return any(a not in self.closed for a in self.others)
+        return arm not in self.closed
+
+    def next_cell(self) -> Key | None:
+        """The lowest seed block's first cell that is needed, not known, not running and trainable."""
+        running = set(self.live.values())
+        for s in range(self.design.max_seeds):
+            for arm in [self.reference, *self.others]:
+                key = (arm, s)
+                if key in self.values or key in running or key not in self.cells:
+                    continue
+                if self.needed(arm, s):
+                    return key
+        return None
+
+    def done(self) -> bool:
+        return not self.live and self.next_cell() is None
+
+    def states(self) -> list[tuple[str, Assessment]]:
+        return [(arm, self.closed.get(arm) or self.assess(arm)) for arm in self.others]
+
+    # -- the searcher's calls ----------------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | None | str:
+        key = self.next_cell()
+        if key is None:
+            return "FINISHED" if not self.live else None
+        self.live[trial_id] = key
+        return dict(self.cells[key])
+
+    def complete(self, trial_id: str, result: Mapping[str, Any] | None = None, error: bool = False) -> None:
+        key = self.live.pop(trial_id, None)
+        if key is None:
+            return
+        if key not in self.values:
+            if result and result.get("final"):
+                v = result.get(self.metric)
+                ok = result.get("status", "completed") == "completed" and v is not None and math.isfinite(float(v))
+                self.values[key] = float(v) if ok else math.nan
+                if not self.resolution and result.get("num_test"):
+                    self.resolution = 100.0 / float(result["num_test"])
+            elif error:
+                self.values[key] = math.nan  # failed after its retries: this seed gives the arm no pair
+            else:  # stopped without a final result (the sweep was interrupted): the table knows
+                self.load_table()
+        self.update()
+
+    def say(self, line: str) -> None:
+        print(f"[until-resolved] {line}", file=self._out or sys.stdout, flush=True)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_out"] = None  # a stream does not pickle; the driver's stdout is used after a restore
+        return state
+
+
+def state_lines(seq: SeedSequencer) -> list[str]:
+    """One line per arm: n, Δ̂, the interval, the state and why."""
+    lines = []
+    for arm, a in seq.states():
+        delta = "–" if not math.isfinite(a.mean) else f"{a.mean:+.2f}"
+        state = a.outcome if a.outcome not in (OPEN, UNRESOLVED) else f"{a.outcome} (n = {a.n})"
+        lines.append(f"  {arm:<14} n {a.n:>2}  Δ {delta:>6} pp  CS {a.interval():<18} {state}: {a.reason()}")
+    return lines

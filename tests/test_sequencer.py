@@ -1,0 +1,130 @@
+"""The seed sequencer of ``senet sweep --until-resolved``, driven by hand (no Ray, no training)."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ablations.store as store
+from ablations.sequencer import SeedSequencer, state_lines
+from senet.sequential import ALIKE, DESIGNS, OPEN, UNRESOLVED, WORSE, Design, design_of
+
+ARMS = ["ref", "big", "none", "tiny"]
+
+
+def make(design=Design(g=1.0, min_seeds=2, max_seeds=12), arms=ARMS, table=None, known=()):
+    cells = {(a, s): {"arm": a, "seed": s} for a in arms for s in range(design.max_seeds) if (a, s) not in known}
+    ids = {(f"id-{a}", s): a for a in arms for s in range(design.max_seeds)}
+    return SeedSequencer(arms, "ref", design, cells, table=table, ids=ids, resolution=0.01, out=io.StringIO())
+
+
+def errors(arm: str, seed: int) -> float:
+    """Made-up test errors: 'big' is 5 pp worse than the reference, 'none' equal, 'tiny' +0.2 pp."""
+    rng = np.random.default_rng(1000 * seed + ARMS.index(arm))
+    shift = {"ref": 0.0, "big": 5.0, "none": 0.0, "tiny": 0.2}[arm]
+    return 10.0 + shift + float(rng.normal(0, 0.05))
+
+
+def run(seq: SeedSequencer, concurrency: int = 3, limit: int = 10_000) -> list[tuple[str, int]]:
+    """Drive the sequencer like Tune: keep ``concurrency`` trials live, complete the oldest first."""
+    trained, live, i = [], [], 0
+    while i < limit:
+        while len(live) < concurrency:
+            got = seq.suggest(f"t{i}")
+            if got in (None, "FINISHED"):
+                break
+            live.append((f"t{i}", got))
+            i += 1
+        if not live:
+            assert seq.suggest(f"t{i}") == "FINISHED"
+            return trained
+        tid, params = live.pop(0)
+        trained.append((params["arm"], params["seed"]))
+        seq.complete(tid, {"final": True, "status": "completed",
+                           "test_top1_err": errors(params["arm"], params["seed"]), "num_test": 10000})
+    raise AssertionError("the sequencer never finished")
+
+
+def test_blocks_close_arms_and_never_train_a_cell_twice():
+    seq = make()
+    trained = run(seq)
+    assert len(trained) == len(set(trained))  # no (arm, seed) twice
+    # every arm gets the design's first seeds; the clear effect closes and gets no more
+    for a in ARMS:
+        assert {(a, s) for s in range(seq.design.min_seeds)} <= set(trained)
+    states = dict(seq.states())
+    assert states["big"].outcome == WORSE
+    assert states["none"].outcome == ALIKE
+    n_big = sum(1 for a, _ in trained if a == "big")
+    assert n_big < seq.design.max_seeds and n_big == states["big"].n
+    # the reference ran as long as any arm was open, and a block holds the reference and open arms only
+    assert sum(1 for a, _ in trained if a == "ref") == max(sum(1 for a, _ in trained if a == x) for x in ARMS)
+    # the seeds of every arm are the first ones, in order
+    for a in ARMS:
+        seeds = sorted(s for x, s in trained if x == a)
+        assert seeds == list(range(len(seeds)))
+
+
+def test_cap_leaves_open_arms_unresolved():
+    seq = make(Design(g=1.0, min_seeds=2, max_seeds=4))
+    trained = run(seq)
+    assert len(trained) == len(ARMS) * 4
+    states = dict(seq.states())
+    assert states["tiny"].outcome == UNRESOLVED and states["tiny"].n == 4
+    assert any("cap reached" in line for line in state_lines(seq))
+
+
+def test_pairs_wait_for_the_lower_seeds():
+    """Results are used in seed order: a finished seed 1 counts only once seed 0's pair is in."""
+    seq = make()
+    ids = {}
+    for i in range(2 * len(ARMS)):
+        p = seq.suggest(f"t{i}")
+        ids[(p["arm"], p["seed"])] = f"t{i}"
+    for a in ("ref", "big"):
+        seq.complete(ids[(a, 1)], {"final": True, "test_top1_err": errors(a, 1)})
+    assert seq.pairs("big") == []
+    for a in ("ref", "big"):
+        seq.complete(ids[(a, 0)], {"final": True, "test_top1_err": errors(a, 0)})
+    assert len(seq.pairs("big")) == 2
+
+
+def test_failed_trial_is_skipped_not_retrained():
+    seq = make(Design(g=1.0, min_seeds=2, max_seeds=3))
+    p = seq.suggest("t0")
+    assert (p["arm"], p["seed"]) == ("ref", 0)
+    seq.complete("t0", None, error=True)
+    assert math.isnan(seq.values[("ref", 0)])
+    trained = run(seq)
+    assert ("ref", 0) not in trained
+    assert dict(seq.states())["big"].n == 2  # seed 0 gives no pair
+
+
+def test_recorded_rows_are_known_and_not_suggested(tmp_path):
+    """A sequencer built (or restored) over the study's table trains none of its finished rows."""
+    rows = [{"study": "s", "arm": a, "seed": s, "status": "completed", "test_top1_err": errors(a, s),
+             "num_test": 10000} for a in ARMS for s in range(2)]
+    table = tmp_path / "runs.parquet"
+
+    ids = {store.key_of({**r, "config_id": store.config_id(r)}): r["arm"]
+           for r in [{"arm": a, "seed": s, "model.name": f"m-{a}"} for a in ARMS for s in range(12)]}
+    pd.DataFrame([{**r, "model.name": f"m-{r['arm']}"} for r in rows]).to_parquet(table)
+    design = Design(g=1.0, min_seeds=2, max_seeds=12)
+    cells = {(a, s): {"arm": a, "seed": s} for a in ARMS for s in range(2, 12)}
+    seq = SeedSequencer(ARMS, "ref", design, cells, table=table, ids=ids, out=io.StringIO())
+    assert len(seq.values) == 2 * len(ARMS)
+    assert seq.resolution == pytest.approx(0.01)
+    p = seq.suggest("t0")
+    assert p["seed"] == 2
+
+
+def test_designs_are_declared_per_preset():
+    meta = {"sequential": {"quick": {"alpha": 0.05, "delta": 0.3, "g": 2.0, "min_seeds": 3, "max_seeds": 9}}}
+    d, declared = design_of(meta, "quick")
+    assert declared and d.delta == 0.3 and d.max_seeds == 9
+    d, declared = design_of(meta, "standard")
+    assert not declared and d == DESIGNS["standard"]
+    assert not dict(make().states())["big"].closed and make().states()[0][1].outcome == OPEN
