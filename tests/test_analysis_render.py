@@ -27,7 +27,7 @@ from analysis.stats import selectivity, t_quantile
 from analysis.study import best_checkpoint, completed, count_test_images, load_study
 from analysis.style import LABELS, save
 from analysis.tables import latex, markdown
-from senet.sequential import seeds_to_settle
+from senet.sequential import DESIGNS, seeds_to_settle
 
 BLOCKS = ["SE_2_3", "SE_3_3", "SE_4_1", "SE_4_2", "SE_4_3"]
 CLASSES = ["T-shirt/top", "Trouser", "Bag"]
@@ -162,7 +162,8 @@ def test_summary_table_hand_computed():
 
 
 def test_compare_arms_outcomes():
-    b = compare_arms(_runs(), STUDY, "test_top1_err", n_boot=2000).set_index("arm")
+    # judged by the standard preset's default design (g = 1), as no design is declared
+    b = compare_arms(_runs(), {**STUDY, "preset": "standard"}, "test_top1_err", n_boot=2000).set_index("arm")
     k = len(STUDY["arms"]) - 1  # every arm but the reference shares α
     assert b.attrs["k"] == k and b.attrs["level"] == pytest.approx(0.05 / k) and not b.attrs["declared"]
     # tanh - sigmoid per seed: +1.0, +1.5, +1.5. The fixed-n t interval 4/3 ± t(0.975, 2)·0.2887/√3
@@ -181,6 +182,11 @@ def test_compare_arms_outcomes():
     s = b.loc["softmax"]
     assert s["pairs"] == 2 and s["outcome"] == "open" and pd.isna(s["more_seeds"])
     assert s["reason"] == "Δ ∈ (−∞, ∞)" and np.isnan(s["t_low"]) and np.isnan(s["rho"])
+    # the quick preset's default design (g = 50) gives a finite sequence at 3 seeds already
+    q = compare_arms(_runs(), STUDY, "test_top1_err", n_boot=2000)
+    assert q.attrs["design"] == DESIGNS["quick"] and not q.attrs["declared"]
+    lo, hi = q.set_index("arm").loc["tanh", ["cs_low", "cs_high"]]
+    assert np.isfinite(lo) and lo < 4 / 3 < hi
 
 
 def test_markdown_and_latex_tables():

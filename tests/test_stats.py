@@ -183,7 +183,8 @@ def test_open_comes_with_the_seeds_it_would_take(tmp_path):
 
 def test_a_declared_design_is_used_and_named(tmp_path):
     # study.json declares δ = 1 pp and a cap of 6 seeds: a comparison still open at 6 seeds is unresolved.
-    meta = {**GATE, "sequential": {"delta": 1.0, "max_seeds": 6, "min_seeds": 5, "alpha": 0.05, "g": 1.0}}
+    meta = {**GATE, "preset": "standard",
+            "sequential": {"standard": {"delta": 1.0, "max_seeds": 6, "min_seeds": 5, "alpha": 0.05, "g": 1.0}}}
     sig = [10.0, 11.0, 9.0, 10.5, 9.8, 10.2]
     rows = _rows({"sigmoid": sig, "tanh": _shifted(sig, [0.3, -0.5, 0.9, -0.2, 0.6, -0.4]),
                   "relu": _shifted(sig, [0.1, -0.1, 0.05, 0.0, -0.05, 0.02])}, num_test=10000)
@@ -193,7 +194,7 @@ def test_a_declared_design_is_used_and_named(tmp_path):
     assert relu[5] == "alike"
     assert "δ = 1 pp, g = 1, 5 seeds before any verdict, cap 6 seeds, k = 2, level α/k = 0.025; declared in " \
            "study.json (`sequential`)" in text
-    (tmp_path / "gate" / "study.json").write_text(json.dumps({**meta, "sequential": {"beta": 2}}))
+    (tmp_path / "gate" / "study.json").write_text(json.dumps({**meta, "sequential": {"standard": {"beta": 2}}}))
     assert main(["report", "gate", "--results", str(tmp_path)]) == 2
 
 
