@@ -7,6 +7,9 @@ copied to storage in the background: a driver killed in between leaves a snapsho
 that is gone, and the trial cannot be restored. So the sweep keeps every checkpoint as far as Tune
 is concerned and deletes them here instead, only once the snapshot on storage names a newer one:
 whatever snapshot a later ``--resume`` reads (that one or a newer one), its checkpoint still exists.
+Checkpoints newer than the one it names are never deleted here either: a restored trial continues
+from the newest complete one (:func:`ablations.trainable.continuation`), so that the epochs the
+driver logged after the snapshot are not trained and reported again.
 
 :func:`repair_missing` mends experiments written before this rule (or by hand): where the named
 checkpoint is gone but a newer one exists, it is put under the missing name, so the trial resumes
@@ -49,7 +52,7 @@ class LocalExperiment:
         """The trial's checkpoint folders by index."""
         out = {}
         for d in (self.path / logdir).glob("checkpoint_*"):
-            i = _index(d.name)
+            i = checkpoint_index(d.name)
             if i is not None and d.is_dir():
                 out[i] = d.name
         return out
@@ -70,7 +73,8 @@ def _experiment(exp) -> LocalExperiment:
     return LocalExperiment(exp) if isinstance(exp, (str, Path)) else exp
 
 
-def _index(name: str | None) -> int | None:
+def checkpoint_index(name: str | None) -> int | None:
+    """The k of a ``checkpoint_<k>`` folder name; None for any other name."""
     m = _CKPT.fullmatch(name or "")
     return int(m.group(1)) if m else None
 
@@ -124,7 +128,7 @@ def prune_superseded(exp) -> int:
     exp = _experiment(exp)
     removed = 0
     for logdir, name in named_checkpoints(exp).items():
-        keep = _index(name)
+        keep = checkpoint_index(name)
         for i, folder in exp.checkpoints(logdir).items():
             if i < keep:
                 exp.remove(logdir, folder)
@@ -141,9 +145,9 @@ def repair_missing(exp) -> list[str]:
         if not exp.has_trial(logdir):
             continue
         have = exp.checkpoints(logdir)
-        if _index(name) in have:
+        if checkpoint_index(name) in have:
             continue
-        newer = {i: d for i, d in have.items() if i > _index(name)}
+        newer = {i: d for i, d in have.items() if i > checkpoint_index(name)}
         if not newer:
             continue
         src = newer[max(newer)]
