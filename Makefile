@@ -20,13 +20,17 @@ data:
 	  command -v apt-get >/dev/null && { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } \
 	  || echo "note: install Debian's dataset-fashion-mnist or set SENET_DATA for Fashion-MNIST"; }
 
-# The main job: the gate ablation (Table 12 and more) over 2 seeds at the quick preset, its report,
-# then the excitation analysis of its best SE model, in runs/demo (results/ holds the published
-# studies). Run again, it trains only what is not recorded yet.
+# The main job: the gate ablation (Table 12 and the softmax gate) at the quick preset in runs/demo,
+# run until its comparisons are decided: every gate gets 3 seeds, then only the gates still open
+# (and the sigmoid reference) get more, up to the quick design's cap of 4; each gate against
+# sigmoid ends better / worse / alike / different within ±δ or unresolved, with its anytime-valid
+# interval. Then its report and the excitation analysis of its best SE model. Run again, it trains
+# only what is not recorded yet.
 RESULTS ?= results
 DEMO ?= runs/demo
+DEMO_ARMS ?= tanh,relu,softmax
 demo: install
-	$(BIN)/senet sweep gate --preset quick --seeds 2 --results $(DEMO)
+	$(BIN)/senet sweep gate --preset quick --arms $(DEMO_ARMS) --until-resolved --results $(DEMO)
 	$(BIN)/senet report gate --results $(DEMO) --preset quick
 	$(BIN)/senet analyze --best gate --results $(DEMO) --preset quick --max-images 2000 --no-singles \
 	  --no-progress --out $(DEMO)/gate/analysis
