@@ -1,6 +1,7 @@
 """SIGKILL a sweep's driver at random points, resume it each time, then count what went wrong.
 
     python -m tests.kill_loop --kills 20            # >= 20 kills over one or more smoke sweeps
+    python -m tests.kill_loop --kills 20 --until-resolved   # the same for sequential sweeps
 
 Each sweep is ``senet sweep reduction --preset smoke --seeds 3 --optim.epochs 3`` (18 trials of 3
 epochs) in a fresh results folder. A launch is killed (SIGKILL to its whole process group: the
@@ -122,13 +123,22 @@ def _kill_all(proc: subprocess.Popen, tag: str, wait_s: float = 20.0) -> int:
 
 
 class Sweep:
-    def __init__(self, root: Path, seeds: int, epochs: int):
+    def __init__(self, root: Path, seeds: int, epochs: int, sequential: bool = False):
         self.root = root
         self.results = root / "results"
         self.ray_dir = self.results / STUDY / "ray"
-        self.common = ("--preset", "smoke", "--seeds", str(seeds), "--results", str(self.results),
-                       "--optim.epochs", str(epochs))
+        how = ("--until-resolved", "--max-seeds", str(seeds)) if sequential else ("--seeds", str(seeds))
+        self.common = ("--preset", "smoke", *how, "--results", str(self.results), "--optim.epochs", str(epochs))
         self.seeds = seeds
+        self.sequential = sequential
+
+    def table(self) -> dict[tuple[str, int], float]:
+        """(arm, seed) -> test error of every finished row of the sweep's table."""
+        import pandas as pd
+
+        df = pd.read_parquet(self.results / STUDY / "runs.parquet")
+        df = df[df["status"].isin(["completed", "diverged"])]
+        return {(str(a), int(s)): float(e) for a, s, e in zip(df["arm"], df["seed"], df["test_top1_err"], strict=True)}
 
     def has_state(self) -> bool:
         return any(self.ray_dir.glob("*/experiment_state-*.json"))
@@ -178,6 +188,9 @@ def check(sweep: Sweep, epochs: int, epoch_log: Path | None) -> dict:
 
     study = json.loads((sweep.results / STUDY / "study.json").read_text())
     planned = {(a["arm"], s) for a in study["arms"] for s in range(sweep.seeds)}
+    if sweep.sequential:  # the searcher decides which cells run: every one it started must finish
+        planned = {(p["arm"], int(p["seed"])) for p in
+                   (json.loads(f.read_text()) for f in sweep.ray_dir.glob("*/*/params.json"))}
     df = pd.read_parquet(sweep.results / STUDY / "runs.parquet")
     finished = df[df["status"].isin(["completed", "diverged"])]
     have = {(str(a), int(s)) for a, s in zip(finished["arm"], finished["seed"], strict=True)}
@@ -227,17 +240,36 @@ def check(sweep: Sweep, epochs: int, epoch_log: Path | None) -> dict:
             "notes": notes}
 
 
+def _uninterrupted(workdir: Path, seeds: int, epochs: int) -> dict[tuple[str, int], float]:
+    """The table of the same sequential sweep run once without a kill (training is deterministic on
+    the CPU, so a killed and resumed sweep must end with the same trials and numbers)."""
+    sweep = Sweep(workdir / "uninterrupted", seeds, epochs, sequential=True)
+    shutil.rmtree(sweep.root, ignore_errors=True)
+    sweep.root.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["SENET_SCRATCH"] = str(sweep.root / "scratch")
+    done = subprocess.run(sweep.argv(), env=env, capture_output=True, text=True, cwd=sweep.root)
+    if done.returncode != 0:
+        raise RuntimeError(f"the uninterrupted sweep failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return sweep.table()
+
+
 def run_loop(kills: int, workdir: Path, seed: int | None = None, seeds: int = 3, epochs: int = 3,
-             launch_timeout_s: float = 300.0, out=sys.stdout) -> dict:
+             launch_timeout_s: float = 300.0, out=sys.stdout, sequential: bool = False) -> dict:
     """Kill and resume smoke sweeps until ``kills`` kills have landed and the last sweep finished;
-    return the summed counts plus ``kills``, ``sweeps``, ``launches``, ``strays`` and ``wall_s``."""
+    return the summed counts plus ``kills``, ``sweeps``, ``launches``, ``strays`` and ``wall_s``.
+    ``sequential``: the sweeps run ``--until-resolved`` (cap ``seeds``), and each must end with the
+    table of an uninterrupted run (``differs``: the cells or numbers that do not match)."""
     rng = random.Random(seed)
     t0 = time.time()
     totals = {"kills": 0, "sweeps": 0, "launches": 0, "strays": 0, "lost": 0, "duplicate_trials": 0,
               "repeated_epochs": 0, "missing_epochs": 0, "retrained_epochs": None, "notes": []}
+    reference = _uninterrupted(workdir, seeds, epochs) if sequential else None
+    if sequential:
+        totals["differs"] = 0
     while totals["kills"] < kills:
         n = totals["sweeps"]
-        sweep = Sweep(workdir / f"sweep{n}", seeds, epochs)
+        sweep = Sweep(workdir / f"sweep{n}", seeds, epochs, sequential)
         shutil.rmtree(sweep.root, ignore_errors=True)
         sweep.root.mkdir(parents=True)
         tag = uuid.uuid4().hex
@@ -279,6 +311,11 @@ def run_loop(kills: int, workdir: Path, seed: int | None = None, seeds: int = 3,
         if counts["retrained_epochs"] is not None:
             totals["retrained_epochs"] = (totals["retrained_epochs"] or 0) + counts["retrained_epochs"]
         totals["notes"] += [f"sweep {n}: {note}" for note in counts["notes"]]
+        if reference is not None:
+            got = sweep.table()
+            bad = sorted(k for k in set(got) | set(reference) if got.get(k) != reference.get(k))
+            totals["differs"] += len(bad)
+            totals["notes"] += [f"sweep {n}: differs from the uninterrupted run at {k}" for k in bad]
         print(f"[kill-loop] sweep {n} finished: lost {counts['lost']}, duplicate trials "
               f"{counts['duplicate_trials']}, repeated epochs {counts['repeated_epochs']}", file=out, flush=True)
     totals["wall_s"] = round(time.time() - t0, 1)
@@ -293,19 +330,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, help="random seed of the kill points")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per arm of each sweep (default 3)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
+    ap.add_argument("--until-resolved", action="store_true",
+                    help="sequential sweeps (--until-resolved, cap --seeds), each checked against an "
+                         "uninterrupted run of the same sweep")
     args = ap.parse_args(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="kill-loop-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"[kill-loop] sweeps in {workdir}", flush=True)
-    r = run_loop(args.kills, workdir, seed=args.seed, seeds=args.seeds, epochs=args.epochs)
+    r = run_loop(args.kills, workdir, seed=args.seed, seeds=args.seeds, epochs=args.epochs,
+                 sequential=args.until_resolved)
     for note in r["notes"]:
         print(f"[kill-loop] {note}")
     retrained = "n/a" if r["retrained_epochs"] is None else r["retrained_epochs"]
     print(f"kills: {r['kills']}  sweeps: {r['sweeps']}  launches: {r['launches']}  lost trials: {r['lost']}  "
           f"duplicate trials: {r['duplicate_trials']}  repeated epochs: {r['repeated_epochs']}  "
           f"missing epochs: {r['missing_epochs']}  retrained epochs: {retrained}  "
-          f"stray Ray processes killed: {r['strays']}  wall time: {r['wall_s']:.0f} s")
-    ok = r["lost"] == r["duplicate_trials"] == r["repeated_epochs"] == 0
+          f"stray Ray processes killed: {r['strays']}  wall time: {r['wall_s']:.0f} s"
+          + (f"  cells differing from the uninterrupted run: {r['differs']}" if "differs" in r else ""))
+    ok = r["lost"] == r["duplicate_trials"] == r["repeated_epochs"] == r.get("differs", 0) == 0
     if ok and not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1
