@@ -122,10 +122,10 @@ def fit_experiment(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tup
     this process is connected to; return (wall time, trials in the experiment)."""
     import ray
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.logger import CSVLoggerCallback
 
     from .checkpoints import prune_superseded, repair_missing
-    from .progress import CheckpointPruner, SweepProgress
+    from .progress import CheckpointPruner, OnceJsonLogger, SweepProgress
     from .trainable import trial_dirname
 
     exp = p.store.experiment(p.experiment)
@@ -163,7 +163,7 @@ def fit_experiment(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tup
                 # each trial's TensorBoard events live in its working directory: copied to the trial
                 # folder on storage at every checkpoint, from any node
                 sync_config=tune.SyncConfig(sync_artifacts=True),
-                callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                callbacks=[OnceJsonLogger(), CSVLoggerCallback(),
                            SweepProgress(p.study.name, [a.label for a in p.arms], opts.progress_every_s),
                            CheckpointPruner()],
             ),

@@ -1,4 +1,5 @@
-"""The sweep's Tune callbacks: a live progress table, and the checkpoint retention that resume needs.
+"""The sweep's Tune callbacks: a live progress table, the checkpoint retention that resume needs, and
+a ``result.json`` logger that writes each row once.
 
 Tune's own reporter prints one row per trial and every metric; an ablation wants the table's
 shape instead (one row per arm, the seeds pooled). On a terminal the table is drawn once and redrawn
@@ -13,6 +14,10 @@ import time
 from pathlib import Path
 
 from ray import tune
+from ray.air.constants import EXPR_RESULT_FILE
+from ray.tune.logger import JsonLoggerCallback
+
+from senet.layout import parse_jsonl
 
 from .checkpoints import prune_superseded
 from .storage import tune_experiment
@@ -177,3 +182,46 @@ class CheckpointPruner(tune.Callback):
         except OSError:
             if isinstance(exp, Path):
                 raise
+
+
+class OnceJsonLogger(JsonLoggerCallback):
+    """Tune's ``result.json`` logger that writes each epoch's row, and the final row, of a trial once.
+
+    A trial restored after a SIGKILL of the driver reports the epochs its checkpoint holds but
+    ``result.json`` may lack (:func:`ablations.trainable.continuation`). Which rows the file holds
+    is known only here, in the driver: on a cluster, whose Ray session outlives a killed driver, the
+    driver's local copy of the file keeps the rows logged after the last upload to storage, which
+    the trial cannot see. So the rows already in the file are read when the trial (re)starts and a
+    row for an epoch (or a final row) the file holds is not written again.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._seen: dict = {}
+
+    @staticmethod
+    def _key(result: dict):
+        if result.get("final"):
+            return ("final",)
+        return ("epoch", int(result["epoch"])) if result.get("epoch") is not None else None
+
+    def log_trial_start(self, trial):
+        super().log_trial_start(trial)
+        rows = parse_jsonl(_read_text(Path(trial.local_path) / EXPR_RESULT_FILE))
+        self._seen[trial] = {k for k in map(self._key, rows) if k is not None}
+
+    def log_trial_result(self, iteration, trial, result):
+        key = self._key(result)
+        seen = self._seen.setdefault(trial, set())
+        if key is not None and key in seen:
+            return
+        if key is not None:
+            seen.add(key)
+        super().log_trial_result(iteration, trial, result)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
