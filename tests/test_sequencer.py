@@ -10,7 +10,7 @@ import pytest
 
 import ablations.store as store
 from ablations.sequencer import SeedSequencer, state_lines
-from senet.sequential import ALIKE, DESIGNS, OPEN, UNRESOLVED, WORSE, Design, design_of
+from senet.sequential import ALIKE, DESIGNS, OPEN, UNRESOLVED, WORSE, Design, design_of, simulate
 
 ARMS = ["ref", "big", "none", "tiny"]
 
@@ -128,3 +128,14 @@ def test_designs_are_declared_per_preset():
     d, declared = design_of(meta, "standard")
     assert not declared and d == DESIGNS["standard"]
     assert not dict(make().states())["big"].closed and make().states()[0][1].outcome == OPEN
+
+
+@pytest.mark.parametrize("preset", sorted(DESIGNS))
+def test_every_preset_design_keeps_its_error_rates(preset):
+    """Each preset's default design (the small ones use g = 50 to decide after a few seeds) errs at
+    most α: 4,000 simulated studies with Δ = 0 and with Δ = δ, at k = 3."""
+    d = DESIGNS[preset]
+    null = simulate(0.0, 0.5, d, k=3, studies=4000, seed=21)
+    edge = simulate(d.delta, 0.5, d, k=3, studies=4000, seed=22)
+    assert null["different"] <= d.alpha and null["coverage"] >= 1 - d.alpha
+    assert edge["alike"] + edge["within"] <= d.alpha and edge["coverage"] >= 1 - d.alpha
