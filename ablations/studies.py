@@ -31,7 +31,7 @@ from senet import config
 from senet.errors import UserValueError
 from senet.models import MODELS, build_model, se_modules
 from senet.registry import Registry
-from senet.se import GATES, PLACEMENTS, SQUEEZES, SEConfig
+from senet.se import GATES, PLACEMENTS, SQUEEZES, SEConfig, study_choices
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class Arm:
 
 
 class SlotArms(Sequence[Arm]):
-    """The arms of a study of one SE slot: every choice its registry holds, in registration order,
+    """The arms of a study of one SE slot: every choice its registry holds (but those registered
+    with ``study=False``: the attention family's parts), in registration order,
     labelled by name, with the paper's numbers its registration carries (``paper=``). Read from the
     registry whenever used, so a newly registered gate is an arm of the gate study by itself."""
 
@@ -58,19 +59,19 @@ class SlotArms(Sequence[Arm]):
 
     def _arms(self) -> tuple[Arm, ...]:
         return tuple(Arm(name, {self.key: name}, *(self.registry.info(name).paper or (None, None)))
-                     for name in self.registry)
+                     for name in study_choices(self.registry))
 
     def __getitem__(self, i):
         return self._arms()[i]
 
     def __len__(self) -> int:
-        return len(self.registry)
+        return len(study_choices(self.registry))
 
     def __iter__(self) -> Iterator[Arm]:
         return iter(self._arms())
 
     def __repr__(self) -> str:
-        return f"SlotArms({self.registry.kind}: {', '.join(self.registry)})"
+        return f"SlotArms({self.registry.kind}: {', '.join(study_choices(self.registry))})"
 
 
 #: The paper's baseline ResNet-50 (no SE), §6: 23.30 / 6.55.

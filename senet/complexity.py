@@ -83,11 +83,20 @@ def _scale(m, inputs, out):
 def _residual_add(m, inputs, out):
     if not m.residual:  # Inception modules and MobileNet blocks have no identity addition
         return 0
-    fused = m.se is not None and m.se_site in ("branch_out", "shortcut")  # u·s + x: one multiply-add
+    fused = (m.se is not None and m.se_site in ("branch_out", "shortcut")  # u·s + x: one multiply-add
+             and getattr(m.se, "fuses_add", True))
     return 0 if fused else out.numel()
 
 
+def _own_counter(m, inputs, out):
+    return m.extra_flops(inputs, out)
+
+
 def _counter_for(m: nn.Module) -> FlopFn | None:
+    """The registered counter of ``m``'s type; a module that declares its own elementwise work with
+    an ``extra_flops(inputs, output)`` method counts by it (the attention family's parts do)."""
+    if callable(getattr(m, "extra_flops", None)):
+        return _own_counter
     for cls in type(m).__mro__:
         if cls in FLOP_COUNTERS:
             return FLOP_COUNTERS[cls]

@@ -189,6 +189,7 @@ def from_flat(flat: Mapping[str, Any], base: Config | None = None) -> Config:
     groups: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
     hints = _field_types(Config)
+    flat = expand_preset(flat)
     for raw_key, value in flat.items():
         key = ALIASES.get(raw_key, raw_key)
         head, _, tail = key.partition(".")
@@ -213,6 +214,22 @@ def from_flat(flat: Mapping[str, Any], base: Config | None = None) -> Config:
     except ValueError as e:  # raised by the dataclasses' own validation (Config, SEConfig)
         raise ConfigError(str(e)) from None
     return cfg
+
+
+#: The input-only key that names a module of the attention family (:data:`senet.family.PRESETS`).
+PRESET_KEY = "se.preset"
+
+
+def expand_preset(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"se.preset": "eca", ...}`` with the preset replaced by its ``se.*`` values, in place of the
+    key: keys given beside it win. The preset is not stored: a saved config holds what it set."""
+    if PRESET_KEY not in flat:
+        return dict(flat)
+    from .family import PRESETS
+
+    out = {f"se.{k}": v for k, v in PRESETS.get(str(flat[PRESET_KEY])).items()}
+    out.update((k, v) for k, v in flat.items() if k != PRESET_KEY)
+    return out
 
 
 def _fields(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Field, Any]]:
@@ -252,6 +269,8 @@ def validate(cfg: Config) -> None:
     Runs when a Config is made, so code handed a Config need not call it again.
     """
     for key, f, value in _fields(cfg):
+        if value is None and f.default is None:  # an optional key left unset
+            continue
         problem = _problem(key, f.metadata, value)
         if problem:
             raise ConfigError(problem)

@@ -22,6 +22,7 @@ equals ``x + se(U)``. At inference, a bottleneck whose SE scales ``bn(conv(v))``
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import UserValueError
+from .family import PRESETS, SPATIALS  # registers the attention family's choices
 from .fused import add_into, folds, has_hooks, pooled_conv_bn, scale_add, scaled_bn, spatial_mean
 from .registry import choice_field
 from .slots import (
@@ -55,6 +57,7 @@ from .slots import (
     eca_kernel_size,
     excitation_args,
     hidden_width,
+    study_choices,
 )
 
 __all__ = [
@@ -62,8 +65,19 @@ __all__ = [
     "AvgStdSqueeze", "ChannelSoftmax", "ChoiceInfo", "ECAExcitation", "FCExcitation", "GateInfo",
     "Identity", "LinearExcitation", "MaxSqueeze", "NoSqueeze", "Placement", "SEConfig", "SEPlan",
     "Squeeze", "SqueezeExcitation", "check_width", "eca_kernel_size", "excitation_args", "has_hooks",
-    "hidden_width", "parse_stages", "scale_add", "spatial_mean",
+    "hidden_width", "parse_stages", "scale_add", "spatial_mean", "PRESETS", "SPATIALS", "COMBINES",
+    "study_choices",
 ]
+
+#: How the excitation meets U (``se.combine``): ``scale`` U·s (SE), ``add`` U + e (GCNet's fusion).
+COMBINES = ("scale", "add")
+
+
+def _takes_channels(build) -> bool:
+    try:
+        return "channels" in inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class SqueezeExcitation(nn.Module):
@@ -77,6 +91,14 @@ class SqueezeExcitation(nn.Module):
             it takes ``channels`` and, by name, those of ``hidden``, ``act``, ``bias`` it uses).
         bias: FC biases (the paper's ablations remove them; its released models keep them).
         divisor: round the hidden width to a multiple of this (off by default).
+        rounding: ``None``/``"suite"`` or ``"timm"`` (:func:`~senet.slots.hidden_width`).
+        combine: ``"scale"`` (U·s) or ``"add"`` (U + e, GCNet).
+        spatial: a stage applied to the result (a :data:`SPATIALS` name, e.g. CBAM's), or None.
+        kernel, lam: the excitation's own options (ECA's kernel size, SimAM's λ), where it takes them.
+
+    A squeeze builder may take ``channels`` (a squeeze with parameters); an excitation that sets
+    ``per_descriptor`` takes the (N, K, C) descriptors itself instead of the shared-then-summed rule,
+    and one that sets ``needs_map`` needs the unpooled map (``none``).
 
     ``hidden`` is the bottleneck width, or None for an excitation without one (``eca``, ``linear``).
     """
@@ -91,21 +113,38 @@ class SqueezeExcitation(nn.Module):
         gate="sigmoid",
         bias: bool = True,
         divisor: int | None = None,
+        rounding: str | None = None,
+        combine: str | None = None,
+        spatial=None,
+        kernel: int | None = None,
+        lam: float | None = None,
     ):
         super().__init__()
         squeeze, excitation = SQUEEZES.choice(squeeze), EXCITATIONS.choice(excitation)
         act, gate = ACTIVATIONS.choice(act), GATES.choice(gate)
         takes = excitation_args(excitation.entry)
-        width = hidden_width(channels, reduction, divisor)
+        for key, value in (("kernel", kernel), ("lam", lam)):
+            if value is not None and key not in takes:
+                raise UserValueError(f"se.{key} does not apply to excitation {excitation.name!r}")
+        if combine not in (None, *COMBINES):
+            raise UserValueError(f"se.combine must be one of {', '.join(COMBINES)}, got {combine!r}")
+        width = hidden_width(channels, reduction, divisor, rounding)
         self.channels = channels
         self.hidden = width if "hidden" in takes else None
         self.gate_name = gate.name
-        self.squeeze = squeeze.entry()
+        self.additive = combine == "add"
+        self.squeeze = squeeze.entry(channels) if _takes_channels(squeeze.entry) else squeeze.entry()
         given = {"hidden": width, "bias": bias}
+        given.update((k, v) for k, v in (("kernel", kernel), ("lam", lam)) if v is not None)
         if "act" in takes:
             given["act"] = act.entry()
         self.excitation = excitation.entry(channels, **{k: v for k, v in given.items() if k in takes})
+        if getattr(self.excitation, "needs_map", False) and getattr(self.squeeze, "pooled", True):
+            raise UserValueError(f"excitation {excitation.name!r} works on the whole map: use se.squeeze none")
+        if getattr(self.excitation, "per_descriptor", False) and not getattr(self.squeeze, "pooled", False):
+            raise UserValueError(f"excitation {excitation.name!r} needs a pooled squeeze")
         self.gate = gate.entry()
+        self.spatial = None if spatial is None else SPATIALS.choice(spatial).entry()
         #: The paper's block name, SE_<stage>_<block>; set by the network that owns the block.
         self.block_name = ""
 
@@ -118,6 +157,8 @@ class SqueezeExcitation(nn.Module):
             n, c = u.shape[:2]
             k = sq.descriptors
             z = sq(u).reshape(n * k, c) if has_hooks(sq) else sq.vectors(u)
+            if getattr(self.excitation, "per_descriptor", False):
+                return self.gate(self.excitation(z.view(n, k, c)).view(n, c, 1, 1))
             e = self.excitation(z)
             return self.gate((e.view(n, k, c).sum(1) if k > 1 else e).view(n, c, 1, 1))
         z = self.squeeze(u)  # (N, K, C, h, w)
@@ -127,8 +168,14 @@ class SqueezeExcitation(nn.Module):
             e = e.unflatten(0, (n, k)).sum(1)
         return self.gate(e)
 
+    @property
+    def fuses_add(self) -> bool:
+        """Whether the block's residual addition fuses with this module's work (``U·s + x``)."""
+        return not self.additive and self.spatial is None
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return u * self.excite(u)
+        y = u + self.excite(u) if self.additive else u * self.excite(u)
+        return y if self.spatial is None else self.spatial(y)
 
     def scale_add(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``x + self(u)`` in one pass: the residual addition fused with the scaling.
@@ -136,6 +183,8 @@ class SqueezeExcitation(nn.Module):
         Bypasses this module's own hooks (its gate's still run), so a caller must use
         ``self(u) + x`` when the module has any.
         """
+        if not self.fuses_add:
+            return self.forward(u) + x
         return scale_add(x, u, self.excite(u))
 
     def folds_into(self, conv: nn.Module, bn: nn.Module) -> bool:
@@ -144,6 +193,7 @@ class SqueezeExcitation(nn.Module):
         squeeze (which the fold does not call; the excitation and the gate are called)."""
         sq = self.squeeze
         return (getattr(sq, "linear", False) and getattr(self.excitation, "takes_vectors", False)
+                and self.fuses_add and not getattr(self.excitation, "per_descriptor", False)
                 and folds(conv, bn) and not has_hooks(self) and not has_hooks(sq))
 
     def fold(self, conv: nn.Module, bn: nn.Module, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -176,12 +226,17 @@ class SEPlan:
     site: str = "branch_out"
     channels: str = "out"
     stages: frozenset[int] | None = None
+    staged: bool = False  # the factory takes ``stage=`` (a per-stage choice such as se.kernel)
+
+    def build(self, channels: int, stage: int) -> nn.Module:
+        """The SE module for ``channels`` in paper stage ``stage``."""
+        return self.factory(channels, stage=stage) if self.staged else self.factory(channels)
 
     @classmethod
     def make(cls, factory: Callable[[int], nn.Module], placement: str = "standard",
-             stages: str | Iterable[int] | None = "all") -> SEPlan:
+             stages: str | Iterable[int] | None = "all", staged: bool = False) -> SEPlan:
         where = PLACEMENTS.get(placement)
-        return cls(factory, placement, where.site, where.channels, parse_stages(stages))
+        return cls(factory, placement, where.site, where.channels, parse_stages(stages), staged)
 
     def in_stages(self, valid: tuple[int, ...]) -> frozenset[int]:
         """The stages of a network (its ``valid`` ones) that get SE; a stage it lacks raises."""
@@ -201,9 +256,32 @@ class SEConfig:
     stages: str = "all"  # which stages get SE: "all", "none", or e.g. "2,3" (paper numbering, Table 13)
     bias: bool = True  # FC biases (released models: on; the paper's ablations: off)
     divisor: int = 0  # round the hidden width to a multiple of this; 0 = exact C // r
+    # The attention family's keys (senet.family). None keeps SE's behaviour, and a None value is left
+    # out of recipe hashes and config ids, so results recorded before these keys existed keep theirs.
+    rounding: str | None = choice_field(None, ("suite", "timm"))  # hidden width: the suite's C // r (None) or timm's make_divisible(round_limit=0)
+    combine: str | None = choice_field(None, COMBINES)  # U·s (None, scale) or U + e (add: GCNet)
+    spatial: str | None = choice_field(None, SPATIALS)  # a stage after the channel one (cbam), or None
+    kernel: str | None = None  # ECA's kernel size per stage, e.g. "3,5,5,7" (stages 2, 3, ...); None: adaptive ψ(C)
+    lam: float | None = None  # SimAM's λ (None: 1e-4, the module's default; its ImageNet models use 0.1)
 
     def __post_init__(self):
         self.plan()  # resolving every choice checks it, with r, the divisor and the stages
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> SEConfig:
+        """The config of a named module of the family (:data:`PRESETS`), with ``overrides`` on top."""
+        return cls(**{**PRESETS.get(name), **overrides})
+
+    def kernels(self) -> tuple[int, ...] | None:
+        if self.kernel is None:
+            return None
+        try:
+            out = tuple(int(k) for k in str(self.kernel).replace(" ", "").split(","))
+        except ValueError:
+            raise UserValueError(f"se.kernel must be kernel sizes per stage like '3,5,5,7', got {self.kernel!r}") from None
+        if any(k < 1 or k % 2 == 0 for k in out):
+            raise UserValueError(f"se.kernel sizes must be odd and >= 1, got {self.kernel!r}")
+        return out
 
     def plan(self) -> SEPlan:
         """Every choice resolved once, r and the divisor checked, the stages parsed."""
@@ -211,11 +289,33 @@ class SEConfig:
         slots = {"squeeze": SQUEEZES.choice(self.squeeze), "excitation": EXCITATIONS.choice(self.excitation),
                  "act": ACTIVATIONS.choice(self.act), "gate": GATES.choice(self.gate)}
         reduction, bias, divisor = self.reduction, self.bias, self.divisor or None
+        extra = {"rounding": self.rounding, "combine": self.combine, "spatial": self.spatial, "lam": self.lam}
+        extra = {k: v for k, v in extra.items() if v is not None}
+        kernels = self.kernels()
+        takes = excitation_args(slots["excitation"].entry)
+        for key, value in (("kernel", kernels), ("lam", self.lam)):
+            if value is not None and key not in takes:
+                raise UserValueError(f"se.{key} does not apply to excitation {self.excitation!r}")
+        hidden_width(8, reduction, divisor, self.rounding)  # checks se.rounding
+        if self.spatial is not None:
+            SPATIALS.get(self.spatial)
+        if self.combine not in (None, *COMBINES):
+            raise UserValueError(f"se.combine must be one of {', '.join(COMBINES)}, got {self.combine!r}")
 
-        def make(channels: int) -> SqueezeExcitation:
-            return SqueezeExcitation(channels, reduction, bias=bias, divisor=divisor, **slots)
+        if kernels is None:
+            def make(channels: int) -> SqueezeExcitation:
+                return SqueezeExcitation(channels, reduction, bias=bias, divisor=divisor, **extra, **slots)
 
-        return SEPlan.make(make, self.placement, self.stages)
+            return SEPlan.make(make, self.placement, self.stages)
+
+        def make_staged(channels: int, stage: int) -> SqueezeExcitation:
+            if not 2 <= stage < 2 + len(kernels):
+                raise UserValueError(f"se.kernel {self.kernel!r} gives sizes for stages 2-{1 + len(kernels)}; "
+                                     f"this network has SE in stage {stage}")
+            return SqueezeExcitation(channels, reduction, bias=bias, divisor=divisor, kernel=kernels[stage - 2],
+                                     **extra, **slots)
+
+        return SEPlan.make(make_staged, self.placement, self.stages, staged=True)
 
     def factory(self) -> Callable[[int], SqueezeExcitation]:
         """A callable ``channels -> SqueezeExcitation`` for the blocks."""

@@ -60,6 +60,7 @@ class ChoiceInfo:
     """What a slot's choice declares when it is registered."""
 
     paper: tuple[float, float] | None = None  # SE-ResNet-50's ImageNet top-1 / top-5 error (%) in the paper
+    study: bool = True  # an arm of its slot's ablation study (the attention family's parts are not)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +81,11 @@ ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation", ChoiceIn
 GATES: Registry[Callable[[], nn.Module]] = Registry("gate", GateInfo)
 
 
+def study_choices(registry: Registry) -> list[str]:
+    """The choices of a slot that are arms of its ablation study, in registration order."""
+    return [n for n in registry if registry.info(n).study]
+
+
 def check_width(reduction: float, divisor: int | None = None) -> None:
     """The one check of r and the rounding divisor (0 or None: no rounding)."""
     if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not reduction > 0:
@@ -88,17 +94,33 @@ def check_width(reduction: float, divisor: int | None = None) -> None:
         raise UserValueError(f"se.divisor must be a whole number >= 0 (0: exact C // r), got {divisor!r}")
 
 
-def hidden_width(channels: int, reduction: float, divisor: int | None = None) -> int:
+#: How a hidden width is rounded (``se.rounding``): the suite's default, or timm's attention modules'.
+ROUNDINGS = ("suite", "timm")
+
+
+def hidden_width(channels: int, reduction: float, divisor: int | None = None, rounding: str | None = None) -> int:
     """Width C/r of the bottleneck: exactly ``max(1, C // r)`` unless a rounding divisor is given.
 
     Rounding to multiples of 8 (timm's default) makes several r values one and the same network on
     narrow layers, so it is off by default; with ``divisor`` the width is rounded to the nearest
-    multiple (never below ``divisor`` nor below 90% of C/r), as timm and torchvision do.
+    multiple, never below ``divisor`` nor below 90% of C/r (timm's ``make_divisible`` with its
+    default ``round_limit=0.9``, as timm's SelectiveKernel, its EfficientNet blocks and torchvision's
+    ``_make_divisible`` do).
+
+    ``rounding="timm"`` is what timm's SEModule, CbamModule, GatherExcite, GlobalContext and
+    CoordAttn do: ``make_divisible(C / r, divisor or 1, round_limit=0.)``, the nearest multiple
+    (half up), never bumped up by the 90% rule. The two differ at 46 (C, r) pairs for divisor 1
+    (C <= 2048, r in 2..32), e.g. C=24, r=16: 1 (suite), 2 (timm); and at 46 more for divisor 8.
     """
     check_width(reduction, divisor)
+    if rounding not in (None, *ROUNDINGS):
+        raise UserValueError(f"se.rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    v = channels / reduction
+    if rounding == "timm":
+        d = divisor or 1
+        return max(d, int(v + d / 2) // d * d)
     if not divisor:
         return max(1, int(channels // reduction))
-    v = channels / reduction
     out = max(divisor, int(v + divisor / 2) // divisor * divisor)
     if out < 0.9 * v:
         out += divisor
@@ -224,11 +246,12 @@ GATES.add("identity", Identity, range=(-math.inf, math.inf))
 # layer) and NoSqueeze inputs. An excitation with ``takes_vectors = True`` also maps (M, C) -> (M, C),
 # which the block uses for pooled squeezes.
 # --------------------------------------------------------------------------------------------
-EXCITATION_ARGS = ("hidden", "act", "bias")
+EXCITATION_ARGS = ("hidden", "act", "bias", "kernel", "lam")
 
 
 def excitation_args(build: Callable[..., nn.Module]) -> frozenset[str]:
-    """Those of ``hidden``, ``act`` and ``bias`` an excitation builder takes (all, with ``**kwargs``)."""
+    """Those of :data:`EXCITATION_ARGS` (``hidden``, ``act``, ``bias``, and the options ``kernel``
+    and ``lam`` of ``se.kernel`` and ``se.lam``) an excitation builder takes (all, with ``**kwargs``)."""
     params = inspect.signature(build).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return frozenset(EXCITATION_ARGS)
@@ -284,13 +307,16 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
 
 class ECAExcitation(nn.Module):
     """A 1-D convolution across channels (ECA-Net): local cross-channel interaction, no reduction
-    and no bias."""
+    and no bias. ``kernel`` (``se.kernel``, per stage) overrides the adaptive size ψ(C): ECA-Net50's
+    released model uses 3, 5, 5, 7 in stages 2-5 where ψ gives 5, 5, 5, 7."""
 
     takes_vectors = True
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, kernel: int | None = None):
         super().__init__()
-        k = eca_kernel_size(channels)
+        k = eca_kernel_size(channels) if kernel is None else kernel
+        if k < 1 or k % 2 == 0:
+            raise UserValueError(f"se.kernel: ECA's kernel size must be odd and >= 1, got {k}")
         self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
 
     def forward(self, z):
@@ -328,3 +354,5 @@ PLACEMENTS.add("identity", Placement("shortcut", "out", "on the identity path (S
                paper=(22.20, 6.15))
 PLACEMENTS.add("inner", Placement("inner", "inner", "after the 3×3 conv inside the branch (Table 15)"),
                paper=(22.48, 6.02))
+PLACEMENTS.add("pre_bn2", Placement("pre_bn2", "inner", "after the 3×3 conv, before its BN (SimAM's ImageNet site)"),
+               study=False)

@@ -26,7 +26,7 @@ from senet import (
 from senet.fused import add_into
 from senet.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, SESlot
 from senet.models.resnet import ResNet
-from senet.se import Squeeze, excitation_args, hidden_width, scale_add, spatial_mean
+from senet.se import Squeeze, excitation_args, hidden_width, scale_add, spatial_mean, study_choices
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,7 +157,8 @@ def test_gate_stays_in_its_registered_range(gate):
 @pytest.mark.parametrize("excitation", EXCITATIONS.names())
 def test_an_excitation_gets_only_the_arguments_it_takes(excitation):
     takes = excitation_args(EXCITATIONS.get(excitation))
-    se = SqueezeExcitation(64, 4, excitation=excitation, act="gelu", bias=False)
+    squeeze = "none" if getattr(EXCITATIONS.get(excitation), "needs_map", False) else "avg"  # SimAM's energy
+    se = SqueezeExcitation(64, 4, squeeze=squeeze, excitation=excitation, act="gelu", bias=False)
     assert se.hidden == (16 if "hidden" in takes else None)
     assert ("hidden=16" in repr(se)) == ("hidden" in takes)
     assert any(isinstance(m, nn.GELU) for m in se.excitation.modules()) == ("act" in takes)
@@ -167,7 +168,7 @@ def test_an_excitation_gets_only_the_arguments_it_takes(excitation):
 def test_excitations_without_a_bottleneck_declare_it_by_their_signature():
     assert excitation_args(EXCITATIONS.get("fc")) == {"hidden", "act", "bias"}
     assert excitation_args(EXCITATIONS.get("linear")) == {"bias"}
-    assert excitation_args(EXCITATIONS.get("eca")) == frozenset()
+    assert excitation_args(EXCITATIONS.get("eca")) == {"kernel"}  # se.kernel, not a bottleneck
     assert {n: tuple(p.shape) for n, p in SqueezeExcitation(32, 4, excitation="linear").named_parameters()} == {
         "excitation.fc.weight": (32, 32, 1, 1), "excitation.fc.bias": (32,)}
     assert {n: tuple(p.shape) for n, p in SqueezeExcitation(32, 4, excitation="eca").named_parameters()} == {
@@ -195,7 +196,7 @@ def test_scale_multiplies_each_channel_by_its_gate():
     torch.testing.assert_close(se(u), u * s)
 
 
-@pytest.mark.parametrize("squeeze", SQUEEZES.names())
+@pytest.mark.parametrize("squeeze", study_choices(SQUEEZES))
 def test_squeeze_descriptors(squeeze):
     u = torch.randn(2, 8, 3, 3)
     z = SQUEEZES.get(squeeze)()(u)
@@ -232,9 +233,9 @@ def _forward_backward(model: nn.Module, size: int, in_chans=3, batch=2) -> torch
 
 
 @pytest.mark.parametrize("gate,squeeze,excitation", list(itertools.product(
-    GATES.names(), SQUEEZES.names(), EXCITATIONS.names())))
+    study_choices(GATES), study_choices(SQUEEZES), study_choices(EXCITATIONS))))
 def test_every_combination_trains_on_the_smallest_resnet(gate, squeeze, excitation):
-    for placement in PLACEMENTS.names():  # a loop, not a parameter: one test per SE module design
+    for placement in study_choices(PLACEMENTS):  # a loop, not a parameter: one test per SE module design
         se = SEConfig(reduction=2, gate=gate, squeeze=squeeze, excitation=excitation,
                       placement=placement)
         model = _tiny_resnet(se)
@@ -321,7 +322,7 @@ def _perturbation_changes_output(model: nn.Module, size: int) -> dict[str, float
     return changes
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS.names())
+@pytest.mark.parametrize("placement", study_choices(PLACEMENTS))
 def test_each_se_is_on_the_forward_path_tiny_resnet(placement):
     changes = _perturbation_changes_output(_tiny_resnet(SEConfig(placement=placement, reduction=2)), 8)
     assert len(changes) == 2
@@ -472,9 +473,9 @@ def _assert_same_numbers(model: nn.Module, size: int, channels_last=False):
 
 
 @pytest.mark.parametrize("gate,squeeze,excitation", list(itertools.product(
-    GATES.names(), SQUEEZES.names(), EXCITATIONS.names())))
+    study_choices(GATES), study_choices(SQUEEZES), study_choices(EXCITATIONS))))
 def test_every_se_design_gives_the_unfused_numbers(gate, squeeze, excitation):
-    for placement in PLACEMENTS.names():
+    for placement in study_choices(PLACEMENTS):
         torch.manual_seed(0)
         _assert_same_numbers(_tiny_resnet(SEConfig(reduction=2, gate=gate, squeeze=squeeze,
                                                    excitation=excitation, placement=placement)), 6)
@@ -497,7 +498,7 @@ def _perturb_bn(model: nn.Module) -> nn.Module:
     ("preact_basic", 16, {}),  # the wide ResNets' blocks
     ("preact_bottleneck", 16, {}),  # ResNet-164's
 ])
-@pytest.mark.parametrize("placement", PLACEMENTS.names())
+@pytest.mark.parametrize("placement", study_choices(PLACEMENTS))
 def test_every_residual_block_gives_the_unfused_numbers(name, size, kw, placement):
     se = SEConfig(reduction=4, placement=placement)
     torch.manual_seed(0)
@@ -739,7 +740,7 @@ def test_pooled_excitation_keeps_the_gate_shape_and_parameter_names():
     assert {n: tuple(p.shape) for n, p in se.named_parameters()} == {
         "excitation.fc1.weight": (8, 32, 1, 1), "excitation.fc1.bias": (8,),
         "excitation.fc2.weight": (32, 8, 1, 1), "excitation.fc2.bias": (32,)}
-    for excitation in EXCITATIONS.names():
+    for excitation in study_choices(EXCITATIONS):
         se = SqueezeExcitation(32, 4, excitation=excitation)
         seen = {}
         se.gate.register_forward_hook(lambda m, i, o: seen.update(s=o))
@@ -760,8 +761,8 @@ def test_fused_ops_have_the_unfused_gradients_and_forward_derivatives():
     assert torch.autograd.gradgradcheck(spatial_mean, (u,))
 
 
-@pytest.mark.parametrize("excitation", EXCITATIONS.names())
-@pytest.mark.parametrize("squeeze", [n for n in SQUEEZES.names() if SQUEEZES.get(n).pooled])
+@pytest.mark.parametrize("excitation", study_choices(EXCITATIONS))
+@pytest.mark.parametrize("squeeze", [n for n in study_choices(SQUEEZES) if SQUEEZES.get(n).pooled])
 def test_hooks_inside_the_se_see_their_modules_called_as_before(squeeze, excitation):
     """The pooled path skips module calls only where nothing watches them: a hook on the squeeze
     or on an FC sees it called with the shapes it always had, and the numbers do not change."""

@@ -29,6 +29,7 @@ from senet.se import (
     SEConfig,
     SEPlan,
     SqueezeExcitation,
+    study_choices,
 )
 from tests import golden, test_models
 
@@ -56,7 +57,7 @@ def new_gate():
 def test_a_new_gate_is_an_arm_of_the_gate_study(new_gate):
     study = STUDIES.get("gate")
     arms = study.resolve_arms(base_config(study, "smoke"))
-    assert [a.label for a in arms] == GATES.names() and arms[-1].label == new_gate
+    assert [a.label for a in arms] == study_choices(GATES) and arms[-1].label == new_gate
     assert dict(arms[-1].overrides) == {"se.gate": new_gate} and arms[-1].paper_top1 is None
 
 
@@ -69,9 +70,9 @@ def test_a_new_gate_is_listed_by_senet_studies(new_gate, capsys):
 
 def test_a_new_gate_is_planned_by_a_sweep(new_gate, tmp_path, capsys):
     p = plan(SweepOptions(study="gate", preset="smoke", results=str(tmp_path)))
-    assert [c.arm for c in cells(p)] == GATES.names()
+    assert [c.arm for c in cells(p)] == study_choices(GATES)
     assert senet_main(["sweep", "gate", "--preset", "smoke", "--dry-run", "--results", str(tmp_path)]) == 0
-    assert f"({len(GATES)} arms × 1 seeds)" in capsys.readouterr().out
+    assert f"({len(study_choices(GATES))} arms × 1 seeds)" in capsys.readouterr().out
 
 
 def test_a_new_gate_is_a_config_choice_and_trains(new_gate):
@@ -132,7 +133,7 @@ def test_gates_must_declare_their_range():
 def test_slot_studies_take_every_registered_choice_with_its_papers_numbers(study):
     registry, key = SLOT_STUDIES[study]
     arms = STUDIES.get(study).arms
-    assert [a.label for a in arms] == registry.names()
+    assert [a.label for a in arms] == study_choices(registry)
     for a in arms:
         assert dict(a.overrides) == {key: a.label}
         assert (a.paper_top1, a.paper_top5) == (registry.info(a.label).paper or (None, None))

@@ -8,6 +8,7 @@ hands each block the :class:`~senet.se.SEPlan` of its stage (:func:`se_by_stage`
 Sites, in the order a block's forward reaches them:
 
 ``branch_in``   start of the residual branch (SE-PRE)
+``pre_bn2``     after the 3×3 convolution, before its BN (SimAM; basic and bottleneck blocks only)
 ``inner``       after the 3×3 convolution (+BN, ReLU) inside the branch (Table 15)
 ``branch_out``  end of the residual branch, after its last BN, before the addition (standard SE)
 ``shortcut``    on the identity path, in parallel with the branch (SE-Identity)
@@ -41,14 +42,18 @@ class SESlot(nn.Module):
 
     se_site: str = ""
     supported_placements: tuple[str, ...] | None = None
+    #: The sites this block's forward reaches (a placement at another site is refused).
+    sites: tuple[str, ...] = ("branch_in", "inner", "branch_out", "shortcut", "block_out")
     residual: bool = True
 
     @classmethod
     def check_placement(cls, placement: str) -> None:
-        if cls.supported_placements is not None and placement not in cls.supported_placements:
+        allowed = [p for p in (cls.supported_placements or PLACEMENTS.names())
+                   if PLACEMENTS.get(p).site in cls.sites]
+        if placement not in allowed:
             raise UserValueError(
                 f"placement {placement!r} does not apply to {cls.__name__} blocks; "
-                f"choose one of: {', '.join(cls.supported_placements)}"
+                f"choose one of: {', '.join(allowed)}"
             )
 
     def _init_se(self, se: SEPlan | None, widths: dict[str, int], stage: int, index: int) -> None:
@@ -59,7 +64,7 @@ class SESlot(nn.Module):
             self.se_site = ""
             return
         self.check_placement(se.placement)
-        self.se = se.factory(widths[se.channels])
+        self.se = se.build(widths[se.channels], stage)
         self.se_site = se.site
         if hasattr(self.se, "block_name"):
             self.se.block_name = f"SE_{stage}_{index}"
@@ -74,7 +79,7 @@ class SESlot(nn.Module):
             return branch + shortcut
         u, x = (branch, shortcut) if site == "branch_out" else (shortcut, branch)
         se = self.se
-        if has_hooks(se) or not hasattr(se, "scale_add"):
+        if has_hooks(se) or not hasattr(se, "scale_add") or not getattr(se, "fuses_add", True):
             # a hook may read or replace se(u) itself (the complexity counter, analysis/removal):
             # it must see the module called, so the addition stays a separate pass
             return se(u) + x
@@ -140,6 +145,7 @@ class BasicBlock(SESlot):
     """Two 3×3 convs (He et al. 2016), torchvision's parameter names."""
 
     expansion = 1
+    sites = (*SESlot.sites, "pre_bn2")
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
                  stage=0, index=0, **_):
@@ -158,7 +164,10 @@ class BasicBlock(SESlot):
         out = self._at("branch_in", x)
         out = self.relu(self.bn1(self.conv1(out)))
         out = self._at("inner", out)
-        out = self._add_bn(self.conv2, self.bn2, out, identity)
+        if self.se_site == "pre_bn2":
+            out = self._add(self.bn2(self.se(self.conv2(out))), identity)
+        else:
+            out = self._add_bn(self.conv2, self.bn2, out, identity)
         return self._at("block_out", self.relu(out))
 
 
@@ -167,6 +176,7 @@ class Bottleneck(SESlot):
     Caffe models, "ResNet v1") rather than the 3×3 (torchvision's "v1.5")."""
 
     expansion = 4
+    sites = (*SESlot.sites, "pre_bn2")
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
                  stage=0, index=0, groups=1, base_width=64, stride_in_1x1=False, **_):
@@ -187,7 +197,7 @@ class Bottleneck(SESlot):
         identity = x if self.downsample is None else self.downsample(x)
         out = self._at("branch_in", x)
         out = self.relu(self.bn1(self.conv1(out)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.relu(self.bn2(self._at("pre_bn2", self.conv2(out))))
         out = self._at("inner", out)
         out = self._add_bn(self.conv3, self.bn3, out, identity)
         return self._at("block_out", self.relu(out))

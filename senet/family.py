@@ -1,0 +1,260 @@
+"""The channel-attention family as choices of the SE design space (slots of :mod:`senet.slots`).
+
+Each module of the family is a combination of slot choices, most of them SE's own; this file
+registers what is new and one named preset per module (``--se.preset eca``,
+``SEConfig.from_preset("eca")``). Adding a module is one more section here plus its test.
+
+==========  ==========  ==============  =============  ===========================================
+preset      squeeze     excitation      gate           also
+==========  ==========  ==============  =============  ===========================================
+se          avg         fc              sigmoid        the paper's block (r = 16, biases)
+eca         avg         eca             sigmoid        ``se.kernel 3,5,5,7``: ECA-Net50's released k
+cbam        avgmax      fc (no bias)    sigmoid        ``spatial=cbam`` after it; timm's rounding
+ge          avg         none            sigmoid        GE-θ⁻ with a global extent
+srm         meanstd     cfc (+BN)       sigmoid        per-descriptor channel-wise FC
+gct         l2          channel_norm    one_plus_tanh  ``placement=inner``: before conv3 (README)
+simam       none        simam           sigmoid        ``placement=pre_bn2``, λ = 0.1 (ImageNet)
+gc          attn        fc_ln           identity       ``combine=add``; timm's rounding; the paper's
+                                                       ResNet-50 adds ``se.stages 3,4,5``
+==========  ==========  ==============  =============  ===========================================
+
+Every part declares the elementwise work the FLOP counter cannot see with an ``extra_flops(inputs,
+output)`` method (:mod:`senet.complexity`). Parts are registered with ``study=False``: they are not
+arms of the paper's slot studies (:mod:`ablations.studies`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UserValueError
+from .fused import has_hooks
+from .registry import Registry
+from .slots import EXCITATIONS, GATES, SQUEEZES, ChoiceInfo, Squeeze, _fc
+
+#: Stages applied after the channel stage (``se.spatial``).
+SPATIALS: Registry = Registry("spatial stage", ChoiceInfo)
+#: Named presets (``se.preset``): SEConfig field values that make one module of the family.
+PRESETS: Registry[dict] = Registry("preset", ChoiceInfo)
+
+
+# --------------------------------------------------------------------------------------------
+# Squeezes
+# --------------------------------------------------------------------------------------------
+@SQUEEZES.register("meanstd", study=False)
+class MeanStdSqueeze(Squeeze):
+    """SRM's style pooling as its official code computes it: the mean and the unbiased standard
+    deviation (no ε), two descriptors that a per-descriptor excitation (``cfc``) takes apart."""
+
+    descriptors = 2
+    ops_per_element = 3.0
+
+    def vectors(self, u):
+        n, c = u.shape[:2]
+        t = u.reshape(n, c, -1)
+        return torch.stack((t.mean(2), t.std(2)), 1).view(-1, c)
+
+
+@SQUEEZES.register("l2", study=False)
+class L2Squeeze(Squeeze):
+    """GCT's global context embedding: α · sqrt(Σ_hw x² + ε), α initialised to 1."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(channels))
+        self.eps = eps
+
+    def vectors(self, u):
+        return (u.pow(2).sum((2, 3)) + self.eps).pow(0.5) * self.alpha
+
+    def extra_flops(self, inputs, out):
+        u = inputs[0]
+        return u.numel() + u.shape[0] * u.shape[1]  # Σx² (multiply-adds), then α
+
+
+@SQUEEZES.register("attn", study=False)
+class AttentionPool(Squeeze):
+    """GCNet's context modelling: a 1×1 conv C → 1 (with bias), softmax over the H·W positions, the
+    weighted sum of U (timm's ``GlobalContext`` ops, in its order). Both products are seen by the
+    counter, so it charges nothing per element itself."""
+
+    ops_per_element = 0.0
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv_attn = nn.Conv2d(channels, 1, 1, bias=True)
+
+    def vectors(self, u):
+        b, c, h, w = u.shape
+        attn = torch.softmax(self.conv_attn(u).reshape(b, 1, h * w), dim=-1).unsqueeze(3)
+        return (u.reshape(b, c, h * w).unsqueeze(1) @ attn).view(b, c)
+
+
+# --------------------------------------------------------------------------------------------
+# Excitations
+# --------------------------------------------------------------------------------------------
+class NoExcitation(nn.Module):
+    """No excitation: the descriptor goes to the gate as it is (GE-θ⁻)."""
+
+    takes_vectors = True
+
+    def __init__(self, channels: int):
+        super().__init__()
+
+    def forward(self, z):
+        return z
+
+
+class ChannelFC(nn.Module):
+    """SRM's style integration: a channel-wise FC over the K descriptors (C × K weights, no sharing
+    across channels, initialised to 0), then BN over the channels. Takes (N, K, C) descriptors."""
+
+    takes_vectors = True
+    per_descriptor = True  # the K descriptors are combined here, not summed after a shared excitation
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.cfc = nn.Parameter(torch.zeros(channels, 2))
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, z):
+        if z.dim() != 3:
+            raise UserValueError("excitation 'cfc' takes a pooled squeeze's descriptors (se.squeeze meanstd)")
+        n, k, c = z.shape
+        y = (z.transpose(1, 2) * self.cfc[None, :, :k]).sum(2)
+        return self.bn(y[:, :, None, None]).view(n, c)
+
+    def extra_flops(self, inputs, out):
+        return inputs[0].numel()  # one multiply-add per descriptor and channel
+
+
+class ChannelNorm(nn.Module):
+    """GCT's channel normalization and gating adaptation: γ · s / sqrt(mean_c s² + ε) + β, γ and β
+    initialised to 0 (so ``one_plus_tanh`` starts as the identity)."""
+
+    takes_vectors = True
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, z):
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        norm = self.gamma.view(shape) / (z.pow(2).mean(dim=1, keepdim=True) + self.eps).pow(0.5)
+        return z * norm + self.beta.view(shape)
+
+    def extra_flops(self, inputs, out):
+        return 2 * out.numel()  # γ-normalised scale, + β
+
+
+class FCNormExcitation(nn.Module):
+    """GCNet's transform: 1×1 C → h, LayerNorm over h, δ, 1×1 h → C (timm's ``ConvMlp`` with
+    ``LayerNorm2d``, ε = 1e-6; the official ``nn.LayerNorm([h, 1, 1])`` has ε = 1e-5)."""
+
+    takes_vectors = True
+
+    def __init__(self, channels: int, hidden: int, act: nn.Module, bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
+        self.norm = nn.LayerNorm(hidden, eps=1e-6)
+        self.act = act
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
+
+    def _norm(self, y):
+        return self.norm(y) if y.dim() == 2 else self.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward(self, z):
+        if z.dim() == 2 and not (has_hooks(self.fc1) or has_hooks(self.fc2)):
+            return _fc(self.act(self.norm(_fc(z, self.fc1))), self.fc2)
+        flat = z.dim() == 2
+        y = z[:, :, None, None] if flat else z
+        y = self.fc2(self.act(self._norm(self.fc1(y))))
+        return y.flatten(1) if flat else y
+
+
+class SimAMEnergy(nn.Module):
+    """SimAM's parameter-free energy per element: d / (4 (Σd / (N − 1) + λ)) + 1/2 with
+    d = (x − μ)², N = H·W. Needs the unpooled map (``se.squeeze none``)."""
+
+    needs_map = True
+
+    def __init__(self, channels: int, lam: float | None = None):
+        super().__init__()
+        self.lam = 1e-4 if lam is None else float(lam)
+
+    def forward(self, x):
+        n = x.shape[2] * x.shape[3] - 1
+        d = (x - x.mean(dim=[2, 3], keepdim=True)).pow(2)
+        return d / (4 * (d.sum(dim=[2, 3], keepdim=True) / n + self.lam)) + 0.5
+
+    def extra_flops(self, inputs, out):
+        return 4 * out.numel()  # mean, (x − μ)², Σ, the energy (the scaling is the block's)
+
+    def extra_repr(self):
+        return f"lam={self.lam}"
+
+
+EXCITATIONS.add("none", NoExcitation, study=False)
+EXCITATIONS.add("cfc", ChannelFC, study=False)
+EXCITATIONS.add("channel_norm", ChannelNorm, study=False)
+EXCITATIONS.add("fc_ln", FCNormExcitation, study=False)
+EXCITATIONS.add("simam", SimAMEnergy, study=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Gates
+# --------------------------------------------------------------------------------------------
+class OnePlusTanh(nn.Module):
+    """GCT's gate 1 + tanh(x): in (0, 2), the identity at x = 0."""
+
+    def forward(self, x):
+        return 1.0 + torch.tanh(x)
+
+
+GATES.add("one_plus_tanh", OnePlusTanh, range=(0.0, 2.0), study=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial stages
+# --------------------------------------------------------------------------------------------
+class CBAMSpatial(nn.Module):
+    """CBAM's spatial attention: mean and max over the channels (timm's order), a 7×7 conv 2 → 1
+    without bias, BN, sigmoid, ×U. Parameters: 2k² + 2."""
+
+    def __init__(self, kernel: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        s = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * self.gate(self.bn(self.conv(s)))
+
+    def extra_flops(self, inputs, out):
+        return 3 * out.numel()  # pooling over C (mean and max: 2 per element), the scaling
+
+
+SPATIALS.add("cbam", CBAMSpatial)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets: the papers' combinations
+# --------------------------------------------------------------------------------------------
+PRESETS.add("se", {})
+PRESETS.add("eca", {"squeeze": "avg", "excitation": "eca", "gate": "sigmoid"})
+PRESETS.add("cbam", {"squeeze": "avgmax", "excitation": "fc", "bias": False, "gate": "sigmoid",
+                     "spatial": "cbam", "rounding": "timm"})
+PRESETS.add("ge", {"squeeze": "avg", "excitation": "none", "gate": "sigmoid"})
+PRESETS.add("srm", {"squeeze": "meanstd", "excitation": "cfc", "gate": "sigmoid"})
+PRESETS.add("gct", {"squeeze": "l2", "excitation": "channel_norm", "gate": "one_plus_tanh",
+                    "placement": "inner"})
+PRESETS.add("simam", {"squeeze": "none", "excitation": "simam", "gate": "sigmoid", "placement": "pre_bn2",
+                      "lam": 0.1})
+PRESETS.add("gc", {"squeeze": "attn", "excitation": "fc_ln", "gate": "identity", "combine": "add",
+                   "rounding": "timm"})
+
+__all__ = ["PRESETS", "SPATIALS", "AttentionPool", "CBAMSpatial", "ChannelFC", "ChannelNorm",
+           "FCNormExcitation", "L2Squeeze", "MeanStdSqueeze", "NoExcitation", "OnePlusTanh", "SimAMEnergy"]
