@@ -227,7 +227,10 @@ def expand_preset(flat: Mapping[str, Any]) -> dict[str, Any]:
         return dict(flat)
     from .family import PRESETS
 
-    out = {f"se.{k}": v for k, v in PRESETS.get(str(flat[PRESET_KEY])).items()}
+    try:
+        out = {f"se.{k}": v for k, v in PRESETS.get(str(flat[PRESET_KEY])).items()}
+    except UserValueError as e:
+        raise ConfigError(f"{PRESET_KEY}: {e}") from None
     out.update((k, v) for k, v in flat.items() if k != PRESET_KEY)
     return out
 

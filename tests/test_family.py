@@ -1,0 +1,355 @@
+"""The channel-attention family (senet/family.py) checked against its sources.
+
+Where timm 1.0.31 has the module (SE, ECA, CBAM, GC, GE-θ⁻), the suite's block with the same weights
+gives timm's output: bit for bit where the operations are the same. The suite's pooled FCs run as
+``F.linear`` on (N, C) rows, which rounds differently from timm's 1×1 convolution (≤ 5e-7 relative);
+a no-op forward hook on ``excitation.fc1`` switches them to the convolution path, and then the
+outputs are equal exactly, so both are checked: exact with the hook, within 1e-6 without.
+Where timm lacks the module (SRM, GCT, SimAM), the official implementation's formulas are written
+out here. Parameter totals of the papers' ResNet-50 variants are those of
+/work/shared/attention-family.md §2, and every elementwise term has a counter (no
+UncountedWorkWarning; the FLOPs of one block follow §2's formulas).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from timm.layers.cbam import CbamModule
+from timm.layers.eca import EcaModule
+from timm.layers.gather_excite import GatherExcite
+from timm.layers.global_context import GlobalContext
+from timm.layers.helpers import make_divisible
+from timm.layers.squeeze_excite import SEModule
+from torch import nn
+
+from senet import config
+from senet.complexity import UncountedWorkWarning, complexity
+from senet.errors import UserValueError
+from senet.models import build_model, se_modules
+from senet.models.blocks import Bottleneck
+from senet.models.resnet import ResNet
+from senet.se import PRESETS, SEConfig, SqueezeExcitation, hidden_width
+from tests.test_se import _forward_backward, _tiny_resnet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+C = 64  # channels of the module-level checks
+U = torch.randn(3, C, 7, 5, generator=torch.Generator().manual_seed(0))
+
+
+def _se(preset: str, channels: int = C, **kw) -> SqueezeExcitation:
+    cfg = SEConfig.from_preset(preset, **kw)
+    return cfg.plan().build(channels, stage=2).eval()
+
+
+def _randomize(module: nn.Module) -> nn.Module:
+    """Every parameter and BN statistic away from its initial value (zero-initialised ones too)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return module.eval()
+
+
+def _load(ours: nn.Module, theirs: nn.Module, names: dict[str, str]) -> None:
+    """Our parameters and buffers copied into ``theirs`` under its names (``names``: ours → theirs)."""
+    theirs.load_state_dict({names.get(k, k): v for k, v in ours.state_dict().items()}, strict=True)
+
+
+def _conv_path(se: SqueezeExcitation):
+    """A no-op hook on the first FC: the excitation runs as timm's 1×1 convolutions."""
+    return se.excitation.fc1.register_forward_hook(lambda m, i, o: None)
+
+
+def _exact_and_close(ours: SqueezeExcitation, theirs: nn.Module, u: torch.Tensor = U) -> None:
+    with torch.no_grad():
+        expected = theirs(u)
+        torch.testing.assert_close(ours(u), expected, rtol=1e-6, atol=1e-6)  # F.linear vs 1×1 conv
+        handle = _conv_path(ours)
+        assert torch.equal(ours(u), expected)
+        handle.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# Against timm's modules (shared weights, eval mode)
+# --------------------------------------------------------------------------------------------
+def test_se_equals_timm_semodule():
+    ours = _randomize(_se("se"))
+    theirs = SEModule(C, rd_ratio=1 / 16, rd_divisor=1).eval()
+    _load(ours, theirs, {f"excitation.{k}": k for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")})
+    _exact_and_close(ours, theirs)
+
+
+@pytest.mark.parametrize("channels", [64, 256, 1024])
+def test_eca_equals_timm_ecamodule_bit_for_bit(channels):
+    u = torch.randn(2, channels, 4, 4)
+    ours = _randomize(_se("eca", channels))
+    theirs = EcaModule(channels).eval()
+    _load(ours, theirs, {"excitation.conv.weight": "conv.weight"})
+    with torch.no_grad():
+        assert torch.equal(ours(u), theirs(u))
+
+
+def test_eca_with_the_papers_kernel_per_stage_equals_timm_with_that_kernel():
+    plan = SEConfig.from_preset("eca", kernel="3,5,5,7").plan()
+    for stage, k in zip((2, 3, 4, 5), (3, 5, 5, 7), strict=True):
+        ours = _randomize(plan.build(C, stage=stage))
+        theirs = EcaModule(channels=None, kernel_size=k).eval()  # a given channels would override k
+        _load(ours, theirs, {"excitation.conv.weight": "conv.weight"})
+        with torch.no_grad():
+            assert torch.equal(ours(U), theirs(U)), stage
+
+
+CBAM_NAMES = {"excitation.fc1.weight": "channel.fc1.weight", "excitation.fc2.weight": "channel.fc2.weight",
+              "spatial.conv.weight": "spatial.conv.conv.weight",
+              **{f"spatial.bn.{k}": f"spatial.conv.bn.{k}"
+                 for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}}
+
+
+@pytest.mark.parametrize("channels", [64, 24])  # 24: timm rounds 1.5 up to 2 (se.rounding timm)
+def test_cbam_equals_timm_cbammodule(channels):
+    u = torch.randn(3, channels, 7, 5)
+    ours = _randomize(_se("cbam", channels))
+    assert ours.hidden == make_divisible(channels / 16, 1, round_limit=0.0)
+    theirs = CbamModule(channels).eval()
+    _load(ours, theirs, CBAM_NAMES)
+    _exact_and_close(ours, theirs, u)
+
+
+GC_NAMES = {"squeeze.conv_attn.weight": "conv_attn.weight", "squeeze.conv_attn.bias": "conv_attn.bias",
+            **{f"excitation.{k}.{p}": f"mlp_add.{k}.{p}" for k in ("fc1", "norm", "fc2") for p in ("weight", "bias")}}
+
+
+def test_gc_equals_timm_global_context_gca():
+    """GCNet's additive block (timm's ``gca``: attention pooling, fc-LayerNorm(ε 1e-6)-ReLU-fc, x + e)."""
+    ours = _randomize(_se("gc"))
+    theirs = GlobalContext(C, fuse_add=True, fuse_scale=False, rd_ratio=1 / 16).eval()
+    _load(ours, theirs, GC_NAMES)
+    _exact_and_close(ours, theirs)
+
+
+def test_gc_with_a_sigmoid_scale_equals_timm_gc():
+    """timm's ``gc`` (the GC-EfficientNet's): the same context and transform, sigmoid, ×U."""
+    ours = _randomize(_se("gc", gate="sigmoid", combine="scale"))
+    theirs = GlobalContext(C, rd_ratio=1 / 16).eval()
+    _load(ours, theirs, {k: v.replace("mlp_add", "mlp_scale") for k, v in GC_NAMES.items()})
+    _exact_and_close(ours, theirs)
+
+
+def test_ge_theta_minus_equals_timm_gather_excite():
+    """GE-θ⁻ with a global extent: the only GatherExcite that timm 1.0.31 builds (anchor §0.2)."""
+    ours = _se("ge")
+    theirs = GatherExcite(C, use_mlp=False, extra_params=False, extent=0).eval()
+    assert sum(p.numel() for p in ours.parameters()) == 0 == sum(p.numel() for p in theirs.parameters())
+    with torch.no_grad():
+        assert torch.equal(ours(U), theirs(U))
+        assert torch.equal(ours(U), U * torch.sigmoid(U.mean((2, 3), keepdim=True)))
+
+
+# --------------------------------------------------------------------------------------------
+# Against the official implementations' formulas (modules timm lacks)
+# --------------------------------------------------------------------------------------------
+def test_srm_equals_the_official_srm_layer():
+    """hyunjaelee410/style-based-recalibration-module: style pooling (mean, unbiased std, no ε),
+    cfc (C × 2, initialised to 0), BatchNorm2d, sigmoid."""
+    ours = _randomize(_se("srm"))
+    cfc, bn = ours.excitation.cfc, ours.excitation.bn
+    n, c = U.shape[:2]
+    mean = U.view(n, c, -1).mean(dim=2, keepdim=True)
+    std = U.view(n, c, -1).std(dim=2, keepdim=True)
+    t = torch.cat((mean, std), dim=2)  # (N, C, 2)
+    z = torch.sum(t * cfc[None, :, :], dim=2)[:, :, None, None]
+    expected = U * torch.sigmoid(bn(z))
+    with torch.no_grad():
+        assert torch.equal(ours(U), expected)
+    assert _se("srm").excitation.cfc.abs().sum() == 0  # the official initialisation
+
+
+def test_gct_equals_the_official_gct_l2_mode():
+    """z-x-yang/GCT: embedding = (Σx² + ε)^½ · α; norm = γ / (mean_c embedding² + ε)^½;
+    gate = 1 + tanh(embedding · norm + β); ε = 1e-5; α = 1, γ = β = 0 at init (the identity)."""
+    ours = _randomize(_se("gct"))
+    alpha, gamma, beta = (p.view(1, C, 1, 1) for p in (ours.squeeze.alpha, ours.excitation.gamma,
+                                                        ours.excitation.beta))
+    eps = 1e-5
+    embedding = (U.pow(2).sum((2, 3), keepdim=True) + eps).pow(0.5) * alpha
+    norm = gamma / (embedding.pow(2).mean(dim=1, keepdim=True) + eps).pow(0.5)
+    expected = U * (1.0 + torch.tanh(embedding * norm + beta))
+    with torch.no_grad():
+        assert torch.equal(ours(U), expected)
+        assert torch.equal(_se("gct")(U), U)  # identity at init
+
+
+@pytest.mark.parametrize("lam", [None, 0.5])
+def test_simam_equals_the_official_simam_module(lam):
+    """ZjjConan/SimAM: n = H·W − 1; d = (x − μ)²; y = d / (4 (Σd / n + λ)) + 0.5; x · sigmoid(y);
+    λ = 1e-4 by default, 0.1 in the ImageNet models (the preset's)."""
+    ours = _se("simam") if lam is None else _se("simam", lam=lam)
+    e_lambda = 0.1 if lam is None else lam  # the preset sets 0.1 (ImageNet); an explicit key wins
+    assert ours.excitation.lam == e_lambda
+    n = U.shape[2] * U.shape[3] - 1
+    d = (U - U.mean(dim=[2, 3], keepdim=True)).pow(2)
+    y = d / (4 * (d.sum(dim=[2, 3], keepdim=True) / n + e_lambda)) + 0.5
+    with torch.no_grad():
+        assert torch.equal(ours(U), U * torch.sigmoid(y))
+    assert SqueezeExcitation(C, squeeze="none", excitation="simam").excitation.lam == 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters of the papers' ResNet-50 variants (anchor §2) and FLOPs of one block (§2's formulas)
+# --------------------------------------------------------------------------------------------
+R50_PLAIN = 25_557_032
+R50_PARAMS = [
+    ("se", {}, 28_088_024),
+    ("eca", {}, R50_PLAIN + 86),  # the adaptive k: 5, 5, 5, 7
+    ("eca", {"kernel": "3,5,5,7"}, R50_PLAIN + 80),  # ECA-Net50's released k
+    ("cbam", {}, 28_073_576),
+    ("srm", {}, 25_617_448),
+    ("gc", {"stages": "3,4,5"}, 28_078_773),  # GCNet's ResNet-50: r = 16 in c3-c5
+    ("gc", {}, 28_105_032),
+    ("ge", {}, R50_PLAIN),
+    ("simam", {}, R50_PLAIN),
+    ("gct", {}, R50_PLAIN + 3 * (64 * 3 + 128 * 4 + 256 * 6 + 512 * 3)),  # 3C before each conv3
+]
+
+
+@pytest.mark.parametrize("preset,kw,params", R50_PARAMS, ids=lambda v: str(v))
+def test_resnet50_parameter_totals_equal_the_anchors(preset, kw, params):
+    model = build_model("se_resnet50", se=SEConfig.from_preset(preset, **kw))
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+H, W = 7, 5
+N = H * W
+
+
+def _block_flops(se: SqueezeExcitation) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedWorkWarning)
+        return complexity(se, (H, W), in_chans=C).flops
+
+
+BLOCK_FLOPS = {  # anchor §2, C = 64, h = 4, N = H·W
+    "se": C * N + 2 * C * 4 + C * N,
+    "eca": C * N + 3 * C + C * N,
+    "cbam": (2 * C * N + 4 * C * 4 + C * N) + (2 * C * N + 2 * 49 * N + C * N),
+    "srm": 3 * C * N + 2 * C + C * N,
+    "ge": C * N + C * N,
+    "gct": C * N + 3 * C + C * N,
+    "simam": 5 * C * N,
+    "gc": C * N + C * N + 2 * C * 4 + C * N,
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS.names())
+def test_each_module_counts_its_flops_by_the_anchors_formula(preset):
+    assert _block_flops(_se(preset)) == BLOCK_FLOPS[preset]
+
+
+@pytest.mark.parametrize("preset", PRESETS.names())
+def test_each_preset_counts_without_an_uncounted_module_on_resnet20(preset):
+    model = build_model("se_resnet20", num_classes=3, se=SEConfig.from_preset(preset))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedWorkWarning)
+        c = complexity(model, 16)
+    assert c.flops > 0 and (c.se_flops > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets, keys and backbones
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", PRESETS.names())
+def test_each_preset_trains_and_fused_equals_unfused_on_a_tiny_resnet(preset):
+    """Forward and backward train every part; a no-op hook on each SE module (which keeps the block
+    from fusing the residual addition or folding the SE into BN) changes no number (float64)."""
+    torch.manual_seed(0)
+    model = _tiny_resnet(SEConfig.from_preset(preset, reduction=2))
+    assert _forward_backward(model, 6).shape == (2, 3)
+    model = model.double()
+    hooked = copy.deepcopy(model)
+    for m in se_modules(hooked).values():
+        m.register_forward_hook(lambda m, i, o: None)
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    for train in (True, False):
+        outs = [m.train(train)(x) for m in (model, hooked)]
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+
+
+def test_se_preset_key_expands_to_the_modules_keys_and_explicit_keys_win():
+    cfg = config.from_flat({"model.name": "se_resnet20", "se.preset": "gc", "se.gate": "sigmoid"})
+    assert (cfg.se.squeeze, cfg.se.excitation, cfg.se.combine, cfg.se.gate) == ("attn", "fc_ln", "add", "sigmoid")
+    assert "se.preset" not in config.flatten(cfg)  # what it set is stored, not its name
+    with pytest.raises(config.ConfigError, match="unknown preset 'nope'"):
+        config.from_flat({"se.preset": "nope"})
+
+
+def test_new_keys_left_unset_keep_se_and_its_config_id():
+    from ablations.store import config_id
+    flat = config.flatten(config.Config())
+    assert all(flat[f"se.{k}"] is None for k in ("rounding", "combine", "spatial", "kernel", "lam"))
+    old = {k: v for k, v in flat.items() if k.removeprefix("se.") not in ("rounding", "combine", "spatial",
+                                                                             "kernel", "lam")}
+    assert config_id(old) == config_id(flat)
+
+
+@pytest.mark.parametrize("preset", PRESETS.names())
+@pytest.mark.parametrize("name,size", [("se_resnet18", 32), ("se_resnext50_32x4d", 32), ("se_wrn16_8", 8),
+                                       ("se_resnet164", 8), ("se_inception_small", 16),
+                                       ("se_mobilenet_v1", 32), ("se_bn_inception", None)])
+def test_each_preset_builds_on_every_family_or_says_why_not_in_one_line(preset, name, size):
+    try:
+        model = build_model(name, num_classes=3, se=SEConfig.from_preset(preset))
+    except UserValueError as e:  # the paper's site is not in these blocks: SimAM's pre_bn2, GCT's inner
+        placement = SEConfig.from_preset(preset).placement
+        assert placement != "standard" and "\n" not in str(e) and f"placement {placement!r}" in str(e), str(e)
+        return
+    assert se_modules(model)
+    if size and name in ("se_resnet18", "se_wrn16_8", "se_inception_small"):
+        with torch.no_grad():
+            assert model.eval()(torch.randn(2, 3, size, size)).shape == (2, 3)
+
+
+def test_simam_sits_after_conv2_before_bn2():
+    block = ResNet(Bottleneck, (1,), (4,), stem_width=8, num_classes=3,
+                   se=SEConfig.from_preset("simam").plan()).layer1[0]
+    seen = {}
+    block.conv2.register_forward_hook(lambda m, i, o: seen.update(conv2=o))
+    block.se.register_forward_hook(lambda m, i, o: seen.update(se_in=i[0], se_out=o))
+    block.bn2.register_forward_hook(lambda m, i, o: seen.update(bn2_in=i[0]))
+    block.eval()(torch.randn(2, 8, 6, 6))
+    assert seen["se_in"] is seen["conv2"] and seen["bn2_in"] is seen["se_out"]
+
+
+def test_parts_that_need_another_part_say_so():
+    with pytest.raises(UserValueError, match="se.squeeze none"):
+        SEConfig(excitation="simam").plan().build(8, stage=2)
+    with pytest.raises(UserValueError, match="se.kernel does not apply"):
+        SEConfig(kernel="3,5")
+    with pytest.raises(UserValueError, match="stages 2-3"):
+        build_model("se_resnet50", se=SEConfig.from_preset("eca", kernel="3,5"))
+
+
+# --------------------------------------------------------------------------------------------
+# Hidden-width rounding: the suite's and timm's
+# --------------------------------------------------------------------------------------------
+def test_timm_rounding_is_timms_make_divisible_with_round_limit_0():
+    differ = {1: 0, 8: 0}
+    for r in (2, 4, 8, 16, 32):
+        for c in range(1, 2049):
+            assert hidden_width(c, r, rounding="timm") == make_divisible(c / r, 1, round_limit=0.0)
+            assert hidden_width(c, r, 1) == make_divisible(c / r, 1)  # the suite's divisor: the 0.9 rule
+            differ[1] += hidden_width(c, r, 1) != make_divisible(c / r, 1, round_limit=0.0)
+            if c % 8 == 0:
+                assert hidden_width(c, r, 8, "timm") == make_divisible(c / r, 8, round_limit=0.0)
+                assert hidden_width(c, r, 8) == make_divisible(c / r, 8)  # the suite's: the 0.9 rule
+                differ[8] += hidden_width(c, r, 8) != make_divisible(c / r, 8, round_limit=0.0)
+    assert differ == {1: 46, 8: 46}  # anchor §0.6 (the default exact C // r floors: it differs far more)
+    assert (hidden_width(24, 16), hidden_width(24, 16, rounding="timm")) == (1, 2)
+    assert (hidden_width(40, 4, 8), hidden_width(40, 4, 8, "timm")) == (16, 8)
