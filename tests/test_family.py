@@ -13,6 +13,7 @@ UncountedWorkWarning; the FLOPs of one block follow §2's formulas).
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -29,10 +30,10 @@ from senet import config
 from senet.complexity import UncountedWorkWarning, complexity
 from senet.errors import UserValueError
 from senet.models import build_model, se_modules
-from senet.models.blocks import Bottleneck
+from senet.models.blocks import BasicBlock, Bottleneck
 from senet.models.resnet import ResNet
 from senet.se import PRESETS, SEConfig, SqueezeExcitation, hidden_width
-from tests.test_se import _forward_backward, _tiny_resnet
+from tests.test_se import _forward_backward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -202,6 +203,37 @@ def test_simam_equals_the_official_simam_module(lam):
     assert SqueezeExcitation(C, squeeze="none", excitation="simam").excitation.lam == 1e-4
 
 
+@pytest.mark.parametrize("side", [7, 14])
+def test_fcanet_equals_the_official_multispectral_attention(side):
+    """cfzd/FcaNet MultiSpectralAttentionLayer, 'top16', dct_h = dct_w = the map's side: the basis
+    cos(π f (t + ½) / L) / √L (× √2 for f > 0), frequencies × (L // 7), C split into 16 groups;
+    y = Σ_hw x · B; FC C → C/16 → C without bias, ReLU, sigmoid."""
+    top_x = [0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2]
+    top_y = [0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2]
+
+    def build_filter(pos, freq, size):
+        result = math.cos(math.pi * freq * (pos + 0.5) / size) / math.sqrt(size)
+        return result if freq == 0 else result * math.sqrt(2)
+
+    weight = torch.zeros(C, side, side)
+    c_part = C // 16
+    for i, (u_x, v_y) in enumerate(zip([x * (side // 7) for x in top_x], [y * (side // 7) for y in top_y],
+                                       strict=True)):
+        for t_x in range(side):
+            for t_y in range(side):
+                weight[i * c_part:(i + 1) * c_part, t_x, t_y] = (build_filter(t_x, u_x, side)
+                                                                 * build_filter(t_y, v_y, side))
+    x = torch.randn(2, C, side, side)
+    ours = _randomize(_se("fca"))
+    fc1, fc2 = (ours.excitation.fc1.weight.flatten(1), ours.excitation.fc2.weight.flatten(1))
+    y = torch.sum(x * weight, dim=[2, 3])
+    expected = x * torch.sigmoid(torch.relu(y @ fc1.T) @ fc2.T).view(2, C, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(ours.squeeze.vectors(x), y)
+        torch.testing.assert_close(ours(x), expected, rtol=1e-6, atol=1e-6)  # nn.Linear vs F.linear order
+    assert sum(p.numel() for p in ours.parameters()) == 2 * C * (C // 16)  # the basis is no parameter
+
+
 # --------------------------------------------------------------------------------------------
 # Parameters of the papers' ResNet-50 variants (anchor §2) and FLOPs of one block (§2's formulas)
 # --------------------------------------------------------------------------------------------
@@ -216,6 +248,7 @@ R50_PARAMS = [
     ("gc", {}, 28_105_032),
     ("ge", {}, R50_PLAIN),
     ("simam", {}, R50_PLAIN),
+    ("fca", {}, 28_071_976),  # = SE without biases
     ("gct", {}, R50_PLAIN + 3 * (64 * 3 + 128 * 4 + 256 * 6 + 512 * 3)),  # 3C before each conv3
 ]
 
@@ -245,6 +278,7 @@ BLOCK_FLOPS = {  # anchor §2, C = 64, h = 4, N = H·W
     "gct": C * N + 3 * C + C * N,
     "simam": 5 * C * N,
     "gc": C * N + C * N + 2 * C * 4 + C * N,
+    "fca": C * N + 2 * C * 4 + C * N,
 }
 
 
@@ -270,7 +304,8 @@ def test_each_preset_trains_and_fused_equals_unfused_on_a_tiny_resnet(preset):
     """Forward and backward train every part; a no-op hook on each SE module (which keeps the block
     from fusing the residual addition or folding the SE into BN) changes no number (float64)."""
     torch.manual_seed(0)
-    model = _tiny_resnet(SEConfig.from_preset(preset, reduction=2))
+    model = ResNet(BasicBlock, (1, 1), (16, 32), stem="cifar", stem_width=16, shortcut="pad", num_classes=3,
+                   se=SEConfig.from_preset(preset, reduction=2).plan())  # 16 and 32: FcaNet's 16 groups
     assert _forward_backward(model, 6).shape == (2, 3)
     model = model.double()
     hooked = copy.deepcopy(model)
@@ -306,9 +341,11 @@ def test_new_keys_left_unset_keep_se_and_its_config_id():
 def test_each_preset_builds_on_every_family_or_says_why_not_in_one_line(preset, name, size):
     try:
         model = build_model(name, num_classes=3, se=SEConfig.from_preset(preset))
-    except UserValueError as e:  # the paper's site is not in these blocks: SimAM's pre_bn2, GCT's inner
-        placement = SEConfig.from_preset(preset).placement
-        assert placement != "standard" and "\n" not in str(e) and f"placement {placement!r}" in str(e), str(e)
+    except UserValueError as e:  # the paper's site is not in these blocks (SimAM's pre_bn2, GCT's inner),
+        placement = SEConfig.from_preset(preset).placement  # or C is no multiple of FcaNet's 16 groups
+        assert "\n" not in str(e), str(e)
+        assert ((placement != "standard" and f"placement {placement!r}" in str(e))
+                or (preset == "fca" and "not a multiple of 16" in str(e))), str(e)
         return
     assert se_modules(model)
     if size and name in ("se_resnet18", "se_wrn16_8", "se_inception_small"):
