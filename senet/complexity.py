@@ -76,7 +76,7 @@ def _squeeze(m, inputs, out):
 
 @register_flops(SqueezeExcitation)
 def _scale(m, inputs, out):
-    return out.numel()
+    return out.numel() * getattr(m, "scalings", 1)
 
 
 @register_flops(SESlot)

@@ -15,6 +15,9 @@ srm         meanstd     cfc (+BN)       sigmoid        per-descriptor channel-wi
 gct         l2          channel_norm    one_plus_tanh  ``placement=inner``: before conv3 (README)
 simam       none        simam           sigmoid        ``placement=pre_bn2``, λ = 0.1 (ImageNet)
 fca         dct         fc (no bias)    sigmoid        FcaNet: top-16 DCT frequencies
+ca          strips      coord           sigmoid        ``combine=strips`` (U · a_w · a_h); timm's width
+                                                       m = make_divisible(C / 24, 8, round_limit=0), no
+                                                       biases (official: biases, m = max(8, C // 32))
 gc          attn        fc_ln           identity       ``combine=add``; timm's rounding; the paper's
                                                        ResNet-50 adds ``se.stages 3,4,5``
 ==========  ==========  ==============  =============  ===========================================
@@ -33,7 +36,7 @@ from torch import nn
 from .errors import UserValueError
 from .fused import has_hooks
 from .registry import Registry
-from .slots import EXCITATIONS, GATES, SQUEEZES, ChoiceInfo, Squeeze, _fc
+from .slots import ACTIVATIONS, EXCITATIONS, GATES, SQUEEZES, ChoiceInfo, Squeeze, _fc
 
 #: Stages applied after the channel stage (``se.spatial``).
 SPATIALS: Registry = Registry("spatial stage", ChoiceInfo)
@@ -141,6 +144,19 @@ class DCTSqueeze(Squeeze):
         return torch.sum(u * self.basis(u), dim=[2, 3])
 
 
+@SQUEEZES.register("strips", study=False)
+class StripSqueeze(Squeeze):
+    """Coordinate attention's strip pooling: the means along W (C × H) and along H (C × W),
+    concatenated on one axis as (N, 1, C, H + W, 1). Goes with ``se.combine strips``."""
+
+    ops_per_element = 2.0  # every element is in one mean of each kind
+    pooled = False
+    combine = "strips"
+
+    def forward(self, u):
+        return torch.cat([u.mean(3, keepdim=True), u.mean(2, keepdim=True).transpose(-1, -2)], dim=2).unsqueeze(1)
+
+
 # --------------------------------------------------------------------------------------------
 # Excitations
 # --------------------------------------------------------------------------------------------
@@ -225,6 +241,28 @@ class FCNormExcitation(nn.Module):
         return y.flatten(1) if flat else y
 
 
+class CoordExcitation(nn.Module):
+    """Coordinate attention's transform (timm ``CoordAttn``): a shared 1×1 C → m with BN and δ over
+    both strips, split at H, then one 1×1 head m → C per direction. Takes (M, C, H + W, 1) and the
+    map's size; returns both heads' outputs on the same axis (the H strip, then the W strip)."""
+
+    takes_size = True
+
+    def __init__(self, channels: int, hidden: int, act: nn.Module, bias: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, hidden, 1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(hidden)
+        self.act = act
+        self.conv_h = nn.Conv2d(hidden, channels, 1, bias=bias)
+        self.conv_w = nn.Conv2d(hidden, channels, 1, bias=bias)
+
+    def forward(self, z, size):
+        h, w = size
+        y = self.act(self.bn1(self.conv1(z)))
+        y_h, y_w = torch.split(y, [h, w], dim=2)
+        return torch.cat([self.conv_h(y_h), self.conv_w(y_w.transpose(-1, -2)).transpose(-1, -2)], dim=2)
+
+
 class SimAMEnergy(nn.Module):
     """SimAM's parameter-free energy per element: d / (4 (Σd / (N − 1) + λ)) + 1/2 with
     d = (x − μ)², N = H·W. Needs the unpooled map (``se.squeeze none``)."""
@@ -252,6 +290,8 @@ EXCITATIONS.add("cfc", ChannelFC, study=False)
 EXCITATIONS.add("channel_norm", ChannelNorm, study=False)
 EXCITATIONS.add("fc_ln", FCNormExcitation, study=False)
 EXCITATIONS.add("simam", SimAMEnergy, study=False)
+EXCITATIONS.add("coord", CoordExcitation, study=False)
+ACTIVATIONS.add("hard_swish", nn.Hardswish, study=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,9 +345,11 @@ PRESETS.add("gct", {"squeeze": "l2", "excitation": "channel_norm", "gate": "one_
 PRESETS.add("simam", {"squeeze": "none", "excitation": "simam", "gate": "sigmoid", "placement": "pre_bn2",
                       "lam": 0.1})
 PRESETS.add("fca", {"squeeze": "dct", "excitation": "fc", "bias": False, "gate": "sigmoid"})
+PRESETS.add("ca", {"squeeze": "strips", "excitation": "coord", "act": "hard_swish", "bias": False,
+                   "gate": "sigmoid", "combine": "strips", "reduction": 24, "divisor": 8, "rounding": "timm"})
 PRESETS.add("gc", {"squeeze": "attn", "excitation": "fc_ln", "gate": "identity", "combine": "add",
                    "rounding": "timm"})
 
 __all__ = ["PRESETS", "SPATIALS", "TOP16", "AttentionPool", "CBAMSpatial", "ChannelFC", "ChannelNorm", "DCTSqueeze",
            "dct_filters",
-           "FCNormExcitation", "L2Squeeze", "MeanStdSqueeze", "NoExcitation", "OnePlusTanh", "SimAMEnergy"]
+           "CoordExcitation", "FCNormExcitation", "L2Squeeze", "StripSqueeze", "MeanStdSqueeze", "NoExcitation", "OnePlusTanh", "SimAMEnergy"]

@@ -69,8 +69,9 @@ __all__ = [
     "study_choices",
 ]
 
-#: How the excitation meets U (``se.combine``): ``scale`` U·s (SE), ``add`` U + e (GCNet's fusion).
-COMBINES = ("scale", "add")
+#: How the excitation meets U (``se.combine``): ``scale`` U·s (SE), ``add`` U + e (GCNet's fusion),
+#: ``strips`` U · a_w · a_h (coordinate attention: s holds the H strip, then the W strip, on one axis).
+COMBINES = ("scale", "add", "strips")
 
 
 def _takes_channels(build) -> bool:
@@ -133,7 +134,10 @@ class SqueezeExcitation(nn.Module):
         self.hidden = width if "hidden" in takes else None
         self.gate_name = gate.name
         self.additive = combine == "add"
+        self.strips = combine == "strips"
         self.squeeze = squeeze.entry(channels) if _takes_channels(squeeze.entry) else squeeze.entry()
+        if (getattr(self.squeeze, "combine", None) == "strips") != self.strips:
+            raise UserValueError("se.squeeze strips and se.combine strips go together (coordinate attention)")
         given = {"hidden": width, "bias": bias}
         given.update((k, v) for k, v in (("kernel", kernel), ("lam", lam)) if v is not None)
         if "act" in takes:
@@ -163,7 +167,10 @@ class SqueezeExcitation(nn.Module):
             return self.gate((e.view(n, k, c).sum(1) if k > 1 else e).view(n, c, 1, 1))
         z = self.squeeze(u)  # (N, K, C, h, w)
         n, k = z.shape[:2]
-        e = self.excitation(z.flatten(0, 1))
+        if getattr(self.excitation, "takes_size", False):
+            e = self.excitation(z.flatten(0, 1), size=tuple(u.shape[2:]))
+        else:
+            e = self.excitation(z.flatten(0, 1))
         if k > 1:
             e = e.unflatten(0, (n, k)).sum(1)
         return self.gate(e)
@@ -171,10 +178,20 @@ class SqueezeExcitation(nn.Module):
     @property
     def fuses_add(self) -> bool:
         """Whether the block's residual addition fuses with this module's work (``U·s + x``)."""
-        return not self.additive and self.spatial is None
+        return not self.additive and not self.strips and self.spatial is None
+
+    @property
+    def scalings(self) -> int:
+        """Full-size multiplications of U (the FLOP counter charges C·N each)."""
+        return 2 if self.strips else 1
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        y = u + self.excite(u) if self.additive else u * self.excite(u)
+        if self.strips:
+            s = self.excite(u)
+            h = u.shape[2]
+            y = u * s[:, :, h:].transpose(-1, -2) * s[:, :, :h]
+        else:
+            y = u + self.excite(u) if self.additive else u * self.excite(u)
         return y if self.spatial is None else self.spatial(y)
 
     def scale_add(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

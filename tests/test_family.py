@@ -19,6 +19,7 @@ import warnings
 import pytest
 import torch
 from timm.layers.cbam import CbamModule
+from timm.layers.coord_attn import CoordAttn
 from timm.layers.eca import EcaModule
 from timm.layers.gather_excite import GatherExcite
 from timm.layers.global_context import GlobalContext
@@ -144,6 +145,19 @@ def test_gc_with_a_sigmoid_scale_equals_timm_gc():
     _exact_and_close(ours, theirs)
 
 
+def test_ca_equals_timm_coord_attn_bit_for_bit():
+    """Coordinate attention: strip means, shared 1×1 + BN + h-swish, two heads, U · a_w · a_h;
+    timm's width m = make_divisible(C / 24, 8, round_limit=0) and no biases (the preset's)."""
+    ours = _randomize(_se("ca"))
+    theirs = CoordAttn(C).eval()
+    assert ours.hidden == theirs.conv1.out_channels == 8
+    _load(ours, theirs, {k: k.removeprefix("excitation.") for k in ours.state_dict()})
+    x = torch.randn(3, C, 14, 10)  # H ≠ W
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    assert sum(p.numel() for p in ours.parameters()) == 3 * C * 8 + 2 * 8 == 1552  # anchor §2
+
+
 def test_ge_theta_minus_equals_timm_gather_excite():
     """GE-θ⁻ with a global extent: the only GatherExcite that timm 1.0.31 builds (anchor §0.2)."""
     ours = _se("ge")
@@ -249,6 +263,9 @@ R50_PARAMS = [
     ("ge", {}, R50_PLAIN),
     ("simam", {}, R50_PLAIN),
     ("fca", {}, 28_071_976),  # = SE without biases
+    # CA (no ResNet-50 figure in the anchor): 3Cm + 2m per block, m = make_divisible(C/24, 8, 0) = 8, 24, 40, 88
+    ("ca", {}, R50_PLAIN + sum(n * (3 * c * m + 2 * m) for n, c, m in
+                               ((3, 256, 8), (4, 512, 24), (6, 1024, 40), (3, 2048, 88)))),
     ("gct", {}, R50_PLAIN + 3 * (64 * 3 + 128 * 4 + 256 * 6 + 512 * 3)),  # 3C before each conv3
 ]
 
@@ -279,6 +296,7 @@ BLOCK_FLOPS = {  # anchor §2, C = 64, h = 4, N = H·W
     "simam": 5 * C * N,
     "gc": C * N + C * N + 2 * C * 4 + C * N,
     "fca": C * N + 2 * C * 4 + C * N,
+    "ca": 2 * C * N + 2 * (H + W) * C * 8 + 2 * C * N,
 }
 
 
