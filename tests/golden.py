@@ -19,7 +19,7 @@ import torch
 
 import senet
 from senet import MODELS, SEConfig
-from senet.se import hidden_width
+from senet.se import PRESETS, hidden_width, study_choices
 
 GOLDEN = Path(senet.__file__).with_name("golden.json")
 
@@ -36,14 +36,16 @@ VARIANT_MODELS = ("se_resnet20", "se_resnet50")
 
 
 def variant_overrides(model: str) -> list[dict]:
-    """One dict of SEConfig fields per variant: every registered choice of each slot, then extras,
-    then SE in each single stage of ``model`` (Table 13)."""
+    """One dict of SEConfig fields per variant: every registered choice of each slot (the paper's:
+    the attention family's parts come as one preset per module), then extras, then SE in each single
+    stage of ``model`` (Table 13)."""
     with torch.device("meta"):
         stages = senet.build_model(model).stages
     registry = {f.name: f.metadata["choices"] for f in fields(SEConfig) if f.name in SLOTS}
     out = []
     for slot in SLOTS:
-        out += [{slot: name} for name in registry[slot].names() if name != getattr(SEConfig(), slot)]
+        out += [{slot: name} for name in study_choices(registry[slot]) if name != getattr(SEConfig(), slot)]
+    out += [dict(PRESETS.get(p)) for p in PRESETS if PRESETS.get(p)]  # the attention family: one per module
     return out + [dict(v) for v in EXTRA_VARIANTS] + [{"stages": str(s)} for s in stages]
 
 
