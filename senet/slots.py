@@ -9,6 +9,10 @@
                        ``softmax_c``, ``hard_sigmoid``, ``identity``.
 - :data:`PLACEMENTS`   where a residual block applies SE (Fig. 5, Tables 14-15).
 
+The channel-attention family (ECA, CBAM, GE, SRM, GCT, SimAM, FcaNet, CA, GC) adds its parts to
+these registries in :mod:`senet.family`, registered with ``study=False``: choices of the design
+space, but not arms of the paper's slot studies (:func:`study_choices` lists those).
+
 Each entry carries, from its registration, what the rest of the suite needs to know about it:
 ``paper``, SE-ResNet-50's ImageNet top-1 / top-5 error (%) with this choice in the paper's ablation
 table (the ablation studies set it beside their arms), and for a gate its output ``range`` (the
