@@ -18,6 +18,8 @@ fca         dct         fc (no bias)    sigmoid        FcaNet: top-16 DCT freque
 ca          strips      coord           sigmoid        ``combine=strips`` (U · a_w · a_h); timm's width
                                                        m = make_divisible(C / 24, 8, round_limit=0), no
                                                        biases (official: biases, m = max(8, C // 32))
+sk          —           —               —              ``conv=sk``: the 3×3 conv is SKNet's (d = C/16
+                                                       rounded to 8s by the 0.9 rule, as timm does)
 gc          attn        fc_ln           identity       ``combine=add``; timm's rounding; the paper's
                                                        ResNet-50 adds ``se.stages 3,4,5``
 ==========  ==========  ==============  =============  ===========================================
@@ -25,6 +27,12 @@ gc          attn        fc_ln           identity       ``combine=add``; timm's r
 Every part declares the elementwise work the FLOP counter cannot see with an ``extra_flops(inputs,
 output)`` method (:mod:`senet.complexity`). Parts are registered with ``study=False``: they are not
 arms of the paper's slot studies (:mod:`ablations.studies`).
+
+Not here yet: GE-θ and GE-θ⁺ (a learned depthwise gather built for the feature size) and GE with a
+local extent; GCT before every convolution (the paper's site; ``inner`` is its README's one per
+block, before conv3); SK with timm's split input from the config (the module takes
+``split_input``; ``se.conv sk`` builds the paper's unsplit paths); SK on the SE side of a block
+together with an SE module.
 """
 from __future__ import annotations
 
@@ -332,6 +340,72 @@ SPATIALS.add("cbam", CBAMSpatial)
 
 
 # --------------------------------------------------------------------------------------------
+# Convolutions that replace a block's 3×3 conv (``se.conv``)
+# --------------------------------------------------------------------------------------------
+class _ConvBNReLU(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, dilation: int, groups: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class SelectiveKernelAttn(nn.Module):
+    """SK's fuse and select: GAP of the summed paths, 1×1 C → d (no bias), BN, ReLU, 1×1 d → M·C
+    (no bias), softmax over the M paths (timm's ``SelectiveKernelAttn``)."""
+
+    def __init__(self, channels: int, num_paths: int, hidden: int):
+        super().__init__()
+        self.num_paths = num_paths
+        self.fc_reduce = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.bn = nn.BatchNorm2d(hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.fc_select = nn.Conv2d(hidden, channels * num_paths, 1, bias=False)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.fc_reduce(x.sum(1).mean((2, 3), keepdim=True))))
+        x = self.fc_select(x)
+        b, c, h, w = x.shape
+        return torch.softmax(x.view(b, self.num_paths, c // self.num_paths, h, w), dim=1)
+
+
+class SelectiveKernelConv(nn.Module):
+    """SKNet's selective-kernel convolution in place of a block's 3×3 conv + BN + ReLU: M = 2
+    paths (3×3, and 3×3 with dilation 2 for the paper's 5×5: timm's ``keep_3x3``), each conv + BN +
+    ReLU, weighted by a softmax over the paths. The paper's input (``split_input=False``); timm's
+    default splits the input channels across the paths."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, groups: int = 1, hidden: int = 32,
+                 split_input: bool = False):
+        super().__init__()
+        self.num_paths, self.split_input, self.in_channels = 2, split_input, cin
+        path_in = cin // 2 if split_input else cin
+        self.paths = nn.ModuleList([_ConvBNReLU(path_in, cout, stride, d, min(cout, groups)) for d in (1, 2)])
+        self.attn = SelectiveKernelAttn(cout, self.num_paths, hidden)
+
+    def forward(self, x):
+        if self.split_input:
+            parts = torch.split(x, self.in_channels // self.num_paths, 1)
+            x = torch.stack([op(parts[i]) for i, op in enumerate(self.paths)], dim=1)
+        else:
+            x = torch.stack([op(x) for op in self.paths], dim=1)
+        return torch.sum(x * self.attn(x), dim=1)
+
+    def extra_flops(self, inputs, out):
+        m, n = self.num_paths, out.numel()
+        return (m - 1) * n + n + m * n + (m - 1) * n  # Σ paths, GAP, weighting, Σ weighted
+
+
+#: A convolution that replaces the 3×3 conv (with its BN and ReLU) of basic and bottleneck blocks:
+#: ``build(cin, cout, stride, groups, hidden)``; the block then holds no SE module.
+CONVS: Registry = Registry("conv", ChoiceInfo)
+CONVS.add("sk", SelectiveKernelConv)
+
+
+# --------------------------------------------------------------------------------------------
 # Presets: the papers' combinations
 # --------------------------------------------------------------------------------------------
 PRESETS.add("se", {})
@@ -347,9 +421,10 @@ PRESETS.add("simam", {"squeeze": "none", "excitation": "simam", "gate": "sigmoid
 PRESETS.add("fca", {"squeeze": "dct", "excitation": "fc", "bias": False, "gate": "sigmoid"})
 PRESETS.add("ca", {"squeeze": "strips", "excitation": "coord", "act": "hard_swish", "bias": False,
                    "gate": "sigmoid", "combine": "strips", "reduction": 24, "divisor": 8, "rounding": "timm"})
+PRESETS.add("sk", {"conv": "sk", "reduction": 16, "divisor": 8})
 PRESETS.add("gc", {"squeeze": "attn", "excitation": "fc_ln", "gate": "identity", "combine": "add",
                    "rounding": "timm"})
 
-__all__ = ["PRESETS", "SPATIALS", "TOP16", "AttentionPool", "CBAMSpatial", "ChannelFC", "ChannelNorm", "DCTSqueeze",
+__all__ = ["CONVS", "PRESETS", "SPATIALS", "SelectiveKernelAttn", "SelectiveKernelConv", "TOP16", "AttentionPool", "CBAMSpatial", "ChannelFC", "ChannelNorm", "DCTSqueeze",
            "dct_filters",
            "CoordExcitation", "FCNormExcitation", "L2Squeeze", "StripSqueeze", "MeanStdSqueeze", "NoExcitation", "OnePlusTanh", "SimAMEnergy"]

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .errors import UserValueError
-from .family import PRESETS, SPATIALS  # registers the attention family's choices
+from .family import CONVS, PRESETS, SPATIALS  # registers the attention family's choices
 from .fused import add_into, folds, has_hooks, pooled_conv_bn, scale_add, scaled_bn, spatial_mean
 from .registry import choice_field
 from .slots import (
@@ -244,9 +244,12 @@ class SEPlan:
     channels: str = "out"
     stages: frozenset[int] | None = None
     staged: bool = False  # the factory takes ``stage=`` (a per-stage choice such as se.kernel)
+    #: ``conv(cin, cout, stride, groups)``: a module in place of the block's 3×3 conv + BN + ReLU
+    #: (SKNet's); the block then holds no SE module (``factory`` returns None).
+    conv: Callable[..., nn.Module] | None = None
 
-    def build(self, channels: int, stage: int) -> nn.Module:
-        """The SE module for ``channels`` in paper stage ``stage``."""
+    def build(self, channels: int, stage: int) -> nn.Module | None:
+        """The SE module for ``channels`` in paper stage ``stage`` (None: the plan places none)."""
         return self.factory(channels, stage=stage) if self.staged else self.factory(channels)
 
     @classmethod
@@ -280,6 +283,7 @@ class SEConfig:
     spatial: str | None = choice_field(None, SPATIALS)  # a stage after the channel one (cbam), or None
     kernel: str | None = None  # ECA's kernel size per stage, e.g. "3,5,5,7" (stages 2, 3, ...); None: adaptive ψ(C)
     lam: float | None = None  # SimAM's λ (None: 1e-4, the module's default; its ImageNet models use 0.1)
+    conv: str | None = choice_field(None, CONVS)  # sk: the blocks' 3×3 conv is SKNet's (d = hidden width), no SE block
 
     def __post_init__(self):
         self.plan()  # resolving every choice checks it, with r, the divisor and the stages
@@ -318,6 +322,16 @@ class SEConfig:
             SPATIALS.get(self.spatial)
         if self.combine not in (None, *COMBINES):
             raise UserValueError(f"se.combine must be one of {', '.join(COMBINES)}, got {self.combine!r}")
+
+        if self.conv is not None:
+            build_conv = CONVS.get(self.conv)
+            rounding = self.rounding
+
+            def conv(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Module:
+                return build_conv(cin, cout, stride, groups, hidden=hidden_width(cout, reduction, divisor, rounding))
+
+            plan = SEPlan.make(lambda channels: None, self.placement, self.stages)
+            return SEPlan(plan.factory, plan.placement, plan.site, plan.channels, plan.stages, conv=conv)
 
         if kernels is None:
             def make(channels: int) -> SqueezeExcitation:

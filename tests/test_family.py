@@ -24,12 +24,14 @@ from timm.layers.eca import EcaModule
 from timm.layers.gather_excite import GatherExcite
 from timm.layers.global_context import GlobalContext
 from timm.layers.helpers import make_divisible
+from timm.layers.selective_kernel import SelectiveKernel
 from timm.layers.squeeze_excite import SEModule
 from torch import nn
 
 from senet import config
 from senet.complexity import UncountedWorkWarning, complexity
 from senet.errors import UserValueError
+from senet.family import SelectiveKernelConv
 from senet.models import build_model, se_modules
 from senet.models.blocks import BasicBlock, Bottleneck
 from senet.models.resnet import ResNet
@@ -39,6 +41,8 @@ from tests.test_se import _forward_backward
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 C = 64  # channels of the module-level checks
+#: The presets that place an SE-like module (sk replaces the 3×3 conv instead).
+SE_PRESETS = [p for p in PRESETS if "conv" not in PRESETS.get(p)]
 U = torch.randn(3, C, 7, 5, generator=torch.Generator().manual_seed(0))
 
 
@@ -158,6 +162,42 @@ def test_ca_equals_timm_coord_attn_bit_for_bit():
     assert sum(p.numel() for p in ours.parameters()) == 3 * C * 8 + 2 * 8 == 1552  # anchor §2
 
 
+@pytest.mark.parametrize("stride,split", [(1, False), (2, False), (2, True)])
+def test_sk_equals_timm_selective_kernel_bit_for_bit(stride, split):
+    """SKNet's conv: paths 3×3 and 3×3 dilated 2 (conv, BN, ReLU), GAP of their sum, 1×1 C → d, BN,
+    ReLU, 1×1 d → 2C, softmax over the paths, Σ a_m U_m. d = make_divisible(C/16, 8) (0.9 rule)."""
+    plan = SEConfig.from_preset("sk").plan()
+    ours = SelectiveKernelConv(C, C, stride, hidden=hidden_width(C, 16, 8), split_input=split)
+    assert plan.conv(C, C, stride).attn.fc_reduce.out_channels == 8
+    _randomize(ours)
+    theirs = SelectiveKernel(C, C, stride=stride, split_input=split).eval()
+    _load(ours, theirs, {})
+    x = torch.randn(2, C, 9, 7)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    assert sum(p.numel() for p in ours.attn.parameters()) == C * 8 + 2 * 8 + 2 * C * 8 == 1552  # anchor §2
+
+
+def test_sknet50_is_timms_skresnext50_32x4d():
+    """The paper's SKNet-50 (ResNeXt-50 32×4d, d = max(C/16, 32): divisor 32, inputs not split)."""
+    import timm
+
+    ours = build_model("se_resnext50_32x4d", se=SEConfig.from_preset("sk", divisor=32))
+    with torch.device("meta"):
+        theirs = timm.create_model("skresnext50_32x4d", pretrained=False)
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters()) == 27_479_784  # the paper's 27.5M
+
+
+def test_sk_counts_its_flops():
+    conv = SelectiveKernelConv(C, C, 1, hidden=8).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedWorkWarning)
+        flops = complexity(conv, (H, W), in_chans=C).flops
+    # 2 paths of 3×3 convs [FCM] + fc_reduce + fc_select [FCM] + Σ paths, GAP, weighting, Σ weighted
+    assert flops == 2 * 9 * C * C * N + (C * 8 + 8 * 2 * C) + (1 + 1 + 2 + 1) * C * N
+
+
 def test_ge_theta_minus_equals_timm_gather_excite():
     """GE-θ⁻ with a global extent: the only GatherExcite that timm 1.0.31 builds (anchor §0.2)."""
     ours = _se("ge")
@@ -263,6 +303,9 @@ R50_PARAMS = [
     ("ge", {}, R50_PLAIN),
     ("simam", {}, R50_PLAIN),
     ("fca", {}, 28_071_976),  # = SE without biases
+    # SK in place of each 3×3 conv + BN (no anchor figure): + 9w² + 2w + 3wd + 2d, d = 8, 8, 16, 32
+    ("sk", {}, R50_PLAIN + sum(n * (9 * w * w + 2 * w + 3 * w * d + 2 * d) for n, w, d in
+                               ((3, 64, 8), (4, 128, 8), (6, 256, 16), (3, 512, 32)))),
     # CA (no ResNet-50 figure in the anchor): 3Cm + 2m per block, m = make_divisible(C/24, 8, 0) = 8, 24, 40, 88
     ("ca", {}, R50_PLAIN + sum(n * (3 * c * m + 2 * m) for n, c, m in
                                ((3, 256, 8), (4, 512, 24), (6, 1024, 40), (3, 2048, 88)))),
@@ -300,7 +343,7 @@ BLOCK_FLOPS = {  # anchor §2, C = 64, h = 4, N = H·W
 }
 
 
-@pytest.mark.parametrize("preset", PRESETS.names())
+@pytest.mark.parametrize("preset", SE_PRESETS)
 def test_each_module_counts_its_flops_by_the_anchors_formula(preset):
     assert _block_flops(_se(preset)) == BLOCK_FLOPS[preset]
 
@@ -311,7 +354,7 @@ def test_each_preset_counts_without_an_uncounted_module_on_resnet20(preset):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UncountedWorkWarning)
         c = complexity(model, 16)
-    assert c.flops > 0 and (c.se_flops > 0)
+    assert c.flops > 0 and (c.se_flops > 0 or preset == "sk")
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,12 +403,16 @@ def test_each_preset_builds_on_every_family_or_says_why_not_in_one_line(preset, 
     try:
         model = build_model(name, num_classes=3, se=SEConfig.from_preset(preset))
     except UserValueError as e:  # the paper's site is not in these blocks (SimAM's pre_bn2, GCT's inner),
-        placement = SEConfig.from_preset(preset).placement  # or C is no multiple of FcaNet's 16 groups
-        assert "\n" not in str(e), str(e)
+        placement = SEConfig.from_preset(preset).placement  # C is no multiple of FcaNet's 16 groups,
+        assert "\n" not in str(e), str(e)  # or the block has no 3×3 conv for SK to replace
         assert ((placement != "standard" and f"placement {placement!r}" in str(e))
-                or (preset == "fca" and "not a multiple of 16" in str(e))), str(e)
+                or (preset == "fca" and "not a multiple of 16" in str(e))
+                or (preset == "sk" and "se.conv replaces the 3×3 conv" in str(e))), str(e)
         return
-    assert se_modules(model)
+    if preset == "sk":
+        assert any(isinstance(m, SelectiveKernelConv) for m in model.modules()) and not se_modules(model)
+    else:
+        assert se_modules(model)
     if size and name in ("se_resnet18", "se_wrn16_8", "se_inception_small"):
         with torch.no_grad():
             assert model.eval()(torch.randn(2, 3, size, size)).shape == (2, 3)

@@ -45,6 +45,8 @@ class SESlot(nn.Module):
     #: The sites this block's forward reaches (a placement at another site is refused).
     sites: tuple[str, ...] = ("branch_in", "inner", "branch_out", "shortcut", "block_out")
     residual: bool = True
+    #: Whether the block's 3×3 conv may be replaced (``SEPlan.conv``: SKNet's selective kernel).
+    conv_slot: bool = False
 
     @classmethod
     def check_placement(cls, placement: str) -> None:
@@ -63,9 +65,14 @@ class SESlot(nn.Module):
             self.se = None
             self.se_site = ""
             return
+        if se.conv is not None and not self.conv_slot:
+            raise UserValueError(f"se.conv replaces the 3×3 conv of basic and bottleneck blocks; "
+                                 f"{type(self).__name__} blocks have none to replace")
         self.check_placement(se.placement)
         self.se = se.build(widths[se.channels], stage)
-        self.se_site = se.site
+        self.se_site = se.site if self.se is not None else ""
+        if self.se is None:
+            return
         if hasattr(self.se, "block_name"):
             self.se.block_name = f"SE_{stage}_{index}"
 
@@ -146,12 +153,15 @@ class BasicBlock(SESlot):
 
     expansion = 1
     sites = (*SESlot.sites, "pre_bn2")
+    conv_slot = True
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
                  stage=0, index=0, **_):
         super().__init__()
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        if se is not None and se.conv is not None:  # SKNet's basic block: the first 3×3 (timm's)
+            self.conv1, self.bn1 = se.conv(inplanes, planes, stride), nn.Identity()
+        else:
+            self.conv1, self.bn1 = conv3x3(inplanes, planes, stride), nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -177,6 +187,7 @@ class Bottleneck(SESlot):
 
     expansion = 4
     sites = (*SESlot.sites, "pre_bn2")
+    conv_slot = True
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
                  stage=0, index=0, groups=1, base_width=64, stride_in_1x1=False, **_):
@@ -185,8 +196,10 @@ class Bottleneck(SESlot):
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(inplanes, width, s1)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, s3, groups)
-        self.bn2 = nn.BatchNorm2d(width)
+        if se is not None and se.conv is not None:  # SKNet: the 3×3 conv, its BN and ReLU inside
+            self.conv2, self.bn2 = se.conv(width, width, s3, groups), nn.Identity()
+        else:
+            self.conv2, self.bn2 = conv3x3(width, width, s3, groups), nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
