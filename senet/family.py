@@ -2,7 +2,9 @@
 
 Each module of the family is a combination of slot choices, most of them SE's own; this file
 registers what is new and one named preset per module (``--se.preset eca``,
-``SEConfig.from_preset("eca")``). Adding a module is one more section here plus its test.
+``SEConfig.from_preset("eca")``). Adding a module is one more section here plus its test (or, for a
+part that acts on the block rather than the channel descriptor, a spatial stage or a replacement
+of the 3×3 conv, in :mod:`senet.family_blocks`).
 
 ==========  ==========  ==============  =============  ===========================================
 preset      squeeze     excitation      gate           also
@@ -42,12 +44,11 @@ import torch
 from torch import nn
 
 from .errors import UserValueError
+from .family_blocks import CONVS, SPATIALS, CBAMSpatial, SelectiveKernelAttn, SelectiveKernelConv
 from .fused import has_hooks
 from .registry import Registry
 from .slots import ACTIVATIONS, EXCITATIONS, GATES, SQUEEZES, ChoiceInfo, Squeeze, _fc
 
-#: Stages applied after the channel stage (``se.spatial``).
-SPATIALS: Registry = Registry("spatial stage", ChoiceInfo)
 #: Named presets (``se.preset``): SEConfig field values that make one module of the family.
 PRESETS: Registry[dict] = Registry("preset", ChoiceInfo)
 
@@ -313,96 +314,6 @@ class OnePlusTanh(nn.Module):
 
 
 GATES.add("one_plus_tanh", OnePlusTanh, range=(0.0, 2.0), study=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Spatial stages
-# --------------------------------------------------------------------------------------------
-class CBAMSpatial(nn.Module):
-    """CBAM's spatial attention: mean and max over the channels (timm's order), a 7×7 conv 2 → 1
-    without bias, BN, sigmoid, ×U. Parameters: 2k² + 2."""
-
-    def __init__(self, kernel: int = 7):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(1)
-        self.gate = nn.Sigmoid()
-
-    def forward(self, x):
-        s = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * self.gate(self.bn(self.conv(s)))
-
-    def extra_flops(self, inputs, out):
-        return 3 * out.numel()  # pooling over C (mean and max: 2 per element), the scaling
-
-
-SPATIALS.add("cbam", CBAMSpatial)
-
-
-# --------------------------------------------------------------------------------------------
-# Convolutions that replace a block's 3×3 conv (``se.conv``)
-# --------------------------------------------------------------------------------------------
-class _ConvBNReLU(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, dilation: int, groups: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        return self.act(self.bn(self.conv(x)))
-
-
-class SelectiveKernelAttn(nn.Module):
-    """SK's fuse and select: GAP of the summed paths, 1×1 C → d (no bias), BN, ReLU, 1×1 d → M·C
-    (no bias), softmax over the M paths (timm's ``SelectiveKernelAttn``)."""
-
-    def __init__(self, channels: int, num_paths: int, hidden: int):
-        super().__init__()
-        self.num_paths = num_paths
-        self.fc_reduce = nn.Conv2d(channels, hidden, 1, bias=False)
-        self.bn = nn.BatchNorm2d(hidden)
-        self.act = nn.ReLU(inplace=True)
-        self.fc_select = nn.Conv2d(hidden, channels * num_paths, 1, bias=False)
-
-    def forward(self, x):
-        x = self.act(self.bn(self.fc_reduce(x.sum(1).mean((2, 3), keepdim=True))))
-        x = self.fc_select(x)
-        b, c, h, w = x.shape
-        return torch.softmax(x.view(b, self.num_paths, c // self.num_paths, h, w), dim=1)
-
-
-class SelectiveKernelConv(nn.Module):
-    """SKNet's selective-kernel convolution in place of a block's 3×3 conv + BN + ReLU: M = 2
-    paths (3×3, and 3×3 with dilation 2 for the paper's 5×5: timm's ``keep_3x3``), each conv + BN +
-    ReLU, weighted by a softmax over the paths. The paper's input (``split_input=False``); timm's
-    default splits the input channels across the paths."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1, groups: int = 1, hidden: int = 32,
-                 split_input: bool = False):
-        super().__init__()
-        self.num_paths, self.split_input, self.in_channels = 2, split_input, cin
-        path_in = cin // 2 if split_input else cin
-        self.paths = nn.ModuleList([_ConvBNReLU(path_in, cout, stride, d, min(cout, groups)) for d in (1, 2)])
-        self.attn = SelectiveKernelAttn(cout, self.num_paths, hidden)
-
-    def forward(self, x):
-        if self.split_input:
-            parts = torch.split(x, self.in_channels // self.num_paths, 1)
-            x = torch.stack([op(parts[i]) for i, op in enumerate(self.paths)], dim=1)
-        else:
-            x = torch.stack([op(x) for op in self.paths], dim=1)
-        return torch.sum(x * self.attn(x), dim=1)
-
-    def extra_flops(self, inputs, out):
-        m, n = self.num_paths, out.numel()
-        return (m - 1) * n + n + m * n + (m - 1) * n  # Σ paths, GAP, weighting, Σ weighted
-
-
-#: A convolution that replaces the 3×3 conv (with its BN and ReLU) of basic and bottleneck blocks:
-#: ``build(cin, cout, stride, groups, hidden)``; the block then holds no SE module.
-CONVS: Registry = Registry("conv", ChoiceInfo)
-CONVS.add("sk", SelectiveKernelConv)
 
 
 # --------------------------------------------------------------------------------------------
