@@ -15,22 +15,34 @@ import torch
 
 from . import __version__
 
+#: Folders of the checkout that hold what runs write, not code: their changes do not make the code dirty
+#: (a sweep run from a checkout updates its results/<study>/runs.parquet while it trains).
+DATA_DIRS = ("results", "runs")
+
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> dict:
-    """The suite's git commit and whether the working tree had uncommitted changes (None outside git)."""
+    """The suite's git commit and whether the checkout's code had uncommitted changes (changes under
+    :data:`DATA_DIRS` do not count; None outside git)."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
         dirty = None
         if commit:
-            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                    capture_output=True, text=True, timeout=10).stdout
-            dirty = bool(status.strip())
+            dirty = code_dirty(here)
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"git_commit": commit, "git_dirty": dirty}
+
+
+def code_dirty(cwd: Path) -> bool:
+    """Whether the git checkout holding ``cwd`` has uncommitted changes to tracked files outside
+    :data:`DATA_DIRS`."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                             *(f":(top,exclude){d}" for d in DATA_DIRS)], cwd=cwd, capture_output=True,
+                            text=True, timeout=10, check=True).stdout
+    return bool(status.strip())
 
 
 def device_name(device: torch.device | str) -> str:

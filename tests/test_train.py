@@ -673,3 +673,28 @@ def test_cli_resume_reads_the_checkpoint_and_its_config_once(capsys, tmp_path, m
     assert code == 0, err
     assert len(loads) == 1 and len(parses) == 1
     assert _epochs(tmp_path / "r") == [1, 2]
+
+
+def test_results_written_in_a_checkout_do_not_make_its_code_dirty(tmp_path):
+    """A sweep run from a checkout updates results/<study>/runs.parquet as it trains: the rows it
+    records say the code was clean; a change to the code says dirty."""
+    import shutil
+    import subprocess
+
+    from senet.provenance import code_dirty
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "results" / "gate").mkdir(parents=True)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results" / "gate" / "runs.csv").write_text("a\n")
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert not code_dirty(tmp_path / "pkg")
+    (tmp_path / "results" / "gate" / "runs.csv").write_text("a\nb\n")
+    assert not code_dirty(tmp_path / "pkg")
+    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
+    assert code_dirty(tmp_path / "pkg")
