@@ -55,7 +55,9 @@ class SeedSequencer:
         self.live: dict[str, Key] = {}  # trial id -> the cell it trains
         self.closed: dict[str, Assessment] = {}
         self._out = out
+        self._quiet = True  # what the table already decided is shown by the state lines, not announced
         self.load_table()
+        self._quiet = False
 
     # -- state -----------------------------------------------------------------------------------
     def load_table(self) -> None:
@@ -116,7 +118,7 @@ class SeedSequencer:
             if a.closed:
                 self.closed[arm] = a
                 now.append((arm, a))
-        for arm, a in now:
+        for arm, a in now if not getattr(self, "_quiet", False) else ():
             self.say(f"closed {arm}: {a.outcome} after {a.n} seed pairs, Δ {a.mean:+.2f} pp, CS {a.interval()} "
                      f"({a.reason()})")
         return now
