@@ -162,14 +162,14 @@ PRESETS.add("quick", Preset("quick", {
 #: training file for validation, a tenth of the subset), the whole 10,000-image test set (1 image =
 #: 0.01 points), 5 epochs of cosine with a 1-epoch warm-up. crop_flip, senet train's default
 #: augmentation, is what the measured data points of this size used (10.82% / 10.85% / 11.10% test
-#: error for SE-ResNet-20, issues 11 and 12); flip alone was never measured here. The test set is
+#: error for SE-ResNet-20 in three earlier runs); flip alone was never measured here. The test set is
 #: evaluated only where it is read (the last epoch and the best validation epoch). Precision is
 #: pinned to bf16, what every published trial trained in, so that the preset names one recipe (one
 #: config_id per trial) on every machine: ``auto`` would resolve to fp32 on a CPU without native bf16,
 #: another recipe, and a sweep there would count none of the published trials. Such a CPU trains bf16
 #: emulated, more slowly, and the sweep says so (:mod:`ablations.bf16_note`); on a CPU with native
-#: bf16, bf16 is the fast choice (issue 11 measured 144 s against fp32's 271 s for one 1-thread trial
-#: of this size). smoke and quick are not published and stay on ``auto`` (the default), so the demo
+#: bf16, bf16 is the fast choice (144 s against fp32's 271 s measured for one 1-thread trial of this
+#: size). smoke and quick are not published and stay on ``auto`` (the default), so the demo
 #: runs in fp32, the faster arithmetic, on a CPU without native bf16.
 PRESETS.add("standard", Preset("standard", {
     "model.name": "se_resnet20", "data.name": "fashion-mnist", "data.subset": 20000,

@@ -1,4 +1,4 @@
-"""Comparing gating choices by what they learn (issue 12 item 4): ``senet gates``.
+"""Comparing gating choices by what they learn: ``senet gates``.
 
 For the best-by-validation run of each arm of the gate study (or given checkpoints), the
 excitations s of every SE block are streamed over one split (the test split by default) through
