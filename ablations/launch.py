@@ -94,7 +94,7 @@ def sequential_search(p: Plan, todo: tuple[Cell, ...], run: dict, out):
     import ray
 
     from .seed_searcher import seed_searcher
-    from .sequencer import SeedSequencer
+    from .sequencer import for_plan
 
     slots = int(run["max_concurrent"])
     if not slots:
@@ -102,10 +102,7 @@ def sequential_search(p: Plan, todo: tuple[Cell, ...], run: dict, out):
         cpus = int(res.get("CPU", 1) // max(float(run["cpus_per_trial"]), 1e-9))
         gpus = (int(res.get("GPU", 0) // float(run["gpus_per_trial"])) if run["gpus_per_trial"] else cpus)
         slots = max(1, min(cpus, gpus))
-    seq = SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
-                        {(c.arm, c.seed): c.params() for c in todo}, table=p.paths.runs_parquet,
-                        ids={c.key: c.arm for c in cells(p)}, out=out)
-    return seed_searcher(seq, slots), max(1, len(todo))
+    return seed_searcher(for_plan(p, todo, out), slots), max(1, len(todo))
 
 
 def _trainable(cpus: float, gpus: float):

@@ -76,12 +76,17 @@ class SeedSequencer:
             arm = self.ids.get(store.key_of(r))
             if arm is None:
                 continue
-            v = r.get(self.metric)
-            ok = r.get("status") == "completed" and v is not None and math.isfinite(float(v))
-            self.values[(arm, int(r["seed"]))] = float(v) if ok else math.nan
-            if not self.resolution and r.get("num_test"):
-                self.resolution = 100.0 / float(r["num_test"])
+            self._record((arm, int(r["seed"])), r)
         self.update()
+
+    def _record(self, key: Key, row: Mapping[str, Any]) -> None:
+        """A finished trial's result (a table row or a final report): its metric, NaN if it did
+        not complete; its test-set size sets the resolution."""
+        v = row.get(self.metric)
+        ok = row.get("status", "completed") == "completed" and v is not None and math.isfinite(float(v))
+        self.values[key] = float(v) if ok else math.nan
+        if not self.resolution and row.get("num_test"):
+            self.resolution = 100.0 / float(row["num_test"])
 
     def pairs(self, arm: str) -> list[float]:
         """The arm's differences from the reference, seed by seed, up to the first seed whose pair
@@ -162,11 +167,7 @@ class SeedSequencer:
             return
         if key not in self.values:
             if result and result.get("final"):
-                v = result.get(self.metric)
-                ok = result.get("status", "completed") == "completed" and v is not None and math.isfinite(float(v))
-                self.values[key] = float(v) if ok else math.nan
-                if not self.resolution and result.get("num_test"):
-                    self.resolution = 100.0 / float(result["num_test"])
+                self._record(key, result)
             elif error:
                 self.values[key] = math.nan  # failed after its retries: this seed gives the arm no pair
             else:  # stopped without a final result (the sweep was interrupted): the table knows
@@ -180,6 +181,16 @@ class SeedSequencer:
         state = self.__dict__.copy()
         state["_out"] = None  # a stream does not pickle; the driver's stdout is used after a restore
         return state
+
+
+def for_plan(p, todo, out=None) -> SeedSequencer:
+    """The seed blocks of a sequential sweep's plan: its arms and design, ``todo`` (the cells no
+    table records) to train, its study's table as the known results."""
+    from .plan import cells
+
+    return SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
+                         {(c.arm, c.seed): c.params() for c in todo}, table=p.paths.runs_parquet,
+                         ids={c.key: c.arm for c in cells(p)}, out=out)
 
 
 def state_lines(seq: SeedSequencer) -> list[str]:

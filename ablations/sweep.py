@@ -36,7 +36,7 @@ from .collect import collect, experiments, save_table
 from .launch import check_data, fit_experiment, run_options
 from .plan import Cell, Plan, SweepOptions, Triage, cells, plan, reused_rows, study_meta, triage
 from .resume import interrupted_launches, resume_command, resume_plan
-from .sequencer import SeedSequencer, state_lines
+from .sequencer import SeedSequencer, for_plan, state_lines
 from .studies import study_names
 from .study_json import declare_design, write_study_json
 
@@ -187,10 +187,7 @@ def _say_plan(p: Plan, t: Triage, out, dry: bool = False) -> None:
 # ---------------------------------------------------------------------------------------------
 def _sequencer(p: Plan, t: Triage, out=None) -> SeedSequencer:
     """The study's seed blocks as its table records them (the reused rows counted in)."""
-    every = cells(p)
-    seq = SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
-                        {(c.arm, c.seed): c.params() for c in t.todo}, table=p.paths.runs_parquet,
-                        ids={c.key: c.arm for c in every}, out=out)
+    seq = for_plan(p, t.todo, out)
     if t.reused:
         seq.know({**row, "arm": c.arm} for c, row in t.reused)
     return seq
