@@ -37,15 +37,20 @@ class SeedSequencer:
     """The seed blocks of one study; the Tune searcher (:func:`searcher`) wraps it.
 
     ``cells``: (arm, seed) -> the trial's parameters, for every trial the sweep may train (up to
-    the cap); ``table``: the study's runs.parquet, whose finished rows are the known results."""
+    the cap); ``table``: the study's runs.parquet, whose finished rows are the known results;
+    ``k``: the comparisons sharing α, the study's arms less the reference (default: these arms'),
+    so a sweep of some arms (``--arms``) closes an arm exactly when the study's report does."""
 
     def __init__(self, arms: list[str], reference: str, design: Design, cells: Mapping[Key, dict],
                  table: Path | None = None, ids: Mapping[tuple[str, int], str] | None = None,
-                 metric: str = METRIC, resolution: float = 0.0, out=None):
+                 metric: str = METRIC, resolution: float = 0.0, k: int | None = None, out=None):
         if reference not in arms:
             raise UserError(f"the reference arm {reference!r} is not one of the arms ({', '.join(arms)})")
         self.arms, self.reference, self.design = list(arms), reference, design
         self.others = [a for a in self.arms if a != reference]
+        self.k = len(self.others) if k is None else int(k)
+        if self.k < len(self.others):
+            raise UserError(f"k = {self.k} comparisons, fewer than the {len(self.others)} arms compared")
         self.cells = dict(cells)
         self.table = table
         self.ids = dict(ids or {})  # (config_id, seed) -> arm: how a table row is one of ours
@@ -110,7 +115,7 @@ class SeedSequencer:
     def assess(self, arm: str) -> Assessment:
         capped = not any(self._pending(arm, s) or self._pending(self.reference, s) for s in range(self.design.max_seeds)
                          if (arm, s) not in self.values or (self.reference, s) not in self.values)
-        return assess(self.pairs(arm), self.design, k=len(self.others), resolution=self.resolution,
+        return assess(self.pairs(arm), self.design, k=self.k, resolution=self.resolution,
                       capped=capped)
 
     def update(self) -> list[tuple[str, Assessment]]:
@@ -185,12 +190,14 @@ class SeedSequencer:
 
 def for_plan(p, todo, out=None) -> SeedSequencer:
     """The seed blocks of a sequential sweep's plan: its arms and design, ``todo`` (the cells no
-    table records) to train, its study's table as the known results."""
+    table records) to train, its study's table as the known results, α shared by all the study's
+    comparisons (also when ``--arms`` trains some)."""
     from .plan import cells
 
+    k = len(p.study.resolve_arms(p.base)) - 1
     return SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
                          {(c.arm, c.seed): c.params() for c in todo}, table=p.paths.runs_parquet,
-                         ids={c.key: c.arm for c in cells(p)}, out=out)
+                         ids={c.key: c.arm for c in cells(p)}, k=k, out=out)
 
 
 def state_lines(seq: SeedSequencer) -> list[str]:

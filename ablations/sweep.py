@@ -200,7 +200,7 @@ def _say_sequential_plan(p: Plan, t: Triage, seq: SeedSequencer, out, dry: bool 
     what = "would train" if dry else "to train"
     block = (f"next: seed block {nxt[1]} ({sum(1 for a in p.arms if seq.needed(a.label, nxt[1]))} trials) {what}"
              if nxt else "nothing left to train")
-    print(f"[{p.study.name}] until resolved, preset {p.preset}: {len(p.arms)} arms, α {d.alpha:g} (α/{len(seq.others)} "
+    print(f"[{p.study.name}] until resolved, preset {p.preset}: {len(p.arms)} arms, α {d.alpha:g} (α/{seq.k} "
           f"per arm), δ {d.delta:g} pp, g {d.g:g}, {d.min_seeds} seeds before any arm closes, cap {d.max_seeds} seeds; "
           f"{len(t.recorded)} recorded, {len(t.reused)} reused, {known} results known; {block}", file=out, flush=True)
     for line in state_lines(seq):

@@ -139,3 +139,22 @@ def test_every_preset_design_keeps_its_error_rates(preset):
     edge = simulate(d.delta, 0.5, d, k=3, studies=4000, seed=22)
     assert null["different"] <= d.alpha and null["coverage"] >= 1 - d.alpha
     assert edge["alike"] + edge["within"] <= d.alpha and edge["coverage"] >= 1 - d.alpha
+
+
+def test_some_arms_share_alpha_with_the_whole_study():
+    """A sweep of some arms (--arms) judges each at the study's level α/k, as its report does."""
+    from senet.sequential import assess
+
+    design = Design(g=1.0, min_seeds=2, max_seeds=12)
+    arms = ["ref", "tiny"]
+    cells = {(a, s): {"arm": a, "seed": s} for a in arms for s in range(design.max_seeds)}
+    seq = SeedSequencer(arms, "ref", design, cells, k=3, resolution=0.01, out=io.StringIO())
+    for s in range(6):
+        for a in arms:
+            seq.values[(a, s)] = errors(a, s)
+    got = seq.assess("tiny")
+    assert got.level == pytest.approx(design.level(3))
+    assert got.interval() == assess(seq.pairs("tiny"), design, k=3, resolution=0.01).interval()
+    assert got.interval() != assess(seq.pairs("tiny"), design, k=1, resolution=0.01).interval()
+    with pytest.raises(Exception, match="fewer than"):
+        SeedSequencer(["ref", "a", "b"], "ref", design, cells, k=1)
