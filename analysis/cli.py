@@ -185,8 +185,9 @@ class FindingsCommand(AnalysisCommand, name="findings"):
         study_options(p, "read only", keys=("preset",))
         p.add_argument("--out", default=None, help="where to write the table (default <results>/README.md; "
                        "findings.csv goes beside it)")
-        p.add_argument("--analysis", default=None, metavar="DIR", help="the `senet analyze` folder for the "
-                       "excitation findings (default: the first of results/analysis, results/gate/analysis, "
+        p.add_argument("--analysis", default=None, metavar="DIR", help="one network's `senet analyze` folder for "
+                       "the excitation findings where no <results>/gate/seeds tables (`senet analyze-seeds`, "
+                       "several networks) exist (default: the first of results/analysis, results/gate/analysis, "
                        "results/reference/se_resnet20/analysis that exists)")
         p.add_argument("--metric", default="test_top1_err", help="the error compared (default test_top1_err, "
                        "as the reports' tables)")
@@ -259,4 +260,75 @@ class GatesCommand(AnalysisCommand, name="gates", overrides=True):
             print(f"  {r.label:<14} stage {r.stage}  {r.mean:.3f} ± {r.std:.3f}  near bounds {pct(r.near_bounds):>6}"
                   f"  η² {eta(r.eta2)}  constant {pct(r.constant_channels)}")
         print(f"wrote {res['markdown']}, {res['out'] / 'gates.csv'}, {', '.join(str(f) for f in res['figures'])}")
+        return 0
+
+
+@command
+class WeightsCommand(AnalysisCommand, name="weights"):
+    """keep trained weights beside a study's table (<study>/weights/, without optimizer state), so its
+    gates figure and the excitation findings re-draw from a clone: the best-by-validation run of some
+    arms and every run of others, among the runs whose checkpoint is on this machine"""
+
+    def configure(self, p):
+        p.add_argument("study", help="a study of <results> (e.g. gate)")
+        study_options(p, "choose among")
+        p.add_argument("--best", default="", help="arms whose best run by validation is kept, as a,b or all")
+        p.add_argument("--every", default="", help="arms whose every run is kept, as a,b")
+
+    def run(self, args, overrides):
+        from senet.layout import study_paths
+
+        from .study import load_recipe
+        from .weights import keep
+
+        paths = study_paths(args.results, args.study)
+        if not paths.runs_parquet.is_file():
+            raise UserError(f"no {paths.runs_parquet}: sweep the {args.study} study first")
+        runs, _ = load_recipe(paths.results, paths.study, preset=args.preset, experiment=args.experiment,
+                              recipe=args.recipe)
+        best = list(dict.fromkeys(runs["arm"])) if args.best == "all" else split_list(args.best)
+        if not best and not args.every:
+            raise UserError("say which runs to keep: --best ARMS and/or --every ARMS")
+        index = keep(runs, paths.dir, best=best, every=split_list(args.every))
+        size = sum((paths.dir / "weights" / f).stat().st_size for f in index["file"])
+        print(f"{len(index)} networks kept in {paths.dir / 'weights'} ({size / 1e6:.1f} MB), listed in index.csv")
+        return 0
+
+
+@command
+class AnalyzeSeedsCommand(AnalysisCommand, name="analyze-seeds"):
+    """the excitation findings over several trained networks: class selectivity by depth and the
+    error change when each stage's SE is removed, for every run of one arm whose network is here"""
+
+    def configure(self, p):
+        p.add_argument("study", nargs="?", default="gate", help="a study of <results> (default gate)")
+        study_options(p, "choose among")
+        p.add_argument("--arm", default=None, help="the arm whose networks are read (default: the reference)")
+        p.add_argument("--out", default=None, help="output folder (default <study>/seeds)")
+        p.add_argument("--max-images", type=int, default=0, help="the first N test images (0 = all)")
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+        p.add_argument("--no-progress", action="store_true")
+
+    def run(self, args, overrides):
+        from senet.layout import study_paths
+
+        from .seeds import analyze_seeds
+
+        if args.max_images < 0 or args.batch_size < 1:
+            raise UserError("--max-images must be >= 0, --batch-size >= 1")
+        paths = study_paths(args.results, args.study)
+        if not paths.runs_parquet.is_file():
+            raise UserError(f"no {paths.runs_parquet}: sweep the {args.study} study first")
+        res = analyze_seeds(paths.dir, args.out, arm=args.arm, max_images=args.max_images,
+                            batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+                            preset=args.preset, experiment=args.experiment, recipe=args.recipe)
+
+        def cs(r):
+            return "(−∞, ∞)" if r["low"] == -float("inf") else f"[{r['low']:+.2f}, {r['high']:+.2f}]"
+
+        print(f"{res['networks']} {res['arm']} networks analysed into {res['out']}")
+        print(f"  ρ(depth, η²): mean {res['rho']['mean']:+.2f}, CS {cs(res['rho'])} over {res['rho']['n']} seeds")
+        print(f"  last stage's SE removed (gates at their mean): Δ {res['removal_last']['mean']:+.2f} pp, "
+              f"CS {cs(res['removal_last'])} over {res['removal_last']['n']} seeds")
         return 0

@@ -14,10 +14,10 @@ is used). A source is a small frozen dataclass with an ``evaluate(ctx)`` method
   ``arm`` − error of ``vs``, in points), judged on the reports' anytime-valid confidence sequence
   (:mod:`senet.sequential`) at level α/k for the k comparisons of the finding, with the study's
   design (its study.json, else the defaults): see :mod:`analysis.findings.arms`.
-- :class:`SelectivityDepth`: Spearman's ρ between block depth and class selectivity η² over the
-  analysed blocks, with an exact permutation p-value.
-- :class:`StageRemoval`: the error change when the last stage's SE blocks are removed (``mean``
-  mode of the analysis' removal table), with an interval over the paired test images.
+- :class:`SeedSelectivityDepth`, :class:`SeedStageRemoval`: the excitation findings over several
+  trained networks (``senet analyze-seeds``: the seed is the unit of an architecture claim), on
+  the anytime-valid sequence over seeds; where no such tables exist, :class:`SelectivityDepth` and
+  :class:`StageRemoval` read one network's ``senet analyze`` folder (test images as the unit).
 
 A finding contradicts when any claim contradicts; else it is unresolved when any claim is (or has
 not been run while others have); else it agrees when all its claims agree; else (claims that agree
@@ -37,7 +37,7 @@ from ..errors import AnalysisInputError
 from ..stats import MIN_BOOT
 from .arms import ArmClaims, alike, higher, lower
 from .evidence import AGREES, CONTRADICTS, NO_EFFECT, NOT_RUN, UNRESOLVED, Context, Outcome, SourceResult
-from .excitations import SelectivityDepth, StageRemoval
+from .excitations import SeedSelectivityDepth, SeedStageRemoval, SelectivityDepth, StageRemoval
 from .render import render
 
 
@@ -100,11 +100,11 @@ register_finding(Finding(
 register_finding(Finding(
     "selectivity_depth", "class selectivity rises with depth",
     "§7.2, Fig. 6: early blocks class-agnostic, later ones class-specific (qualitative)",
-    (SelectivityDepth(),)))
+    (SeedSelectivityDepth(), SelectivityDepth())))
 register_finding(Finding(
     "last_stage_removal", "the last stage's SE can be removed at little cost",
     "§7.2: < 0.1 top-1, added parameters ~10% → ~4%",
-    (StageRemoval(),)))
+    (SeedStageRemoval(), StageRemoval())))
 
 
 # ---------------------------------------------------------------------------------------------
