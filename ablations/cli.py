@@ -71,8 +71,12 @@ class SweepCommand(Command):
                        help="continue an interrupted sweep as it was started (its seeds, arms, config and "
                             "resources; trials that ended in error are retried)")
         p.add_argument("--until-resolved", action="store_true",
-                       help="add seeds in blocks (the reference and every arm still open) until each arm's "
-                            "anytime-valid interval decides it, or the cap (the design in study.json)")
+                       help="add seeds in blocks (the arms of every comparison still open) until each "
+                            "comparison's anytime-valid interval decides it, or the cap (the design in study.json)")
+        p.add_argument("--aim", default="both", choices=("both", "report", "findings"),
+                       help="with --until-resolved: the comparisons that get seeds: the report's (each arm "
+                            "against the reference), the findings' (the paper's claims on this study's arms) "
+                            "or both (default)")
         p.add_argument("--max-seeds", type=int, default=None,
                        help="with --until-resolved: the seed cap (default: the study's declared design; "
                             "40 at standard)")
@@ -98,7 +102,7 @@ class SweepCommand(Command):
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             max_failures=args.max_failures, resume=args.resume, model=args.model, spec=args.spec,
             overrides=overrides, verbose=args.verbose, dry_run=args.dry_run,
-            until_resolved=args.until_resolved, max_seeds=args.max_seeds,
+            until_resolved=args.until_resolved, max_seeds=args.max_seeds, aim=args.aim,
             arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else None))
         # a sweep that left any trial unfinished or failed is not a success, whatever it wrote
         return 0 if args.dry_run or all(o.ok for o in outcomes) else 1

@@ -31,11 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from senet.claims import ARM_CLAIMS
 from senet.layout import write_atomic
 
 from ..errors import AnalysisInputError
 from ..stats import MIN_BOOT
-from .arms import ArmClaims, alike, higher, lower
+from .arms import ArmClaims
 from .evidence import AGREES, CONTRADICTS, NO_EFFECT, NOT_RUN, UNRESOLVED, Context, Outcome, SourceResult
 from .excitations import SeedSelectivityDepth, SeedStageRemoval, SelectivityDepth, StageRemoval
 from .render import render
@@ -70,33 +71,23 @@ def register_finding(f: Finding) -> Finding:
     return f
 
 
-register_finding(Finding(
-    "se_beats_baseline", "SE beats the plain baseline",
-    "Table 10: 22.28 vs 23.30 (−1.02)",
-    (ArmClaims("reduction", (lower("r=16", "baseline"),)), ArmClaims("stages", (lower("all", "none"),)))))
-register_finding(Finding(
-    "reduction", "r from 2 to 16 perform alike; r = 32 is worse",
-    "Table 10: r = 2, 4, 8 within 0.03 of r = 16; r = 32 +0.44",
-    (ArmClaims("reduction", (alike("r=2", "r=16"), alike("r=4", "r=16"), alike("r=8", "r=16"),
-                             higher("r=32", "r=16"))),)))
-register_finding(Finding(
-    "avg_beats_max", "avg squeeze beats max", "Table 11: 22.28 vs 22.57 (−0.29)",
-    (ArmClaims("squeeze", (lower("avg", "max"),)),)))
-register_finding(Finding(
-    "nosqueeze_worse", "NoSqueeze is worse than avg", "Table 16: 22.93 vs 22.28 (+0.65)",
-    (ArmClaims("squeeze", (higher("none", "avg"),)),)))
-register_finding(Finding(
-    "gate_order", "sigmoid beats tanh, which beats ReLU", "Table 12: 22.28 < 23.00 < 23.47",
-    (ArmClaims("gate", (lower("sigmoid", "tanh"), lower("tanh", "relu"))),)))
-register_finding(Finding(
-    "placement", "SE-POST is the worst placement; PRE, Identity and standard are alike",
-    "Tables 14, 15: POST 22.78; standard 22.28, PRE 22.23, Identity 22.20, inner 22.48",
-    (ArmClaims("placement", (higher("post", "standard"), higher("post", "pre"), higher("post", "identity"),
-                             higher("post", "inner"), alike("pre", "standard"), alike("identity", "standard"))),)))
-register_finding(Finding(
-    "stages", "SE in each stage alone helps; all stages together help most",
-    "Table 13: stage 2/3/4 alone 23.03/23.04/22.68 vs 23.30 none; all 22.28",
-    (ArmClaims("stages", (lower("stage*", "none"), lower("all", "stage*"))),)))
+#: (key, the paper's claim as the table states it, the paper's own numbers) of the arm findings,
+#: whose comparisons are :data:`senet.claims.ARM_CLAIMS`.
+ARM_FINDINGS = (
+    ("se_beats_baseline", "SE beats the plain baseline", "Table 10: 22.28 vs 23.30 (−1.02)"),
+    ("reduction", "r from 2 to 16 perform alike; r = 32 is worse",
+     "Table 10: r = 2, 4, 8 within 0.03 of r = 16; r = 32 +0.44"),
+    ("avg_beats_max", "avg squeeze beats max", "Table 11: 22.28 vs 22.57 (−0.29)"),
+    ("nosqueeze_worse", "NoSqueeze is worse than avg", "Table 16: 22.93 vs 22.28 (+0.65)"),
+    ("gate_order", "sigmoid beats tanh, which beats ReLU", "Table 12: 22.28 < 23.00 < 23.47"),
+    ("placement", "SE-POST is the worst placement; PRE, Identity and standard are alike",
+     "Tables 14, 15: POST 22.78; standard 22.28, PRE 22.23, Identity 22.20, inner 22.48"),
+    ("stages", "SE in each stage alone helps; all stages together help most",
+     "Table 13: stage 2/3/4 alone 23.03/23.04/22.68 vs 23.30 none; all 22.28"),
+)
+for _key, _statement, _paper in ARM_FINDINGS:
+    register_finding(Finding(_key, _statement, _paper,
+                             tuple(ArmClaims(study, claims) for study, claims in ARM_CLAIMS[_key])))
 register_finding(Finding(
     "selectivity_depth", "class selectivity rises with depth",
     "§7.2, Fig. 6: early blocks class-agnostic, later ones class-specific (qualitative)",
