@@ -89,8 +89,7 @@ class ConfiguredCommand(Command):
 
 COMMANDS: Registry[Command] = Registry("command")
 #: The modules that declare the other commands, in the order ``senet --help`` lists them (after this
-#: module's own). The sweeps' and the analysis' are named here, not imported, so the library imports
-#: neither package.
+#: module's own). :func:`build_parser` imports them; importing the library imports none of them.
 COMMAND_MODULES: tuple[str, ...] = (
     "senet.train_cmd", "ablations.config_cmd", "ablations.cli", "analysis.cli")
 
@@ -107,7 +106,8 @@ PRESET_NAMES = "smoke | quick | standard | full"
 
 
 def results_option(p: argparse.ArgumentParser, role: str = "") -> None:
-    """``--results DIR``: the folder of the studies' results; ``role`` says what the command reads there."""
+    """``--results DIR``: the folder of the studies' results; ``role`` (", where ...") follows "the
+    results folder" in the help."""
     p.add_argument("--results", default="results", metavar="DIR",
                    help=f"the results folder{role} (default: results)")
 

@@ -4,6 +4,7 @@ A fresh run goes to ``--out`` (default: a new ``runs/<model>-<time>`` folder); a
 holds a run is kept unless ``--overwrite``. The run folder also gets TensorBoard event logs
 (:mod:`senet.tensorboard`). ``--resume PATH`` continues the run in that folder (or
 in ``--out NEW``); ``--epochs N`` beyond a finished run adds a schedule phase (:mod:`senet.resume`).
+The engine, and with it torch, is imported when the command runs.
 """
 from __future__ import annotations
 
