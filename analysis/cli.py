@@ -1,29 +1,31 @@
-"""``senet analyze``, ``report``, ``curves``, ``findings`` and ``gates`` (registered through the
-``senet.commands`` entry point).
+"""``senet analyze``, ``report``, ``curves``, ``findings`` and ``gates``: the analysis' commands.
 
-``senet`` imports this module for every command, so each command imports its own module only when
-it runs: ``senet models`` never loads torch, matplotlib or captum through here.
+``senet`` imports this module to build its parser, so each command imports its own module only when
+it runs: ``senet --help`` never loads torch, matplotlib or captum through here.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from senet.cli import Command, UserError, command
+from senet.cli import Command, UserError, command, preset_option, results_option
 
 from .errors import AnalysisInputError
 
-RESULTS_HELP = "results directory (default ./results)"
-#: The columns of runs.parquet that choose one recipe's trials among a study's.
-RECIPE_CHOICE = {"preset": "this preset's trials", "experiment": "this Ray experiment's trials",
+#: The columns of runs.parquet besides ``preset`` that choose one recipe's trials among a study's.
+RECIPE_CHOICE = {"experiment": "this Ray experiment's trials",
                  "recipe": "this recipe hash's trials (a prefix will do)"}
 
 
-def study_options(p, lead: str, keys=tuple(RECIPE_CHOICE), results: str = RESULTS_HELP) -> None:
-    """``--results`` and the options that choose one recipe (``--preset``, ``--experiment``, ``--recipe``)."""
-    p.add_argument("--results", default="results", help=results)
+def study_options(p, lead: str, keys=("preset", *RECIPE_CHOICE), results: str = "") -> None:
+    """``--results`` and the options that choose one recipe (``--preset``, ``--experiment``, ``--recipe``);
+    ``lead`` says what the command does with the trials they choose."""
+    results_option(p, results)
     for k in keys:
-        p.add_argument(f"--{k}", default=None, help=f"{lead} {RECIPE_CHOICE[k]}")
+        if k == "preset":
+            preset_option(p, f"{lead} its trials")
+        else:
+            p.add_argument(f"--{k}", default=None, help=f"{lead} {RECIPE_CHOICE[k]}")
 
 
 def split_list(s: str) -> list[str]:
@@ -31,27 +33,24 @@ def split_list(s: str) -> list[str]:
 
 
 class AnalysisCommand(Command):
-    """A command of this package: named in its class statement, its docstring is its help, and bad
-    input to the analysis prints as one line."""
+    """A command of this package: bad input to the analysis prints as one line."""
 
     user_errors = (AnalysisInputError,)
 
-    def __init_subclass__(cls, *, name: str, overrides: bool = False, **kw):
-        super().__init_subclass__(**kw)
-        cls.name, cls.overrides, cls.help = name, overrides, " ".join((cls.__doc__ or "").split())
-
 
 @command
-class AnalyzeCommand(AnalysisCommand, name="analyze", overrides=True):
-    """excitation statistics per block, class and channel (paper Fig. 6-7), selectivity, saturation, SE
-    removal, captum attribution and Grad-CAM of a checkpoint"""
+class AnalyzeCommand(AnalysisCommand):
+    name = "analyze"
+    help = ("excitation statistics per block, class and channel (paper Fig. 6-7), selectivity, "
+            "saturation, SE removal, captum attribution and Grad-CAM of a checkpoint")
+    overrides = True
 
     def configure(self, p):
         p.add_argument("checkpoint", nargs="?", default="",
                        help="a suite checkpoint (checkpoint.pt or its run directory)")
         p.add_argument("--best", default="", metavar="STUDY",
                        help="instead of CHECKPOINT: the best completed SE trial of a collected study")
-        study_options(p, "with --best: choose among", results="results directory for --best")
+        study_options(p, "with --best: choose among", results=" --best reads")
         p.add_argument("--out", required=True, help="output directory for tables, figures, summary.md")
         p.add_argument("--split", default="test", help="train | val | test (default test)")
         p.add_argument("--classes", default="", help="class names or indices, comma separated "
@@ -114,9 +113,10 @@ class AnalyzeCommand(AnalysisCommand, name="analyze", overrides=True):
 
 
 @command
-class ReportCommand(AnalysisCommand, name="report"):
-    """paper-style tables, anytime-valid comparisons with the reference arm, a seed projection and
-    figures of a study into <results>/<study>/report.md"""
+class ReportCommand(AnalysisCommand):
+    name = "report"
+    help = ("paper-style tables, anytime-valid comparisons with the reference arm, a seed projection "
+            "and figures of a study into <results>/<study>/report.md")
 
     def configure(self, p):
         p.add_argument("study", help="a study with collected results (results/<study>/runs.parquet)")
@@ -140,8 +140,9 @@ class ReportCommand(AnalysisCommand, name="report"):
 
 
 @command
-class CurvesCommand(AnalysisCommand, name="curves"):
-    """training curves and a summary table of run directories side by side (metrics.jsonl)"""
+class CurvesCommand(AnalysisCommand):
+    name = "curves"
+    help = "training curves and a summary table of run directories side by side (metrics.jsonl)"
 
     def configure(self, p):
         p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by senet train --out")
@@ -177,9 +178,11 @@ class CurvesCommand(AnalysisCommand, name="curves"):
 
 
 @command
-class FindingsCommand(AnalysisCommand, name="findings"):
-    """the findings table: each finding of the paper against the committed results (effect, anytime
-    95 percent confidence sequence, n, verdict, seed projection) into <results>/README.md"""
+class FindingsCommand(AnalysisCommand):
+    name = "findings"
+    help = ("the findings table: each finding of the paper against the committed results (effect, "
+            "anytime 95 percent confidence sequence, n, verdict, seed projection) into "
+            "<results>/README.md")
 
     def configure(self, p):
         study_options(p, "read only", keys=("preset",))
@@ -207,9 +210,11 @@ class FindingsCommand(AnalysisCommand, name="findings"):
 
 
 @command
-class GatesCommand(AnalysisCommand, name="gates", overrides=True):
-    """gating choices compared by what they learn: the excitations of each gate arm's best run per
-    stage (one figure, one table)"""
+class GatesCommand(AnalysisCommand):
+    name = "gates"
+    help = ("gating choices compared by what they learn: the excitations of each gate arm's best run "
+            "per stage (one figure, one table)")
+    overrides = True
 
     def configure(self, p):
         p.add_argument("paths", nargs="*", metavar="STUDY_DIR|CHECKPOINT",
