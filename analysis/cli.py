@@ -269,10 +269,11 @@ class GatesCommand(AnalysisCommand):
 
 
 @command
-class WeightsCommand(AnalysisCommand, name="weights"):
-    """keep trained weights beside a study's table (<study>/weights/, without optimizer state), so its
-    gates figure and the excitation findings re-draw from a clone: the best-by-validation run of some
-    arms and every run of others, among the runs whose checkpoint is on this machine"""
+class WeightsCommand(AnalysisCommand):
+    name = "weights"
+    help = ("keep trained weights beside a study's table (<study>/weights/, without optimizer state), so its "
+            "gates figure and the excitation findings re-draw from a clone: the best-by-validation run of some "
+            "arms and every run of others, among the runs whose checkpoint is on this machine")
 
     def configure(self, p):
         p.add_argument("study", help="a study of <results> (e.g. gate)")
@@ -301,9 +302,10 @@ class WeightsCommand(AnalysisCommand, name="weights"):
 
 
 @command
-class AnalyzeSeedsCommand(AnalysisCommand, name="analyze-seeds"):
-    """the excitation findings over several trained networks: class selectivity by depth and the
-    error change when each stage's SE is removed, for every run of one arm whose network is here"""
+class AnalyzeSeedsCommand(AnalysisCommand):
+    name = "analyze-seeds"
+    help = ("the excitation findings over several trained networks: class selectivity by depth and the "
+            "error change when each stage's SE is removed, for every run of one arm whose network is here")
 
     def configure(self, p):
         p.add_argument("study", nargs="?", default="gate", help="a study of <results> (default gate)")

@@ -11,7 +11,7 @@ from senet import cli
 
 HEAVY = ("torch", "ray", "pandas", "matplotlib", "captum", "scipy", "tensorboard")
 COMMANDS = ["models", "flops", "train", "config", "studies", "sweep", "collect",
-            "analyze", "report", "curves", "findings", "gates"]
+            "analyze", "report", "curves", "findings", "gates", "weights", "analyze-seeds"]
 
 
 def _loaded_after(argv: list[str]) -> list[str]:
