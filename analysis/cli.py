@@ -75,7 +75,7 @@ class AnalyzeCommand(AnalysisCommand, name="analyze", overrides=True):
 
     def run(self, args, overrides):
         from .analyze import AnalyzeOptions, run_analysis
-        from .study import best_checkpoint
+        from .study_results import best_checkpoint
 
         if args.max_images < 0 or args.bins < 1 or args.batch_size < 1:
             raise UserError("--max-images must be >= 0, --bins and --batch-size >= 1")
@@ -154,7 +154,7 @@ class CurvesCommand(AnalysisCommand, name="curves"):
         p.add_argument("--title", default="Training curves")
 
     def run(self, args, overrides):
-        from senet.layout import write_atomic
+        from senet.records.layout import write_atomic
 
         from . import curves
         from .style import save
@@ -226,11 +226,11 @@ class GatesCommand(AnalysisCommand, name="gates", overrides=True):
         p.epilog = "dataset options: --data.name NAME --data.root DIR (default: the checkpoints')"
 
     def run(self, args, overrides):
-        from senet.layout import CHECKPOINT, study_paths
+        from senet.records.layout import CHECKPOINT, study_paths
 
         from .gates import GateRun, GatesOptions, best_runs, write_gates
         from .gates_render import pct
-        from .study import checkpoint_file
+        from .study_results import checkpoint_file
 
         if args.max_images < 0 or args.figure_images < 0 or args.batch_size < 1:
             raise UserError("--max-images and --figure-images must be >= 0, --batch-size >= 1")

@@ -27,15 +27,15 @@ import torch
 
 from senet import se_modules
 from senet.errors import UserError
-from senet.layout import FINAL_JSON, read_json, study_paths, write_atomic
+from senet.records.layout import FINAL_JSON, read_json, study_paths, write_atomic
 from senet.se import GATES
 
 from .errors import ReportInputError
-from .extract import ExcitationAccumulator, attach, autocast, batches, block_position, pick_device
+from .extract import ExcitationAccumulator, attach, autocast_as_trained, batches, block_position, pick_device
 from .gates_render import NO_BOUNDS, Bounds, bounds_for, gates_figure, gates_markdown, stage_summary
 from .loading import load_data, load_trained
 from .stats import selectivity
-from .study import arm_order, checkpoint_file, checkpoint_path, completed, load_recipe
+from .study_results import arm_order, checkpoint_file, checkpoint_path, completed, load_recipe
 from .style import save
 
 
@@ -53,7 +53,7 @@ def best_runs(study_dir: str | Path, *, preset: str | None = None, experiment: s
               recipe: str | None = None) -> tuple[list[GateRun], list[str]]:
     """The completed run with the lowest validation error of each arm (never chosen on test), and a
     note for each arm whose checkpoint is not on this machine (Ray trial folders are not committed).
-    A recorded checkpoint is relative to the study folder (:func:`analysis.study.checkpoint_path`)."""
+    A recorded checkpoint is relative to the study folder (:func:`analysis.study_results.checkpoint_path`)."""
     paths = study_paths(Path(study_dir).parent, Path(study_dir).name)
     study_dir = paths.dir
     runs, meta = load_recipe(paths.results, paths.study, preset=preset, experiment=experiment, recipe=recipe)
@@ -126,7 +126,7 @@ def stream(model, x, y, mean, std, *, num_classes: int, bounds: Bounds, sample: 
             lambda m, i, o, _s=block_position(n)[0]: hook(m, i, o, _s)))
     flags = torch.as_tensor(sample)
     try:
-        with autocast(dev):
+        with autocast_as_trained(dev):
             start = 0
             for xb, yb in batches(x, y, mean, std, batch_size, dev):
                 idx = torch.nonzero(flags[start:start + len(yb)]).flatten()

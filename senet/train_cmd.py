@@ -18,7 +18,7 @@ from .callbacks import Callback
 from .cli import ConfiguredCommand, UserError, command
 from .config import Config
 from .engine import fit
-from .layout import CHECKPOINT, CONFIG_JSON, METRICS_JSONL, read_jsonl
+from .records.layout import CHECKPOINT, CONFIG_JSON, METRICS_JSONL, read_jsonl
 from .resume import ResumePoint, check_resume, plan_phases, saved_phases
 from .runtime import emulated_bf16_note
 from .schedules import SCHEDULES
