@@ -3,30 +3,21 @@
 One row per trial: the study, arm, seed and the whole flat config (``se.gate``, ``optim.lr``, ...),
 the status (:data:`STATUSES`), the final-epoch test errors (what the paper's tables report) and,
 named as such, the test errors at the best validation epoch, params, FLOPs, the SE blocks'
-effective hidden widths, epochs run, wall and training time, the node, and the provenance (git
-commit, torch version, device, precision) plus the trial's final checkpoint (``checkpoint``: the
-path of its ``checkpoint.pt`` relative to the study folder, ``ray/<experiment>/<trial>/
-checkpoint_<k>/checkpoint.pt``; absolute only where ``--storage`` is a folder outside the study
-folder, and in rows that tables written before kept as they were; the full URI,
-``s3://BUCKET/PREFIX/<experiment>/<trial>/checkpoint_<k>/checkpoint.pt``, where ``--storage`` is an
-object store, whose trials are read through a local copy of their small files,
-:mod:`ablations.tune_storage`).
+effective hidden widths, epochs run, wall and training time, the node, the provenance (git commit,
+torch version, device, precision) and the trial's final checkpoint (``checkpoint``: relative to the
+study folder, ``ray/<experiment>/<trial>/checkpoint_<k>/checkpoint.pt``; absolute only where
+``--storage`` is a folder outside it, and in rows older tables kept; the full URI where
+``--storage`` is an object store, :mod:`ablations.tune_storage`). Each row also carries its
+``preset``, ``experiment``, ``recipe`` (:mod:`senet.records.recipe`) and the sizes of its
+evaluation splits (``num_test``, ``num_val``), so experiments of different recipes stay apart.
 
-Every row carries its experiment: ``preset``, ``experiment`` (the Tune experiment folder under
-``<results>/<study>/ray``), ``recipe`` (:func:`senet.records.recipe.recipe_hash` of the trial's config
-without its arm keys, seed and nuisance keys) and the sizes of its evaluation splits (``num_test``,
-``num_val``). Experiments of different recipes are never merged into one: they stay rows that these
-columns tell apart, and reports group by them.
-
-Collecting merges, it never replaces: the rows the study's ``runs.parquet`` already records (the
-committed table; a fresh clone has no Ray folders) plus the rows of the trial folders on disk, one
-row per trial identity ``(config_id, seed)`` (:mod:`senet.records.trial_index`; a recorded finished row is kept
-when both exist, and a row whose Ray folder is gone is never dropped). Rows a sweep copied from
-another study (``reused_from``) live in the table alone. Collecting is idempotent and safe to
-interrupt: both files are written atomically (:func:`senet.records.layout.write_atomic`).
-An unreadable ``runs.parquet`` is rebuilt from the committed copy in git (when there is one) and the
-trial folders, and the note says whether rows it recorded were lost: ``study.json`` keeps the list
-of the trials each table recorded (``recorded``) for that.
+A row's numbers come from the trial's final report in Tune's ``result.json`` (which, unlike the
+run's ``final.json``, names the node that ran it), or from the ``final.json`` of its newest
+checkpoint where a killed driver lost those lines. Collecting merges, it never replaces: the rows
+the table records (a fresh clone has no Ray folders) plus the rows of the trial folders, one per
+trial identity ``(config_id, seed)`` (:func:`senet.records.trial_index.merge`). Both files are
+written atomically; an unreadable ``runs.parquet`` is rebuilt from its committed copy in git and
+the trial folders, and ``study.json``'s ``recorded`` list says whether rows were lost.
 """
 from __future__ import annotations
 
