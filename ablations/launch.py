@@ -130,7 +130,7 @@ def fit_experiment(p: Plan, opts: SweepOptions, run: dict, todo: tuple[Cell, ...
     from .progress import CheckpointPruner, OnceJsonLogger, SweepProgress
     from .trainable import trial_dirname
 
-    exp = p.store.experiment(p.experiment)
+    exp = p.tune_storage.experiment(p.experiment)
     trainable = _trainable(float(run["cpus_per_trial"]), float(run["gpus_per_trial"]))
     print(f"[{p.study.name}] {'resuming ' + p.experiment if opts.resume else p.experiment}: "
           f"{run['cpus_per_trial']:g} CPU / {run['gpus_per_trial']:g} GPU per trial; storage {exp}",
@@ -152,7 +152,7 @@ def fit_experiment(p: Plan, opts: SweepOptions, run: dict, todo: tuple[Cell, ...
                                         max_concurrent_trials=(None if p.design is not None else
                                                                int(run["max_concurrent"]) or None)),
             run_config=tune.RunConfig(
-                name=p.experiment, storage_path=p.store.tune_path, verbose=1 if opts.verbose else 0,
+                name=p.experiment, storage_path=p.tune_storage.tune_path, verbose=1 if opts.verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=int(run["max_failures"])),
                 # Tune deletes nothing: CheckpointPruner deletes a checkpoint only once the
                 # experiment state that --resume reads names a newer one

@@ -83,7 +83,8 @@ class Plan:
         return self.storage / self.experiment
 
     @property
-    def store(self) -> Storage:
+    def tune_storage(self) -> Storage:
+        """Where Tune keeps this study's experiments (:mod:`ablations.tune_storage`)."""
         return Storage(self.storage, self.remote)
 
     @property

@@ -68,7 +68,7 @@ def _mend_table(p: Plan, err) -> None:
     table as it is."""
     if experiments(p.storage) or p.paths.runs_parquet.exists():
         try:
-            collect(p.study.name, p.paths.results, storage=p.store, out=err, ended=(p.experiment,))
+            collect(p.study.name, p.paths.results, storage=p.tune_storage, out=err, ended=(p.experiment,))
         except UserError:
             pass  # nothing recorded yet
 
@@ -82,7 +82,7 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
     exp = p.experiment_path
     has_state = exp.is_dir() and any(exp.glob("experiment_state-*.json"))
     if opts.resume and not has_state:
-        raise UserError(f"nothing to resume: no {p.study.name}-{p.preset} sweep in {p.store}")
+        raise UserError(f"nothing to resume: no {p.study.name}-{p.preset} sweep in {p.tune_storage}")
     if opts.resume:
         p = resume_plan(p, opts)
     run = run_options(opts, p)
@@ -130,7 +130,7 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
     if launching:
         wall, trained = _train(p, opts, run, meta, t.todo, out, err)
 
-    df = collect(name, opts.results, storage=p.store, out=err, ended=(p.experiment,))
+    df = collect(name, opts.results, storage=p.tune_storage, out=err, ended=(p.experiment,))
     started = None
     if seq is not None:  # the cells the sequencer asked for, and those recorded before
         seq.load_table()

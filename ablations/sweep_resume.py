@@ -99,7 +99,7 @@ def resume_command(opts: SweepOptions, p: Plan) -> str:
         args += ["--spec", str(Path(opts.spec).expanduser().absolute())]
     args += ["--preset", p.preset, "--results", str(p.paths.results)]
     if opts.storage:
-        args += ["--storage", str(p.store)]
+        args += ["--storage", str(p.tune_storage)]
     if opts.address:
         args += ["--address", opts.address]
     return shlex.join([*args, "--resume"])
