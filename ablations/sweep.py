@@ -151,7 +151,9 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
 
 def _train(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tuple[Cell, ...], out,
            err) -> tuple[float, int]:
-    """Check the address and the data, start or join Ray, train; return (wall time, trials trained)."""
+    """Check the address and the data, start or join Ray, decide the GPUs per trial where the command
+    line left them to the cluster (recorded in study.json, which --resume reads), train; return (wall
+    time, trials trained)."""
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_address(address)
