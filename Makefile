@@ -37,7 +37,8 @@ demo: install
 	@echo "results: $(DEMO)/gate/runs.parquet, $(DEMO)/gate/report.md, $(DEMO)/gate/analysis/summary.md"
 
 # The published studies: every ablation at the standard preset, in the issue's order (gate with 5
-# seeds, the others with 3: `senet studies`), each swept, collected and reported, with its wall time.
+# seeds, the others with 3: `senet studies`), each swept (a sweep collects its trials into
+# runs.parquet as it ends) and reported, with its wall time.
 # Resumable by construction: a sweep trains only the (configuration, seed) pairs that no committed
 # results/*/runs.parquet records, so after an interruption, or from a fresh clone, run it again.
 # A trial another study already trained (gate's sigmoid = reduction's r=16 = ...) is reused.
@@ -46,9 +47,8 @@ results: install
 	@for s in $(STUDIES); do \
 	  t0=$$(date +%s); \
 	  $(BIN)/senet sweep $$s --preset standard --results $(RESULTS) || exit $$?; \
-	  $(BIN)/senet collect $$s --results $(RESULTS) || exit $$?; \
 	  $(BIN)/senet report $$s --results $(RESULTS) --preset standard || exit $$?; \
-	  echo "[$$s] done in $$(( $$(date +%s) - t0 )) s (sweep, collect, report)"; \
+	  echo "[$$s] done in $$(( $$(date +%s) - t0 )) s (sweep, report)"; \
 	done
 
 # The training engine's reference pair: SE-ResNet-20 and ResNet-20 on the full Fashion-MNIST training

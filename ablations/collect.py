@@ -3,30 +3,21 @@
 One row per trial: the study, arm, seed and the whole flat config (``se.gate``, ``optim.lr``, ...),
 the status (:data:`STATUSES`), the final-epoch test errors (what the paper's tables report) and,
 named as such, the test errors at the best validation epoch, params, FLOPs, the SE blocks'
-effective hidden widths, epochs run, wall and training time, the node, and the provenance (git
-commit, torch version, device, precision) plus the trial's final checkpoint (``checkpoint``: the
-path of its ``checkpoint.pt`` relative to the study folder, ``ray/<experiment>/<trial>/
-checkpoint_<k>/checkpoint.pt``; absolute only where ``--storage`` is a folder outside the study
-folder, and in rows that tables written before kept as they were; the full URI,
-``s3://BUCKET/PREFIX/<experiment>/<trial>/checkpoint_<k>/checkpoint.pt``, where ``--storage`` is an
-object store, whose trials are read through a local copy of their small files,
-:mod:`ablations.storage`).
+effective hidden widths, epochs run, wall and training time, the node, the provenance (git commit,
+torch version, device, precision) and the trial's final checkpoint (``checkpoint``: relative to the
+study folder, ``ray/<experiment>/<trial>/checkpoint_<k>/checkpoint.pt``; absolute only where
+``--storage`` is a folder outside it, and in rows older tables kept; the full URI where
+``--storage`` is an object store, :mod:`ablations.tune_storage`). Each row also carries its
+``preset``, ``experiment``, ``recipe`` (:mod:`senet.records.recipe`) and the sizes of its
+evaluation splits (``num_test``, ``num_val``), so experiments of different recipes stay apart.
 
-Every row carries its experiment: ``preset``, ``experiment`` (the Tune experiment folder under
-``<results>/<study>/ray``), ``recipe`` (:func:`senet.recipe.recipe_hash` of the trial's config
-without its arm keys, seed and nuisance keys) and the sizes of its evaluation splits (``num_test``,
-``num_val``). Experiments of different recipes are never merged into one: they stay rows that these
-columns tell apart, and reports group by them.
-
-Collecting merges, it never replaces: the rows the study's ``runs.parquet`` already records (the
-committed table; a fresh clone has no Ray folders) plus the rows of the trial folders on disk, one
-row per trial identity ``(config_id, seed)`` (:mod:`ablations.store`; a recorded finished row is kept
-when both exist, and a row whose Ray folder is gone is never dropped). Rows a sweep copied from
-another study (``reused_from``) live in the table alone. Collecting is idempotent and safe to
-interrupt: both files are written atomically (:func:`senet.layout.write_atomic`).
-An unreadable ``runs.parquet`` is rebuilt from the committed copy in git (when there is one) and the
-trial folders, and the note says whether rows it recorded were lost: ``study.json`` keeps the list
-of the trials each table recorded (``recorded``) for that.
+A row's numbers come from the trial's final report in Tune's ``result.json`` (which, unlike the
+run's ``final.json``, names the node that ran it), or from the ``final.json`` of its newest
+checkpoint where a killed driver lost those lines. Collecting merges, it never replaces: the rows
+the table records (a fresh clone has no Ray folders) plus the rows of the trial folders, one per
+trial identity ``(config_id, seed)`` (:func:`senet.records.trial_index.merge`). Both files are
+written atomically; an unreadable ``runs.parquet`` is rebuilt from its committed copy in git and
+the trial folders, and ``study.json``'s ``recorded`` list says whether rows were lost.
 """
 from __future__ import annotations
 
@@ -42,7 +33,9 @@ import pandas as pd
 
 from senet import config
 from senet.errors import UserValueError
-from senet.layout import (
+from senet.metrics import METRIC_COLUMNS
+from senet.records import trial_index
+from senet.records.layout import (
     CHECKPOINT,
     CONFIG_JSON,
     FINAL_JSON,
@@ -53,17 +46,15 @@ from senet.layout import (
     study_paths,
     write_atomic,
 )
-from senet.metrics import METRIC_COLUMNS
-from senet.recipe import PRECISION_COLUMN, recipe_hash
+from senet.records.recipe import PRECISION_COLUMN, arm_keys, recipe_hash
+from senet.records.study_file import read_recorded, read_study, record_launch, record_table
 
-from . import store
-from .checkpoints import newest_state_file
-from .storage import Storage, StoreCopy, open_storage, refresh
-from .study_json import axis_keys, read_recorded, read_study, write_recorded, write_study_json
+from .checkpoint_retention import newest_state_file
 from .trial import params_flat
+from .tune_storage import Storage, StoreCopy, open_storage, refresh
 
 #: A row's status: ``completed`` and ``diverged`` (the loss became NaN: a result, not a failure) are
-#: finished (:data:`ablations.store.FINISHED`); ``error``: it crashed with no retries left;
+#: finished (:data:`senet.records.trial_index.FINISHED`); ``error``: it crashed with no retries left;
 #: ``running``: unfinished in an experiment whose sweep is still going; ``interrupted``: unfinished
 #: in an experiment whose sweep has stopped (killed, Ctrl-C): a new sweep trains it again, or
 #: ``--resume`` continues it from its checkpoint.
@@ -136,7 +127,7 @@ def _recorded_checkpoint(path, origin: str | None, study: StudyPaths):
     when they kept it relative to their origin's folder, or absolute."""
     if origin is None:
         return _in_study(path, study)
-    return store.rebase_checkpoint(_in_study(path, study_paths(study.dir.parent, origin)), origin)
+    return trial_index.rebase_checkpoint(_in_study(path, study_paths(study.dir.parent, origin)), origin)
 
 
 def _final_from_checkpoint(trial_dir: Path) -> list[dict]:
@@ -160,7 +151,7 @@ def _recipe(flat: dict[str, Any], params: dict[str, Any]) -> str:
     """The hash that tells recipes apart, computed as ``senet report`` does from study.json: without
     the keys any arm sets (the axis, and e.g. the reduction study baseline's se.stages), the seed and
     the nuisance keys."""
-    axis = axis_keys((params.get("meta") or {}).get("axis", ""), (params.get("arms") or {}).values())
+    axis = arm_keys((params.get("meta") or {}).get("axis"), (params.get("arms") or {}).values())
     return recipe_hash(flat, axis, params.get("nuisance_keys") or ())
 
 
@@ -203,7 +194,7 @@ def trial_rows(exp: Path, study: StudyPaths, live: bool | None = None,
         prov = last.get("provenance") or {}
         # the precision `auto` resolved to; a trial that failed before recording it would have run
         # in the one its identity was planned with
-        ran = {**flat, PRECISION_COLUMN: prov.get("precision") or store.flat_precision(flat)}
+        ran = {**flat, PRECISION_COLUMN: prov.get("precision") or trial_index.flat_precision(flat)}
         row: dict[str, Any] = {
             "study": params.get("study"), "arm": params.get("arm"), "trial_id": trial_id,
             "seed": int(params.get("seed", flat.get("seed", 0))),
@@ -222,7 +213,7 @@ def trial_rows(exp: Path, study: StudyPaths, live: bool | None = None,
             PRECISION_COLUMN: ran[PRECISION_COLUMN],
             "checkpoint": copy.checkpoint(tdir) if copy is not None else _checkpoint(tdir, study),
             "preset": params.get("preset"), "experiment": exp.name,
-            "recipe": _recipe(ran, params), "config_id": store.config_id(ran), "reused_from": None,
+            "recipe": _recipe(ran, params), "config_id": trial_index.config_id(ran), "reused_from": None,
             "num_test": last.get("num_test"), "num_val": last.get("num_val"),
             "num_failures": state.get("num_failures", 0),
         })
@@ -252,7 +243,7 @@ def save_table(paths: StudyPaths, df: pd.DataFrame) -> pd.DataFrame:
     paths.dir.mkdir(parents=True, exist_ok=True)
     write_atomic(paths.runs_parquet, df.to_parquet(index=False))
     write_atomic(paths.runs_csv, df.to_csv(index=False))
-    write_recorded(paths, store.manifest(df))
+    record_table(paths, trial_index.manifest(df))
     return df
 
 
@@ -260,12 +251,12 @@ def _recorded_rows(parquet: Path) -> tuple[pd.DataFrame | None, str | None]:
     """(the rows the table records, a note when it was unreadable). An unreadable table is moved
     aside to ``runs.parquet.unreadable`` (never destroyed) and replaced by its committed copy in git
     where there is one; the trial folders are merged into whatever is left."""
-    old, why = store.read_table(parquet)
+    old, why = trial_index.read_table(parquet)
     if why is None:
         return old, None
     kept = parquet.with_name(parquet.name + ".unreadable")
     os.replace(parquet, kept)
-    old = store.committed_copy(parquet)
+    old = trial_index.committed_copy(parquet)
     source = "the trial folders" + (" and the copy committed in git (HEAD)" if old is not None else "")
     return old, f"senet: note: {parquet} could not be read ({why}; kept as {kept.name}); rebuilding it from {source}"
 
@@ -275,7 +266,7 @@ def _lost_note(paths: StudyPaths, table: pd.DataFrame) -> str:
     if listed is None:
         return ("; no list of the trials it recorded survives (study.json), so whether rows of trials "
                 "whose folders are gone were lost cannot be told")
-    lost = store.lost_rows(listed, table)
+    lost = trial_index.lost_rows(listed, table)
     if not lost:
         return f"; all {len(listed)} trials it recorded are recovered"
     names = ", ".join(f"{r.get('arm')} seed {r.get('seed')}" for r in lost[:10])
@@ -307,9 +298,9 @@ def collect(study: str, results: str | Path = "results", storage: str | Path | S
             for r in trial_rows(exp, paths, live=False if exp.name in ended else None, copy=copy)
             if r["study"] in (study, None)]
     old, note = _recorded_rows(paths.runs_parquet)
-    table = store.merge(old, pd.DataFrame(rows))
+    table = trial_index.merge(old, pd.DataFrame(rows))
     if "checkpoint" in table:  # rows recorded before checkpoints were stored relative
-        table["checkpoint"] = [_recorded_checkpoint(c, store.origin_study(o), paths)
+        table["checkpoint"] = [_recorded_checkpoint(c, trial_index.origin_study(o), paths)
                                for c, o in zip(table["checkpoint"], table["reused_from"], strict=True)]
     if note:
         print(note + _lost_note(paths, table), file=out, flush=True)
@@ -318,7 +309,7 @@ def collect(study: str, results: str | Path = "results", storage: str | Path | S
     if not read_study(paths).get("arms"):
         meta = _meta_from_trials(root)
         if meta:
-            write_study_json(paths, meta)
+            record_launch(paths, meta)
     return save_table(paths, table)
 
 

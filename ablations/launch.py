@@ -3,18 +3,19 @@
 No early stopping: every cell of an ablation table must train fully, so the default FIFO scheduler
 runs each trial for the preset's epochs (ASHA and friends would cut the weaker arms short and bias
 the table). Ray and Tune are imported inside the functions that use them: planning a sweep, a dry
-run and collect never load them.
+run and collect never load them. The sweep (:mod:`ablations.sweep`) records each launch in
+study.json; this module writes no results file.
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from senet.data import DATASETS
 from senet.errors import UserError
 
-from .plan import Cell, Plan, SweepOptions, cells, study_meta
-from .storage import StoredExperiment
-from .study_json import write_study_json
+from .plan import Cell, Plan, SweepOptions, study_meta
+from .tune_storage import StoredExperiment
 
 #: How trials run: fixed when a sweep starts (its trials keep their resources and retries on --resume).
 RUN_DEFAULTS = {"cpus_per_trial": 1.0, "gpus_per_trial": None, "max_concurrent": 0, "max_failures": 3}
@@ -40,10 +41,8 @@ def check_data(p: Plan) -> None:
     """Read every dataset the trials will read, once, in the driver: a missing or unreadable dataset
     is one line before Ray starts instead of an error inside every trial (Fashion-MNIST and CIFAR
     take about a second)."""
-    from senet.data import DATASETS  # loads torch: only a sweep that trains needs it
-
     seen = set()
-    for cell in cells(p):
+    for cell in p.cells:
         d = cell.cfg.data
         key = (d.name, d.root, d.download, d.image_size)
         if key in seen:
@@ -105,6 +104,13 @@ def sequential_search(p: Plan, todo: tuple[Cell, ...], run: dict, out):
     return seed_searcher(for_plan(p, todo, out), slots), max(1, len(todo))
 
 
+def cluster_gpus_per_trial() -> float:
+    """1 GPU per trial when the cluster this process is connected to has GPUs, else 0."""
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
 def _trainable(cpus: float, gpus: float):
     from ray import tune
 
@@ -113,24 +119,18 @@ def _trainable(cpus: float, gpus: float):
     return tune.with_resources(senet_trial, {"cpu": cpus, "gpu": gpus})
 
 
-def fit_experiment(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tuple[Cell, ...],
-                   out) -> tuple[float, int]:
+def fit_experiment(p: Plan, opts: SweepOptions, run: dict, todo: tuple[Cell, ...], out) -> tuple[float, int]:
     """Train ``todo`` as a new Tune experiment (or, with ``resume``, restore the latest one) on the Ray
-    this process is connected to; return (wall time, trials in the experiment)."""
-    import ray
+    this process is connected to, with the resources of ``run`` (:func:`run_options`, its GPUs
+    decided); return (wall time, trials in the experiment)."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback
 
-    from .checkpoints import prune_superseded, repair_missing
+    from .checkpoint_retention import prune_superseded, repair_missing
     from .progress import CheckpointPruner, OnceJsonLogger, SweepProgress
     from .trainable import trial_dirname
 
-    exp = p.store.experiment(p.experiment)
-    if run["gpus_per_trial"] is None:
-        run["gpus_per_trial"] = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        if not opts.resume:  # a resume keeps the trials' resources as they were started
-            meta["run_options"] = {**meta["run_options"], "gpus_per_trial": run["gpus_per_trial"]}
-            write_study_json(p.paths, meta)
+    exp = p.tune_storage.experiment(p.experiment)
     trainable = _trainable(float(run["cpus_per_trial"]), float(run["gpus_per_trial"]))
     print(f"[{p.study.name}] {'resuming ' + p.experiment if opts.resume else p.experiment}: "
           f"{run['cpus_per_trial']:g} CPU / {run['gpus_per_trial']:g} GPU per trial; storage {exp}",
@@ -139,7 +139,7 @@ def fit_experiment(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tup
     if opts.resume:
         if not tune.Tuner.can_restore(exp):
             raise UserError(f"the sweep in {exp} cannot be restored (incomplete experiment state)")
-        for note in repair_missing(_experiment(p)):
+        for note in repair_missing(_launch_experiment(p)):
             print(f"[{p.study.name}] {note}", file=out, flush=True)
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
     else:
@@ -152,7 +152,7 @@ def fit_experiment(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tup
                                         max_concurrent_trials=(None if p.design is not None else
                                                                int(run["max_concurrent"]) or None)),
             run_config=tune.RunConfig(
-                name=p.experiment, storage_path=p.store.tune_path, verbose=1 if opts.verbose else 0,
+                name=p.experiment, storage_path=p.tune_storage.tune_path, verbose=1 if opts.verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=int(run["max_failures"])),
                 # Tune deletes nothing: CheckpointPruner deletes a checkpoint only once the
                 # experiment state that --resume reads names a newer one
@@ -167,10 +167,10 @@ def fit_experiment(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tup
         )
     grid = tuner.fit()
     wall = time.time() - t0
-    prune_superseded(_experiment(p))  # fit wrote its final experiment state before returning
+    prune_superseded(_launch_experiment(p))  # fit wrote its final experiment state before returning
     return wall, len(grid)
 
 
-def _experiment(p: Plan):
+def _launch_experiment(p: Plan):
     """The launch's experiment as checkpoint pruning and repair act on it: its folder, or the store's."""
     return StoredExperiment.at(p.remote.child(p.experiment)) if p.remote else p.experiment_path

@@ -3,13 +3,15 @@ planned trial with its identity; and which of them the results folder already re
 
 Each distinct trial is trained once. The sweep reads every ``<results>/*/runs.parquet`` (what is
 committed: a fresh clone has the tables and no Ray folders) and looks each planned trial up by its
-identity ``(config_id, seed)`` (:mod:`ablations.store`): a trial this study already records is
-skipped, one another study records (``gate``'s sigmoid arm is ``reduction``'s r = 16) is copied
-into this study's table with this study's arm label and ``reused_from``, and only the rest are
-trained, in a new Tune experiment per launch.
+identity ``(config_id, seed)`` (:mod:`senet.records.trial_index`): a trial this study already
+records is skipped, one another study records (``gate``'s sigmoid arm is ``reduction``'s r = 16) is
+copied into this study's table with this study's arm label and ``reused_from``, and only the rest
+are trained, in a new Tune experiment per launch. A plan's trials (:attr:`Plan.cells`) are built
+once, when the plan is made.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Mapping
@@ -19,16 +21,17 @@ from typing import Any
 
 from senet import config
 from senet.errors import UserError
-from senet.layout import StudyPaths, study_paths
-from senet.recipe import PRECISION_COLUMN, recipe_hash
+from senet.provenance import git_commit
+from senet.records import trial_index
+from senet.records.layout import StudyPaths, study_paths
+from senet.records.object_store import Location
+from senet.records.recipe import PRECISION_COLUMN, recipe_hash, study_arm_keys
+from senet.records.study_file import read_study
 from senet.sequential import Design, design_of
-from senet.storage import Location
 
-from . import store
-from .storage import Storage, open_storage, refresh
 from .studies import PRESETS, Study, base_config, get_study
-from .study_json import meta_axis_keys, read_study
 from .trial import trial_flat
+from .tune_storage import Storage, open_storage, refresh
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class Plan:
         return self.storage / self.experiment
 
     @property
-    def store(self) -> Storage:
+    def tune_storage(self) -> Storage:
+        """Where Tune keeps this study's experiments (:mod:`ablations.tune_storage`)."""
         return Storage(self.storage, self.remote)
 
     @property
@@ -98,6 +102,12 @@ class Plan:
         for values in self.study.nuisance.values():
             n *= len(values)
         return n
+
+    @functools.cached_property
+    def cells(self) -> tuple[Cell, ...]:
+        """Every planned trial (:func:`plan_cells`), built on first use and kept with the plan (a
+        plan changed with ``dataclasses.replace`` builds its own)."""
+        return plan_cells(self)
 
 
 @dataclass(frozen=True)
@@ -160,7 +170,7 @@ def plan(opts: SweepOptions) -> Plan:
     p = Plan(study, preset.name, seeds, base, arms, paths, where.local,
              launch_name(study.name, preset.name, paths, where.local, latest=opts.resume), remote=where.remote,
              design=design, aim=opts.aim)
-    cells(p)  # a bad arm or two arms of one configuration fail here, before Ray starts
+    _ = p.cells  # a bad arm or two arms of one configuration fail here, before Ray starts
     return p
 
 
@@ -218,7 +228,7 @@ def launch_name(study: str, preset: str, paths: StudyPaths, storage: Path, lates
     return first if n == 1 else f"{first}-{n}"
 
 
-def cells(p: Plan) -> tuple[Cell, ...]:
+def plan_cells(p: Plan) -> tuple[Cell, ...]:
     """Every planned trial, seed by seed (all arms of seed 0 first: an interrupted sweep leaves whole
     seeds, which paired comparisons need), each with the config it trains (built once, in the
     order of :mod:`ablations.trial`). Two cells that are one configuration are refused: the table
@@ -232,8 +242,8 @@ def cells(p: Plan) -> tuple[Cell, ...]:
             for values in itertools.product(*(v for _, v in nuisance)):
                 point = tuple(zip((k for k, _ in nuisance), values, strict=True))
                 cfg = config.from_flat(trial_flat(base, arm.overrides, dict(point), seed))
-                flat = {**config.flatten(cfg), PRECISION_COLUMN: store.trial_precision(cfg)}
-                cell = Cell(arm.label, seed, point, store.config_id(flat), cfg)
+                flat = {**config.flatten(cfg), PRECISION_COLUMN: trial_index.trial_precision(cfg)}
+                cell = Cell(arm.label, seed, point, trial_index.config_id(flat), cfg)
                 if cell.key in seen:
                     raise UserError(f"study {p.study.name!r}: {seen[cell.key].name} and {cell.name} are the "
                                     "same configuration; give each arm a different setting")
@@ -243,9 +253,9 @@ def cells(p: Plan) -> tuple[Cell, ...]:
 
 
 def triage(p: Plan, found: Mapping[tuple[str, int], list[dict]], earlier: frozenset = frozenset()) -> Triage:
-    """Sort the planned trials by what the results folder already records (:func:`store.recorded`)."""
+    """Sort the planned trials by what the results folder already records (:func:`trial_index.recorded`)."""
     recorded, reused, before, todo = [], [], [], []
-    for cell in cells(p):
+    for cell in p.cells:
         rows = found.get(cell.key, [])
         if any(r.get("_table") == p.study.name for r in rows):
             recorded.append(cell)
@@ -264,16 +274,16 @@ def reused_rows(p: Plan, meta: Mapping[str, Any], reused) -> list[dict]:
     out = []
     for cell, row in reused:
         new = {k: v for k, v in row.items() if k != "_table"}
-        new.update(study=p.study.name, arm=cell.arm, reused_from=store.origin(row))
-        new["checkpoint"] = store.rebase_checkpoint(new.get("checkpoint"), row["_table"])
-        new["recipe"] = recipe_hash(new, meta_axis_keys(meta), p.study.nuisance)
+        new.update(study=p.study.name, arm=cell.arm, reused_from=trial_index.origin(row))
+        new["checkpoint"] = trial_index.rebase_checkpoint(new.get("checkpoint"), row["_table"])
+        new["recipe"] = recipe_hash(new, study_arm_keys(meta), p.study.nuisance)
         out.append(new)
     return out
 
 
 def study_meta(p: Plan) -> dict:
     """The experiment as it is started; ``study.json`` keeps one per experiment
-    (:func:`ablations.study_json.write_study_json`)."""
+    (:func:`senet.records.study_file.record_launch`)."""
     if p.stored is not None:
         return dict(p.stored)
     s = p.study
@@ -285,10 +295,8 @@ def study_meta(p: Plan) -> dict:
             "experiment": p.experiment, "base": base}
     if p.design is not None:
         meta["until_resolved"] = {**p.design.to_dict(), "aim": p.aim}
-    from senet.provenance import git_commit  # loads torch, which a dry run of fixed precision need not
-
     code = git_commit()  # the checkout the launch ran from; each row also records its trial's commit
     meta.update(code_commit=code["git_commit"], code_dirty=code["git_dirty"])
-    meta["recipe"] = recipe_hash({**base, PRECISION_COLUMN: store.trial_precision(p.base)},
-                                 meta_axis_keys(meta), s.nuisance)
+    meta["recipe"] = recipe_hash({**base, PRECISION_COLUMN: trial_index.trial_precision(p.base)},
+                                 study_arm_keys(meta), s.nuisance)
     return meta

@@ -17,10 +17,10 @@ from ray import tune
 from ray.air.constants import EXPR_RESULT_FILE
 from ray.tune.logger import JsonLoggerCallback
 
-from senet.layout import parse_jsonl
+from senet.records.layout import parse_jsonl
 
-from .checkpoints import prune_superseded
-from .storage import tune_experiment
+from .checkpoint_retention import prune_superseded
+from .tune_storage import tune_experiment
 
 _STATES = ("pending", "running", "done", "failed")
 
@@ -153,7 +153,7 @@ class CheckpointPruner(tune.Callback):
     """Delete a trial's checkpoints once the experiment state on storage names a newer one.
 
     Tune itself keeps every checkpoint (``num_to_keep=None``): its own deletion runs ahead of the
-    experiment-state snapshot that ``--resume`` reads (see :mod:`ablations.checkpoints`). The
+    experiment-state snapshot that ``--resume`` reads (see :mod:`ablations.checkpoint_retention`). The
     experiment folder is taken from the trials, so a sweep moved to another folder and resumed
     there prunes the right one. In an object store each round lists the experiment, so it runs less
     often there, and a round the store did not answer is left to the next.

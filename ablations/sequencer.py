@@ -28,9 +28,8 @@ from typing import Any
 
 from senet.claims import settles
 from senet.errors import UserError
+from senet.records import trial_index
 from senet.sequential import OPEN, UNRESOLVED, Assessment, Design, assess
-
-from . import store
 
 METRIC = "test_top1_err"
 
@@ -83,16 +82,16 @@ class SeedSequencer:
         """Take every finished row of the study's table as a known result."""
         if self.table is None:
             return
-        df, _ = store.read_table(self.table)
+        df, _ = trial_index.read_table(self.table)
         if df is None or df.empty:
             return
-        self.know(store.with_ids(df).to_dict("records"))
+        self.know(trial_index.with_ids(df).to_dict("records"))
 
     def know(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for r in rows:
-            if r.get("status") not in store.FINISHED:
+            if r.get("status") not in trial_index.FINISHED:
                 continue
-            arm = self.ids.get(store.key_of(r))
+            arm = self.ids.get(trial_index.key_of(r))
             if arm is None:
                 continue
             self._record((arm, int(r["seed"])), r)
@@ -246,12 +245,10 @@ def for_plan(p, todo, out=None) -> SeedSequencer:
     comparisons (also when ``--arms`` trains some), the findings' claims on its arms."""
     from senet.claims import study_claims
 
-    from .plan import cells
-
     every = [a.label for a in p.study.resolve_arms(p.base)]
     return SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
                          {(c.arm, c.seed): c.params() for c in todo}, table=p.paths.runs_parquet,
-                         ids={c.key: c.arm for c in cells(p)}, k=len(every) - 1,
+                         ids={c.key: c.arm for c in p.cells}, k=len(every) - 1,
                          claims=study_claims(p.study.name, every), aim=p.aim, out=out)
 
 

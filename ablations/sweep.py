@@ -1,13 +1,15 @@
 """Run a study on Ray Tune: every arm × seed (× nuisance value) as one trial, FIFO, to the end.
 
 A sweep is planned before Ray starts (:mod:`ablations.plan`: the trials, and which of them any
-study's table already records), the trials no table records are trained as a new Tune experiment
-(:mod:`ablations.launch`, on the Ray that :mod:`ablations.cluster` starts or joins; ``--resume``
-continues the latest one, :mod:`ablations.resume`), and the study's table is brought up to date
-(:mod:`ablations.collect`). Each distinct trial is trained once: asking for 5 seeds after 3 trains
-the 2 new ones, and an interrupted sweep run again trains what it lacks.
+study's table already records, :mod:`senet.records.trial_index`), the trials no table records are
+trained as a new Tune experiment (:mod:`ablations.launch`, on the Ray that :mod:`ablations.cluster`
+starts or joins; ``--resume`` continues the latest one, :mod:`ablations.sweep_resume`), and the
+study's table is brought up to date once they end (:mod:`ablations.collect`). A launch whose driver
+was killed never collected: the next sweep of the study finishes that collect before it looks
+trials up (:func:`_mend_table`). Each distinct trial is trained once: asking for 5 seeds after 3
+trains the 2 new ones, and an interrupted sweep run again trains what it lacks.
 
-Layout on disk (:class:`senet.layout.StudyPaths`)::
+Layout on disk (:class:`senet.records.layout.StudyPaths`)::
 
     <results>/<study>/study.json              the study's arms, axis, paper numbers; every launch's
                                               preset, seeds and code commit; the rows recorded
@@ -15,7 +17,7 @@ Layout on disk (:class:`senet.layout.StudyPaths`)::
     <results>/<study>/runs.parquet, runs.csv  one row per trial (senet collect): what git keeps
 
 ``--storage`` moves Tune's storage to another folder or to an object store (``s3://BUCKET/PREFIX``,
-:mod:`ablations.storage`), which the sweep reads through a local copy of its small files.
+:mod:`ablations.tune_storage`), which the sweep reads through a local copy of its small files.
 """
 from __future__ import annotations
 
@@ -28,17 +30,17 @@ from pathlib import Path
 import pandas as pd
 
 from senet.errors import UserError
+from senet.records import trial_index
+from senet.records.study_file import declare_design, record_launch
 
-from . import store
 from .bf16_note import say_emulated_bf16
 from .cluster import check_address, connect
 from .collect import collect, experiments, save_table
-from .launch import check_data, fit_experiment, run_options
-from .plan import Cell, Plan, SweepOptions, Triage, cells, plan, reused_rows, study_meta, triage
-from .resume import interrupted_launches, resume_command, resume_plan
+from .launch import check_data, cluster_gpus_per_trial, fit_experiment, run_options
+from .plan import Cell, Plan, SweepOptions, Triage, plan, reused_rows, study_meta, triage
 from .sequencer import SeedSequencer, for_plan, state_lines
 from .studies import study_names
-from .study_json import declare_design, write_study_json
+from .sweep_resume import interrupted_launches, resume_command, resume_plan
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,14 @@ class SweepOutcome:
         return self.finished == self.total and not self.unfinished
 
 
-def _collect_first(p: Plan, err) -> None:
-    """Bring the study's table up to date with its trial folders before looking trials up in it: a
-    driver killed mid-sweep leaves finished trials that only the folders record."""
+def _mend_table(p: Plan, err) -> None:
+    """Finish the collect of a launch whose driver was killed before it collected: its finished
+    trials are in their folders only, and the trial index, the sequencer and a restored Tune
+    searcher look trials up in the table. After a launch that ended normally this rewrites the
+    table as it is."""
     if experiments(p.storage) or p.paths.runs_parquet.exists():
         try:
-            collect(p.study.name, p.paths.results, storage=p.store, out=err, ended=(p.experiment,))
+            collect(p.study.name, p.paths.results, storage=p.tune_storage, out=err, ended=(p.experiment,))
         except UserError:
             pass  # nothing recorded yet
 
@@ -78,14 +82,14 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
     exp = p.experiment_path
     has_state = exp.is_dir() and any(exp.glob("experiment_state-*.json"))
     if opts.resume and not has_state:
-        raise UserError(f"nothing to resume: no {p.study.name}-{p.preset} sweep in {p.store}")
+        raise UserError(f"nothing to resume: no {p.study.name}-{p.preset} sweep in {p.tune_storage}")
     if opts.resume:
         p = resume_plan(p, opts)
     run = run_options(opts, p)
     name = p.study.name
     if not opts.dry_run:
-        _collect_first(p, err)
-    found = store.recorded(p.paths.results, err)
+        _mend_table(p, err)
+    found = trial_index.recorded(p.paths.results, err)
     t = triage(p, found)
     say_emulated_bf16(p, opts, opts.resume or bool(t.todo), err)  # what bf16 costs on a CPU without it
     seq = _sequencer(p, t) if p.design is not None else None
@@ -93,7 +97,7 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
         if seq is not None:
             return _say_sequential_plan(p, t, seq, out)
         _say_plan(p, t, out, dry=True)
-        return SweepOutcome(p.results_dir, len(cells(p)), len(t.recorded) + len(t.reused), (), "",
+        return SweepOutcome(p.results_dir, len(p.cells), len(t.recorded) + len(t.reused), (), "",
                             trained=len(t.todo), reused=len(t.reused), recorded=len(t.recorded))
 
     launching = opts.resume or bool(t.todo)
@@ -104,15 +108,15 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
         launching = opts.resume or seq.next_cell() is not None
     meta = study_meta(p)
     meta.setdefault("run_options", dict(run))
-    meta.setdefault("trials", {"planned": len(cells(p)), "recorded": len(t.recorded),
+    meta.setdefault("trials", {"planned": len(p.cells), "recorded": len(t.recorded),
                                "reused": len(t.reused), "trained": len(t.todo)})
     if not launching:
         meta["experiment"] = None  # no Tune experiment of this name exists
     if launching or t.reused or not p.paths.study_json.is_file():
-        write_study_json(p.paths, meta, launch=launching)  # a sweep with nothing to do changes nothing
+        record_launch(p.paths, meta, launch=launching)  # a sweep with nothing to do changes nothing
     if t.reused:  # into the table now, so an interrupted launch keeps them
-        old, _ = store.read_table(p.paths.runs_parquet)
-        save_table(p.paths, store.merge(old, pd.DataFrame(reused_rows(p, meta, t.reused))))
+        old, _ = trial_index.read_table(p.paths.runs_parquet)
+        save_table(p.paths, trial_index.merge(old, pd.DataFrame(reused_rows(p, meta, t.reused))))
     if seq is None:
         _say_plan(p, t, out)
     else:
@@ -126,7 +130,7 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
     if launching:
         wall, trained = _train(p, opts, run, meta, t.todo, out, err)
 
-    df = collect(name, opts.results, storage=p.store, out=err, ended=(p.experiment,))
+    df = collect(name, opts.results, storage=p.tune_storage, out=err, ended=(p.experiment,))
     started = None
     if seq is not None:  # the cells the sequencer asked for, and those recorded before
         seq.load_table()
@@ -147,7 +151,9 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
 
 def _train(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tuple[Cell, ...], out,
            err) -> tuple[float, int]:
-    """Check the address and the data, start or join Ray, train; return (wall time, trials trained)."""
+    """Check the address and the data, start or join Ray, decide the GPUs per trial where the command
+    line left them to the cluster (recorded in study.json, which --resume reads), train; return (wall
+    time, trials trained)."""
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_address(address)
@@ -161,7 +167,12 @@ def _train(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tuple[Cell,
               file=err, flush=True)
     started = connect(address, verbose=opts.verbose, checked=True)
     try:
-        return fit_experiment(p, opts, run, meta, todo, out)
+        if run["gpus_per_trial"] is None:
+            run["gpus_per_trial"] = cluster_gpus_per_trial()
+            if not opts.resume:  # a resume keeps the trials' resources as they were started
+                meta["run_options"] = {**meta["run_options"], "gpus_per_trial": run["gpus_per_trial"]}
+                record_launch(p.paths, meta)
+        return fit_experiment(p, opts, run, todo, out)
     finally:
         if started:
             import ray  # here, not at the top: planning and dry runs never load Ray
@@ -173,7 +184,7 @@ def _say_plan(p: Plan, t: Triage, out, dry: bool = False) -> None:
     n = len(t.recorded) + len(t.reused) + len(t.earlier) + len(t.todo)
     shape = (f"{len(p.arms)} arms × {p.seeds} seeds"
              + "".join(f" × {len(v)} {k}" for k, v in p.study.nuisance.items()))
-    sources = sorted({store.origin(row).split("/")[0] for _, row in t.reused})
+    sources = sorted({trial_index.origin(row).split("/")[0] for _, row in t.reused})
     parts = [f"{len(t.recorded)} recorded", f"{len(t.reused)} reused" + (f" from {', '.join(sources)}" if sources else "")]
     if t.earlier:
         parts.append(f"{len(t.earlier)} trained by an earlier study of this command")
@@ -228,8 +239,8 @@ def _say_sequential_end(p: Plan, seq: SeedSequencer, out) -> None:
 
 def _started(p: Plan, df: pd.DataFrame, t: Triage) -> tuple[Cell, ...]:
     """The planned cells the table has any row of (started by a launch, or recorded or reused)."""
-    keys = {store.key_of(r) for r in store.with_ids(df).to_dict("records")} if df is not None and len(df) else set()
-    return tuple(c for c in cells(p) if c.key in keys)
+    keys = {trial_index.key_of(r) for r in trial_index.with_ids(df).to_dict("records")} if df is not None and len(df) else set()
+    return tuple(c for c in p.cells if c.key in keys)
 
 
 def run_sweeps(opts: SweepOptions, out=None, err=None) -> list[SweepOutcome]:
@@ -245,7 +256,7 @@ def run_sweeps(opts: SweepOptions, out=None, err=None) -> list[SweepOutcome]:
         raise UserError("--resume continues one study's launch; name that study (senet sweep STUDY --resume)")
     outcomes = []
     if opts.dry_run and not opts.until_resolved:
-        found = store.recorded(Path(opts.results).expanduser().absolute(), err)
+        found = trial_index.recorded(Path(opts.results).expanduser().absolute(), err)
         earlier: set = set()
         for n in names:
             p = plan(replace(opts, study=n))
@@ -279,18 +290,18 @@ def _trial_error(exp: Path, trial_id: str) -> str:
 def _outcome(p: Plan, df, opts: SweepOptions, *, trained: int = 0, reused: int = 0,
              recorded: int = 0, planned: tuple[Cell, ...] | None = None) -> SweepOutcome:
     """Every planned trial against the table: finished, failed (with its error) or never started."""
-    planned = cells(p) if planned is None else planned
+    planned = p.cells if planned is None else planned
     rows = {}
-    for r in store.with_ids(df).to_dict("records"):
-        k = store.key_of(r)
-        if k not in rows or r["status"] in store.FINISHED:
+    for r in trial_index.with_ids(df).to_dict("records"):
+        k = trial_index.key_of(r)
+        if k not in rows or r["status"] in trial_index.FINISHED:
             rows[k] = r
     finished, lines, never = 0, [], 0
     for cell in planned:
         row = rows.get(cell.key)
         if row is None:
             never += 1
-        elif row["status"] in store.FINISHED:
+        elif row["status"] in trial_index.FINISHED:
             finished += 1
         elif row["status"] == "error":
             why = _trial_error(p.storage / str(row.get("experiment")), str(row.get("trial_id")))

@@ -34,9 +34,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from senet import config
-from senet.layout import CHECKPOINT, FINAL_JSON, RUN_FILES, nan_to_null, parse_jsonl, read_json, write_json
+from senet.records.layout import (
+    CHECKPOINT,
+    FINAL_JSON,
+    RUN_FILES,
+    nan_to_null,
+    parse_jsonl,
+    read_json,
+    write_json,
+)
 
-from .checkpoints import checkpoint_index
+from .checkpoint_retention import checkpoint_index
 from .trial import params_flat
 
 #: Environment switches for the fault-tolerance tests: raise once in every trial at this epoch
@@ -181,7 +189,7 @@ def continuation(restored, storage, scratch: Path) -> Continuation:
     checkpoint k reached storage but before its row did, the trial would train epoch k again though
     it had finished it.
 
-    The sweep deletes no checkpoint newer than the one the state names (:mod:`ablations.checkpoints`),
+    The sweep deletes no checkpoint newer than the one the state names (:mod:`ablations.checkpoint_retention`),
     so the trial's folder on storage holds every checkpoint it persisted since. So:
 
     - continue from the newest ``checkpoint_<k>`` folder whose ``checkpoint.pt`` reads whole (at or

@@ -31,8 +31,8 @@ from senet import se_modules
 from senet.checkpoint import load_model
 from senet.data import normalize
 from senet.errors import UserError, UserValueError
-from senet.layout import write_atomic
-from senet.storage import fetch, is_uri
+from senet.records.layout import write_atomic
+from senet.records.object_store import fetch, is_uri
 
 from . import figures
 from .attribution import channel_importance, gradcam, gradcam_layer
@@ -92,7 +92,7 @@ def _load(checkpoint: str, overrides: dict):
     return model, cfg, trained, meta, ds, mean, std, classes
 
 
-def _split(ds, split: str, what: str = "split"):
+def _split_arrays(ds, split: str, what: str = "split"):
     if split not in SPLITS:
         raise UserError(f"unknown {what} {split!r}; choose one of: {', '.join(SPLITS)}")
     x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
@@ -159,9 +159,9 @@ def trained_precision(meta: dict) -> str | None:
 def _run(checkpoint: str, out: Path, loaded: tuple, opt: AnalyzeOptions) -> dict:
     figdir = out / "figures"
     model, cfg, trained, meta, ds, mean, std, names = loaded
-    x, y = _split(ds, opt.split)
+    x, y = _split_arrays(ds, opt.split)
     ref = mean_split(ds, opt)
-    xr, _ = _split(ds, ref, "mean split")
+    xr, _ = _split_arrays(ds, ref, "mean split")
     se_names = list(se_modules(model))
     if not se_names:
         raise UserError(f"{checkpoint} ({cfg.model.name}, se.stages={cfg.se.stages}) has no SE blocks")
@@ -236,21 +236,21 @@ def _run(checkpoint: str, out: Path, loaded: tuple, opt: AnalyzeOptions) -> dict
             "mean_split": ref, "mean_images": len(xr)}
 
 
-def _fmt(v, nd=3, missing="–"):
+def _decimal(v, nd=3, missing="–"):
     return missing if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
 
 
 def _summary(checkpoint, cfg, opt, n, sel, removal, rho, classes, out: Path, *, ref: str, ref_images: int,
              compare: tuple[str, str] | None = None) -> Path:
-    sel_rows = [[r.block, str(r.channels), _fmt(r.eta2), f"{r.eta2_channels}/{r.channels}",
-                 _fmt(r.saturated, missing="n/a"), _fmt(r.saturated_high, missing="n/a"),
-                 _fmt(getattr(r, "mass_high", np.nan), missing="n/a"), _fmt(r.mean), _fmt(r.spread)]
+    sel_rows = [[r.block, str(r.channels), _decimal(r.eta2), f"{r.eta2_channels}/{r.channels}",
+                 _decimal(r.saturated, missing="n/a"), _decimal(r.saturated_high, missing="n/a"),
+                 _decimal(getattr(r, "mass_high", np.nan), missing="n/a"), _decimal(r.mean), _decimal(r.spread)]
                 for r in sel.itertuples(index=False)]
     rem_rows = [[r.removed, str(r.blocks), f"{r.top1_err_mean:.2f}", f"{r.delta_top1_mean:+.2f}",
                  f"{r.top1_err_identity:.2f}", f"{r.delta_top1_identity:+.2f}",
                  f"{r.top5_err_mean:.2f}", f"{r.top5_err_identity:.2f}", f"{r.se_params_kept:,}",
                  f"{r.added_params_pct:.2f}%", f"{r.params_saved:,}"] for r in removal.itertuples(index=False)]
-    rho_rows = [[r.block, str(r.channels), _fmt(r.spearman, 2)] for r in rho.itertuples(index=False)]
+    rho_rows = [[r.block, str(r.channels), _decimal(r.spearman, 2)] for r in rho.itertuples(index=False)]
     intact = removal.iloc[0]
     undefined = int((sel["channels"] - sel["eta2_channels"]).sum())
     saturating = sel["saturated"].notna().any()

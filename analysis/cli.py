@@ -74,7 +74,7 @@ class AnalyzeCommand(AnalysisCommand):
 
     def run(self, args, overrides):
         from .analyze import AnalyzeOptions, run_analysis
-        from .study import best_checkpoint
+        from .study_results import best_checkpoint
 
         if args.max_images < 0 or args.bins < 1 or args.batch_size < 1:
             raise UserError("--max-images must be >= 0, --bins and --batch-size >= 1")
@@ -155,7 +155,7 @@ class CurvesCommand(AnalysisCommand):
         p.add_argument("--title", default="Training curves")
 
     def run(self, args, overrides):
-        from senet.layout import write_atomic
+        from senet.records.layout import write_atomic
 
         from . import curves
         from .style import save
@@ -232,11 +232,11 @@ class GatesCommand(AnalysisCommand):
         p.epilog = "dataset options: --data.name NAME --data.root DIR (default: the checkpoints')"
 
     def run(self, args, overrides):
-        from senet.layout import CHECKPOINT, study_paths
+        from senet.records.layout import CHECKPOINT, study_paths
 
         from .gates import GateRun, GatesOptions, best_runs, write_gates
         from .gates_render import pct
-        from .study import checkpoint_file
+        from .study_results import checkpoint_file
 
         if args.max_images < 0 or args.figure_images < 0 or args.batch_size < 1:
             raise UserError("--max-images and --figure-images must be >= 0, --batch-size >= 1")
@@ -282,9 +282,9 @@ class WeightsCommand(AnalysisCommand):
         p.add_argument("--every", default="", help="arms whose every run is kept, as a,b")
 
     def run(self, args, overrides):
-        from senet.layout import study_paths
+        from senet.records.layout import study_paths
 
-        from .study import load_recipe
+        from .study_results import load_recipe
         from .weights import keep
 
         paths = study_paths(args.results, args.study)
@@ -318,7 +318,7 @@ class AnalyzeSeedsCommand(AnalysisCommand):
         p.add_argument("--no-progress", action="store_true")
 
     def run(self, args, overrides):
-        from senet.layout import study_paths
+        from senet.records.layout import study_paths
 
         from .seeds import analyze_seeds
 

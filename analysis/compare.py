@@ -18,7 +18,7 @@ from senet.sequential import Design, assess, design_of, fixed_n_seeds, seeds_to_
 
 from . import stats
 from .errors import ReportInputError
-from .study import arm_order, completed
+from .study_results import arm_order, completed
 
 METRICS = ("test_top1_err", "test_top5_err")
 #: Statuses of a trial that has not finished (``senet collect``: still running, or interrupted and

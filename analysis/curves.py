@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from senet.layout import CONFIG_JSON, FINAL_JSON, METRICS_JSONL, read_json
+from senet.records.layout import CONFIG_JSON, FINAL_JSON, METRICS_JSONL, read_json
 
 from .errors import ReportInputError
 from .style import apply, colors, label
@@ -43,7 +43,7 @@ def _run_dir(path: str | Path) -> Path:
 
 
 def _read_metrics(path: Path) -> list[dict]:
-    """The epochs of a run's metrics.jsonl. Unlike :func:`senet.layout.read_jsonl`, a damaged line
+    """The epochs of a run's metrics.jsonl. Unlike :func:`senet.records.layout.read_jsonl`, a damaged line
     other than the last is an error: the curves would silently miss an epoch."""
     lines = path.read_text().splitlines()
     rows = []
@@ -183,7 +183,7 @@ def training_curves(history: pd.DataFrame, metrics: list[str] | None = None,
                 if pd.notna(v):
                     ax.plot([e], [v], marker="*", markersize=7, color=col, ls="none")
                     text = (f"best val {v:.2f} @ ep {e}" if metric == "val_top1_err"
-                            else f"{_split(metric)}{v:.2f} @ ep {e} (best val)")
+                            else f"{_split_prefix(metric)}{v:.2f} @ ep {e} (best val)")
                     ax.text(0.97, 0.95 - 0.08 * len(ax.texts), text, transform=ax.transAxes, ha="right",
                             va="top", fontsize=6, color=col)
         ax.set_xlabel("epoch")
@@ -208,7 +208,7 @@ SUMMARY_HEADER = ["run", "model", "epochs", "status", "top-1 err (%)", "top-5 er
                   "best val top-1 (epoch)", "test top-1 at best val", "wall time", "images/s"]
 
 
-def _split(metric: str) -> str:
+def _split_prefix(metric: str) -> str:
     """'test ' for test metrics, '' otherwise: the corner text names the split it reports."""
     return metric.split("_", 1)[0] + " " if metric.startswith(("test_", "train_")) else ""
 

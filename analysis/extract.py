@@ -255,7 +255,7 @@ def run_precision(precision: str | None):
         _PRECISION.reset(token)
 
 
-def autocast(device: torch.device):
+def autocast_as_trained(device: torch.device):
     """bf16 autocast when the run trained in bf16 (by default on CUDA), else none."""
     precision = _PRECISION.get() or ("bf16" if device.type == "cuda" else "fp32")
     if precision == "bf16":
@@ -310,7 +310,7 @@ def extract_excitations(model: nn.Module, x, y, mean, std, *, num_classes: int,
     acc = ExcitationAccumulator(num_classes, bins)
     handles, ctx = attach(model, acc, chosen, dev)
     try:
-        with autocast(dev):
+        with autocast_as_trained(dev):
             for xb, yb in batches(x, y, mean, std, batch_size, dev, "excitations" if progress else None):
                 ctx["labels"] = yb
                 model(xb)
@@ -321,7 +321,7 @@ def extract_excitations(model: nn.Module, x, y, mean, std, *, num_classes: int,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x, y, mean, std, *, batch_size: int = 256, device: str = "auto",
+def measure_errors(model: nn.Module, x, y, mean, std, *, batch_size: int = 256, device: str = "auto",
              progress: str | None = None, per_image: bool = False) -> dict:
     """Top-1 and top-5 error (%) of ``model`` on uint8 images ``x``; with ``per_image`` also
     ``correct``, a bool tensor of top-1 hits per image (to pair two evaluations on the same images)."""
@@ -329,7 +329,7 @@ def evaluate(model: nn.Module, x, y, mean, std, *, batch_size: int = 256, device
     model = model.to(dev).eval()
     n = top1 = top5 = 0
     hits = []
-    with autocast(dev):
+    with autocast_as_trained(dev):
         for xb, yb in batches(x, y, mean, std, batch_size, dev, progress):
             logits = model(xb).float()
             k = min(5, logits.shape[1])

@@ -27,15 +27,15 @@ import torch
 
 from senet import se_modules
 from senet.errors import UserError
-from senet.layout import FINAL_JSON, read_json, study_paths, write_atomic
+from senet.records.layout import FINAL_JSON, read_json, study_paths, write_atomic
 from senet.se import GATES
 
 from .errors import ReportInputError
-from .extract import ExcitationAccumulator, attach, autocast, batches, block_position, pick_device
+from .extract import ExcitationAccumulator, attach, autocast_as_trained, batches, block_position, pick_device
 from .gates_render import NO_BOUNDS, Bounds, bounds_for, gates_figure, gates_markdown, stage_summary
 from .loading import load_data, load_trained
 from .stats import selectivity
-from .study import arm_order, completed, load_recipe
+from .study_results import arm_order, completed, load_recipe
 from .style import save
 from .weights import best_by_validation, keeps_weights, with_weights
 
@@ -129,7 +129,7 @@ def stream(model, x, y, mean, std, *, num_classes: int, bounds: Bounds, sample: 
             lambda m, i, o, _s=block_position(n)[0]: hook(m, i, o, _s)))
     flags = torch.as_tensor(sample)
     try:
-        with autocast(dev):
+        with autocast_as_trained(dev):
             start = 0
             for xb, yb in batches(x, y, mean, std, batch_size, dev):
                 idx = torch.nonzero(flags[start:start + len(yb)]).flatten()

@@ -45,7 +45,7 @@ class Bounds:
     high_zone: tuple[float, float] | None = None
 
 
-def _fmt(v: float) -> str:
+def _number(v: float) -> str:
     return f"{v:g}".replace("-", "−")
 
 
@@ -62,12 +62,12 @@ def bounds_for(value_range: tuple[float, float], sums_to: str | None = None) -> 
         return Bounds(None, None, f"n/a (weights sum to {sums_to})", (lo_end, None))
     if math.isfinite(lo) and math.isfinite(hi):
         near_lo, near_hi = round(lo + 0.1 * (hi - lo), 12), round(hi - 0.1 * (hi - lo), 12)
-        return Bounds(lambda s: s < near_lo, lambda s: s > near_hi, f"s < {_fmt(near_lo)} | s > {_fmt(near_hi)}",
+        return Bounds(lambda s: s < near_lo, lambda s: s > near_hi, f"s < {_number(near_lo)} | s > {_number(near_hi)}",
                       (lo, hi), (lo, near_lo), (near_hi, hi))
     if math.isfinite(lo):
-        return Bounds(lambda s: s <= lo, None, f"s = {_fmt(lo)} (no upper bound)", (lo, None))
+        return Bounds(lambda s: s <= lo, None, f"s = {_number(lo)} (no upper bound)", (lo, None))
     if math.isfinite(hi):
-        return Bounds(None, lambda s: s >= hi, f"s = {_fmt(hi)} (no lower bound)", (None, hi))
+        return Bounds(None, lambda s: s >= hi, f"s = {_number(hi)} (no lower bound)", (None, hi))
     return Bounds(None, None, "n/a (unbounded)", (None, None))
 
 

@@ -26,7 +26,15 @@ from tqdm.auto import tqdm
 from senet import se_modules
 from senet.registry import Registry
 
-from .extract import ExcitationAccumulator, attach, autocast, batches, block_position, evaluate, pick_device
+from .extract import (
+    ExcitationAccumulator,
+    attach,
+    autocast_as_trained,
+    batches,
+    block_position,
+    measure_errors,
+    pick_device,
+)
 
 
 def se_params(model: nn.Module) -> dict[str, int]:
@@ -92,7 +100,7 @@ def mean_excitations(model: nn.Module, x, mean, std, *, batch_size: int = 256, d
     acc = ExcitationAccumulator(1, bins=1)
     handles, ctx = attach(model, acc, names, dev)
     try:
-        with autocast(dev):
+        with autocast_as_trained(dev):
             for xb, yb in batches(x, torch.zeros(len(x), dtype=torch.long), mean, std, batch_size, dev,
                                   "mean excitations" if progress else None):
                 ctx["labels"] = yb  # one class: the moments over all images
@@ -153,14 +161,14 @@ def removal_table(model: nn.Module, x, y, mean, std, *, means: dict[str, torch.T
     base = None  # the intact model's top-1 hits per image: the removals are paired with it
     for name, blocks in it:
         row = dict(removed=name, blocks=len(blocks))
-        intact = None if blocks else evaluate(model, x, y, mean, std, batch_size=batch_size, device=device,
+        intact = None if blocks else measure_errors(model, x, y, mean, std, batch_size=batch_size, device=device,
                                               per_image=True)
         if intact is not None:
             base = intact["correct"]
         for m in modes:
             if intact is None:
                 with REMOVAL_MODES.get(m)(model, blocks, means):
-                    r = evaluate(model, x, y, mean, std, batch_size=batch_size, device=device, per_image=True)
+                    r = measure_errors(model, x, y, mean, std, batch_size=batch_size, device=device, per_image=True)
             else:
                 r = intact
             row.update({f"top1_err_{m}": r["top1_err"], f"top5_err_{m}": r["top5_err"], "n": r["n"],

@@ -1,6 +1,6 @@
 """Ablation reports: paper-style tables, verdicts over seeds and figures from ``runs.parquet``.
 
-:func:`write_report` turns a study's ``runs.parquet`` and ``study.json`` (:mod:`analysis.study`)
+:func:`write_report` turns a study's ``runs.parquet`` and ``study.json`` (:mod:`analysis.study_results`)
 into ``<results>/<study>/report.md`` with:
 
 - the table the paper prints (arm, top-1 / top-5 error as mean ± std over seeds, n, diverged trials,
@@ -13,7 +13,7 @@ into ``<results>/<study>/report.md`` with:
   fixed-n design (:mod:`analysis.compare`, method: :mod:`senet.sequential`);
 - point plots (mean ± t-interval over seeds) and error EDFs per arm (as pycls draws them).
 
-A report covers one recipe (:func:`analysis.study.select_recipe`). Only completed trials enter the
+A report covers one recipe (:func:`analysis.study_results.select_recipe`). Only completed trials enter the
 statistics; diverged ones are counted in the table, and trials that errored or have not finished
 (still running, or interrupted) are named below it. Rendering only: pandas, numpy, scipy,
 matplotlib and seaborn.
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from senet.layout import study_paths, write_atomic
+from senet.records.layout import study_paths, write_atomic
 from senet.sequential import ALIKE, BETTER, OPEN, UNRESOLVED, WITHIN, WORSE
 
 from . import figures
 from .compare import FIXED_T, METRICS, check_n_boot, compare_arms, projection, summary_table
 from .errors import ReportInputError
-from .study import arm_order, completed, count_test_images, load_recipe, nuisance_groups
+from .study_results import arm_order, completed, count_test_images, load_recipe, nuisance_groups
 from .style import label, save
 from .tables import human, latex, markdown, num, pm, signed
 
@@ -160,8 +160,8 @@ def write_report(results: str | Path, study: str, *, n_boot: int = 10000, preset
     ``comparison_*.md``) and figures (``figures/*.png`` and ``.pdf``); returns the report's path.
 
     The table must hold one recipe, or ``preset`` / ``experiment`` / ``recipe`` must pick one
-    (:func:`analysis.study.select_recipe`); nuisance values make groups of their own
-    (:func:`analysis.study.nuisance_groups`)."""
+    (:func:`analysis.study_results.select_recipe`); nuisance values make groups of their own
+    (:func:`analysis.study_results.nuisance_groups`)."""
     check_n_boot(n_boot)
     if effect is not None and not effect > 0:
         raise ReportInputError(f"--effect must be > 0 (points of error), got {effect}")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from senet import se_modules
 from senet.errors import UserError
-from senet.layout import study_paths
+from senet.records.layout import study_paths
 from senet.sequential import Design
 
 from .analyze import AnalyzeOptions, _split, mean_split
@@ -31,7 +31,7 @@ from .loading import load_data, load_trained
 from .removal import mean_excitations, removal_table
 from .seeds_render import figures, last_stage_removal, over_seeds, per_seed_rho
 from .stats import selectivity
-from .study import load_recipe
+from .study_results import load_recipe
 from .weights import with_weights
 
 SELECTIVITY, REMOVAL, NETWORKS = "selectivity.csv", "removal.csv", "networks.csv"

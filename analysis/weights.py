@@ -18,7 +18,7 @@ import pandas as pd
 
 from senet.errors import UserError
 
-from .study import checkpoint_file, checkpoint_path, completed
+from .study_results import checkpoint_file, checkpoint_path, completed
 
 WEIGHTS = "weights"
 INDEX = "index.csv"

@@ -63,9 +63,9 @@ def _sync(dev):
 
 @torch.no_grad()
 def plain_pass(model, x, y, ds, dev, bs):
-    from analysis.extract import autocast, batches
+    from analysis.extract import autocast_as_trained, batches
 
-    with autocast(dev):
+    with autocast_as_trained(dev):
         for xb, _ in batches(x, y, ds.mean, ds.std, bs, dev):
             model(xb)
     _sync(dev)
@@ -73,12 +73,12 @@ def plain_pass(model, x, y, ds, dev, bs):
 
 @torch.no_grad()
 def extract_pass(model, x, y, ds, dev, bs, blocks):
-    from analysis.extract import ExcitationAccumulator, attach, autocast, batches
+    from analysis.extract import ExcitationAccumulator, attach, autocast_as_trained, batches
 
     acc = ExcitationAccumulator(ds.num_classes, 50)
     handles, ctx = attach(model, acc, blocks, dev)
     try:
-        with autocast(dev):
+        with autocast_as_trained(dev):
             for xb, yb in batches(x, y, ds.mean, ds.std, bs, dev):
                 ctx["labels"] = yb
                 model(xb)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sweep_rate import ROOT, checkout, senet_command  # benchmarks/sweep_rate.py, beside this file
 
-from senet.layout import read_json, read_jsonl
+from senet.records.layout import read_json, read_jsonl
 
 
 def _start(code: Path, out: Path, args: list[str]) -> subprocess.Popen:

@@ -2,7 +2,7 @@
 complexity accounting (Hu et al., "Squeeze-and-Excitation Networks", arXiv 1709.01507).
 
 The library imports neither Ray nor the analysis code. Its top-level names are loaded on first use,
-so the torch-free modules (:mod:`senet.layout`, :mod:`senet.errors`) can be imported by code that
+so the torch-free modules (:mod:`senet.records.layout`, :mod:`senet.errors`) can be imported by code that
 must not load torch (the analysis's rendering).
 """
 from __future__ import annotations

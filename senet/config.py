@@ -300,7 +300,7 @@ def from_dict(d: Mapping[str, Any], base: Config | None = None) -> Config:
     return from_flat(flat, base)
 
 
-def save(cfg: Config, path: str | Path) -> None:
+def dump(cfg: Config, path: str | Path) -> None:
     """Write the nested config as JSON, or as YAML when ``path`` ends in .yaml/.yml."""
     p = Path(path)
     if p.suffix in (".yaml", ".yml"):

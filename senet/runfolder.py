@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING
 
 from . import config
 from .checkpoint import save_checkpoint
-from .layout import CHECKPOINT, CONFIG_JSON, FINAL_JSON, METRICS_JSONL, append_jsonl, write_json, write_jsonl
+from .records.layout import (
+    CHECKPOINT,
+    CONFIG_JSON,
+    FINAL_JSON,
+    METRICS_JSONL,
+    append_jsonl,
+    write_json,
+    write_jsonl,
+)
 
 if TYPE_CHECKING:
     from .metrics import FitResult

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .callbacks import Callback
 from .cli import ConfiguredCommand, UserError, command
-from .layout import CHECKPOINT, CONFIG_JSON, METRICS_JSONL, read_jsonl
+from .records.layout import CHECKPOINT, CONFIG_JSON, METRICS_JSONL, read_jsonl
 
 if TYPE_CHECKING:
     from .config import Config

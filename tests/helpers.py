@@ -24,8 +24,8 @@ def kill_group(proc: subprocess.Popen) -> None:
 def register_tiny_resnet(name: str) -> None:
     """A 3-block CIFAR-style ResNet (and its se_ twin) under ``name``: tests of the engine need
     speed, not depth. Remove it with :func:`remove_model`."""
+    from senet.models.backbone_registry import register_model
     from senet.models.blocks import BasicBlock
-    from senet.models.registry import register_model
     from senet.models.resnet import ResNet
 
     register_model(name, lambda **kw: ResNet(BasicBlock, (1, 1, 1), (8, 16, 32), stem="cifar",

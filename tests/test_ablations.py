@@ -16,16 +16,16 @@ import pandas as pd
 import pytest
 
 from ablations import studies, sweep
-from ablations.checkpoints import named_checkpoints, prune_superseded, repair_missing
+from ablations.checkpoint_retention import named_checkpoints, prune_superseded, repair_missing
 from ablations.collect import METRICS, collect
 from ablations.launch import param_space
-from ablations.plan import Plan, SweepOptions, cells, plan, study_meta
-from ablations.resume import resume_plan
-from ablations.study_json import write_study_json
+from ablations.plan import Plan, SweepOptions, plan, study_meta
+from ablations.sweep_resume import resume_plan
 from ablations.trial import params_flat, trial_flat
 from senet import config
 from senet.cli import main
-from senet.recipe import recipe_hash
+from senet.records.recipe import recipe_hash
+from senet.records.study_file import record_launch
 
 REQUIRED = ["study", "arm", "trial_id", "seed", "se.gate", "se.reduction", "se.squeeze", "se.placement",
             "se.stages", "model.name", "status", "test_top1_err", "test_top5_err", "best_val_top1_err",
@@ -126,7 +126,7 @@ def test_the_sweep_plans_the_config_its_trials_train(tmp_path):
     p = plan(SweepOptions("custom", preset="smoke", spec=str(spec), seeds=2, results=str(tmp_path)))
     space = param_space(p)  # what Tune hands every trial, besides its arm, seed and nuisance values
     shared = {k: space[k] for k in ("base", "arms", "nuisance_keys")}
-    planned = cells(p)
+    planned = p.cells
     assert len(planned) == 8 and len({c.key for c in planned}) == 8
     for cell in planned:
         assert config.from_flat(params_flat({**shared, **cell.params()})) == cell.cfg
@@ -414,7 +414,7 @@ def test_resume_mends_a_named_checkpoint_that_is_gone(tmp_path):
 def _started(tmp_path, *args) -> Plan:
     """A sweep as if started with ``args``: its study.json and an experiment state, no Ray."""
     p = plan(SweepOptions("gate", preset="smoke", results=str(tmp_path), **dict(args)))
-    write_study_json(p.paths, {**study_meta(p), "run_options": {"cpus_per_trial": 1.0}})
+    record_launch(p.paths, {**study_meta(p), "run_options": {"cpus_per_trial": 1.0}})
     p.experiment_path.mkdir(parents=True)
     (p.experiment_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
     return p
@@ -440,7 +440,7 @@ def test_resume_keeps_what_the_sweep_was_started_with(tmp_path):
     p = resume_plan(plan(opts), opts)
     assert p.seeds == 2 and p.base.optim.epochs == 2 and p.n_trials == 14
     assert study_meta(p) == meta["experiments"]["gate-smoke"]  # study.json is not rewritten from argv
-    write_study_json(p.paths, study_meta(p))
+    record_launch(p.paths, study_meta(p))
     after = json.loads((started.results_dir / "study.json").read_text())
     assert after["seeds"] == 2 and after["experiments"] == meta["experiments"]
 

@@ -433,12 +433,12 @@ def test_analysis_evaluates_in_the_precision_the_run_recorded():
     so the analysis reproduces the run's own errors; a checkpoint without a record keeps the default
     (bf16 on CUDA, fp32 elsewhere)."""
     from analysis.analyze import trained_precision
-    from analysis.extract import autocast, run_precision
+    from analysis.extract import autocast_as_trained, run_precision
 
     lin, x, cpu = torch.nn.Linear(4, 4), torch.randn(2, 4), torch.device("cpu")
-    with run_precision(trained_precision({"provenance": {"precision": "bf16"}})), autocast(cpu):
+    with run_precision(trained_precision({"provenance": {"precision": "bf16"}})), autocast_as_trained(cpu):
         assert lin(x).dtype == torch.bfloat16
-    with run_precision(trained_precision({"provenance": {"precision": "fp32"}})), autocast(cpu):
+    with run_precision(trained_precision({"provenance": {"precision": "fp32"}})), autocast_as_trained(cpu):
         assert lin(x).dtype == torch.float32
-    with run_precision(trained_precision({})), autocast(cpu):
+    with run_precision(trained_precision({})), autocast_as_trained(cpu):
         assert lin(x).dtype == torch.float32

@@ -24,7 +24,7 @@ from analysis.figures import (
 )
 from analysis.report import table_rows, write_report
 from analysis.stats import selectivity, t_quantile
-from analysis.study import best_checkpoint, completed, count_test_images, load_study
+from analysis.study_results import best_checkpoint, completed, count_test_images, load_study
 from analysis.style import LABELS, save
 from analysis.tables import latex, markdown
 from senet.sequential import DESIGNS, seeds_to_settle
@@ -35,7 +35,7 @@ CLASSES = ["T-shirt/top", "Trouser", "Bag"]
 
 #: The modules that read tables and write text and figures: none of them may load torch.
 RENDERING = ("analysis.style", "analysis.figures", "analysis.report", "analysis.stats", "analysis.tables",
-             "analysis.study", "analysis.compare", "analysis.errors", "analysis.findings",
+             "analysis.study_results", "analysis.compare", "analysis.errors", "analysis.findings",
              "analysis.findings.render", "analysis.gates_render", "analysis.cli")
 
 

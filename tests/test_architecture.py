@@ -18,6 +18,18 @@ def test_the_library_imports_neither_ray_nor_the_sweep_or_analysis_code():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_results_records_load_neither_torch_nor_ray():
+    """ablations and analysis both read and write results through senet.records, which a report's
+    rendering imports: no torch, no Ray."""
+    names = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts)
+                   for p in (ROOT / "senet" / "records").glob("*.py") if p.name != "__init__.py")
+    assert names, "senet/records has no modules"
+    code = (f"import sys, senet.records, {', '.join(names)}; "
+            "print(sorted(m for m in ('torch', 'ray', 'ablations', 'analysis') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
 def _imported_packages(package: str) -> set[str]:
     found = set()
     for path in (ROOT / package).rglob("*.py"):
@@ -67,13 +79,15 @@ def _runtime_nodes(tree: ast.AST):
             stack.extend(ast.iter_child_nodes(node))
 
 
-def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+def _imports(name: str, path: Path, known: set[str], type_only: bool = False) -> set[str]:
     """The modules of ``known`` that ``name`` imports anywhere in its file (at the top, inside a
-    function, relative or absolute; annotations-only imports under ``if TYPE_CHECKING:`` aside).
-    ``from p import m`` where ``p.m`` is a module imports ``p.m``; ``from p import obj`` imports ``p``."""
+    function, relative or absolute; annotations-only imports under ``if TYPE_CHECKING:`` too with
+    ``type_only``). ``from p import m`` where ``p.m`` is a module imports ``p.m``; ``from p import
+    obj`` imports ``p``."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree) if type_only else _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -129,15 +143,74 @@ def test_the_cycle_finder_finds_cycles_through_relative_and_local_imports(tmp_pa
     known = {"pkg", "pkg.a", "pkg.b", "pkg.c", "pkg.d"}
     graph = {m: _imports(m, pkg / (m.split(".")[-1] + ".py" if "." in m else "__init__.py"), known) for m in known}
     assert graph["pkg.d"] == {"pkg.a", "pkg.c"}
+    assert _imports("pkg.d", pkg / "d.py", known, type_only=True) == {"pkg.a", "pkg.b", "pkg.c"}
     assert _cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
     assert _cycle({**graph, "pkg.c": set()}) == []
 
 
-def test_no_import_cycle_between_modules():
+#: The one known cycle, through annotations only: senet.callbacks and senet.runfolder name the engine's
+#: ``Run`` class under ``if TYPE_CHECKING:`` while the engine imports both. ``Run`` is moving into a
+#: module of its own (separate work); once it has, drop this and the xfail below.
+KNOWN_TYPE_ONLY_EDGES = {("senet.callbacks", "senet.engine"), ("senet.runfolder", "senet.engine")}
+
+
+def _graph(type_only: bool) -> dict[str, set[str]]:
     modules = _modules()
-    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
-    cycle = _cycle(graph)
+    return {name: _imports(name, path, set(modules), type_only) for name, path in modules.items()}
+
+
+def test_no_import_cycle_between_modules():
+    cycle = _cycle(_graph(type_only=False))
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_import_cycle_between_modules_annotations_included():
+    graph = {m: {d for d in deps if (m, d) not in KNOWN_TYPE_ONLY_EDGES} for m, deps in _graph(type_only=True).items()}
+    cycle = _cycle(graph)
+    assert not cycle, "import cycle (imports under TYPE_CHECKING included): " + " -> ".join(cycle)
+
+
+@pytest.mark.xfail(strict=True, reason="senet.engine <-> senet.callbacks / senet.runfolder through the "
+                                       "annotation-only import of Run (KNOWN_TYPE_ONLY_EDGES)")
+def test_the_known_annotation_cycle_is_gone():
+    cycle = _cycle(_graph(type_only=True))
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+# ------------------------------------------------------------------------------------------------
+# One name, one thing: no two modules share a file name, no two top-level functions share a name
+# ------------------------------------------------------------------------------------------------
+#: File names each package may have of its own: its entry points and error types.
+PER_PACKAGE = {"__init__.py", "cli.py", "errors.py"}
+#: Shared file names owned by other work: senet/config_cmd.py and ablations/config_cmd.py belong to
+#: the CLI's restructuring. Remove an entry when its pair is renamed.
+KNOWN_SHARED_NAMES = {"config_cmd.py"}
+#: Top-level functions defined twice on purpose, with one contract: the package-level shortcut
+#: ``senet.load_external`` forwards to :func:`senet.interop.load_external`.
+SAME_CONTRACT = {"load_external": {"senet/__init__.py", "senet/interop.py"}}
+
+
+def _suite_files():
+    return [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
+
+
+def test_no_two_modules_share_a_file_name():
+    by_name: dict[str, list[str]] = {}
+    for p in _suite_files():
+        by_name.setdefault(p.name, []).append(str(p.relative_to(ROOT)))
+    shared = {n: paths for n, paths in by_name.items()
+              if len(paths) > 1 and n not in PER_PACKAGE | KNOWN_SHARED_NAMES}
+    assert not shared, f"modules that share a file name: {shared}"
+
+
+def test_no_top_level_function_name_is_defined_twice():
+    where: dict[str, set[str]] = {}
+    for p in _suite_files():
+        for node in ast.parse(p.read_text(), str(p)).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                where.setdefault(node.name, set()).add(str(p.relative_to(ROOT)))
+    twice = {n: sorted(files) for n, files in where.items() if len(files) > 1 and SAME_CONTRACT.get(n) != files}
+    assert not twice, f"top-level functions defined in several modules: {twice}"
 
 
 @pytest.mark.parametrize("package", [*PACKAGES, "benchmarks"])

@@ -13,9 +13,9 @@ from torch import nn
 from senet import SEConfig, build_model, complexity
 from senet.cli import main as senet_main
 from senet.complexity import FLOP_COUNTERS, InputSizeError, UncountedWorkWarning, register_flops
+from senet.models.backbone_registry import MODELS, register_model
 from senet.models.blocks import Bottleneck, ClassifierNet
 from senet.models.mobilenet import DepthwiseSeparable
-from senet.models.registry import MODELS, register_model
 
 M = 1e6
 G = 1e9

@@ -40,7 +40,7 @@ def test_round_trip(tmp_path, suffix):
                        "optim.schedule": "plateau", "optim.milestones": "8,12", "data.val_fraction": 0.2,
                        "run.channels_last": "false", "seed": 7})
     path = tmp_path / f"run{suffix}"
-    config.save(cfg, path)
+    config.dump(cfg, path)
     assert config.load(path) == cfg
 
 

@@ -387,7 +387,7 @@ def test_se_preset_key_expands_to_the_modules_keys_and_explicit_keys_win():
 
 
 def test_new_keys_left_unset_keep_se_and_its_config_id():
-    from ablations.store import config_id
+    from senet.records.trial_index import config_id
     flat = config.flatten(config.Config())
     assert all(flat[f"se.{k}"] is None for k in ("rounding", "combine", "spatial", "kernel", "lam"))
     old = {k: v for k, v in flat.items() if k.removeprefix("se.") not in ("rounding", "combine", "spatial",

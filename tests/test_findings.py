@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.findings import FINDINGS, Finding, evaluate, write_findings
+from analysis.findings import FINDINGS, Finding, evaluate_findings, write_findings
 from analysis.findings.arms import ArmClaims
 from senet.claims import higher
 from senet.cli import main
@@ -95,7 +95,7 @@ def results(tmp_path):
 
 
 def test_findings_verdicts_on_a_synthetic_results_folder(results):
-    df, recipes = evaluate(results, n_boot=1000)
+    df, recipes = evaluate_findings(results, n_boot=1000)
     assert verdicts(df) == {
         "se_beats_baseline": "agrees", "reduction": "agrees", "avg_beats_max": "unresolved",
         "nosqueeze_worse": "unresolved", "gate_order": "contradicts", "placement": "not run yet",
@@ -130,7 +130,7 @@ def test_findings_verdicts_on_a_synthetic_results_folder(results):
 
 
 def test_the_level_is_alpha_over_the_comparisons_of_one_finding(results):
-    df, _ = evaluate(results, n_boot=1000)
+    df, _ = evaluate_findings(results, n_boot=1000)
     for key, k in (("se_beats_baseline", 1), ("gate_order", 2), ("reduction", 4)):
         rows = df[df["key"] == key]
         assert len(rows) == k
@@ -148,7 +148,7 @@ def test_alike_contradicts_when_the_interval_lies_beyond_delta(tmp_path):
     r = tmp_path / "results"
     write_study(r, "reduction", {"baseline": 1.0, "r=2": 1.5, "r=4": 0.0, "r=8": 0.5, "r=16": 0.0, "r=32": 0.8},
                 noise=0.05)
-    df, _ = evaluate(r, n_boot=1000)
+    df, _ = evaluate_findings(r, n_boot=1000)
     red = df[df["key"] == "reduction"].set_index("comparison")
     assert red.loc["r=2 − r=16", "verdict"] == "contradicts"  # 1.5 pp apart: not alike at δ = 0.5
     assert red.loc["r=4 − r=16", "verdict"] == "agrees"
@@ -163,7 +163,7 @@ def test_no_effect_and_differences_within_delta(tmp_path):
     # sigmoid and tanh alike; tanh 0.3 pp below ReLU, a real difference smaller than δ: the finding has
     # no effect ≥ δ here (one claim agrees, one finds nothing), naming the comparison without one.
     write_study(r, "gate", {"sigmoid": 0.0, "tanh": 0.0, "relu": 0.3}, noise=0.01)
-    df, _ = evaluate(r, n_boot=1000)
+    df, _ = evaluate_findings(r, n_boot=1000)
     g = df[df["key"] == "gate_order"].set_index("comparison")
     assert g.loc["sigmoid − tanh", "verdict"] == "no effect ≥ δ here" and g.loc["sigmoid − tanh", "outcome"] == "alike"
     assert g.loc["tanh − relu", "verdict"] == "agrees" and g.loc["tanh − relu", "outcome"] == "different within ±δ"
@@ -172,7 +172,7 @@ def test_no_effect_and_differences_within_delta(tmp_path):
     assert g["finding_reason"].iloc[0] == "no effect ≥ δ in sigmoid − tanh"
     # the same small difference against the paper's direction contradicts it
     write_study(r, "gate", {"sigmoid": 0.0, "tanh": 0.0, "relu": -0.3}, noise=0.01)
-    g = evaluate(r, n_boot=1000)[0].query("key == 'gate_order'").set_index("comparison")
+    g = evaluate_findings(r, n_boot=1000)[0].query("key == 'gate_order'").set_index("comparison")
     assert g.loc["tanh − relu", "verdict"] == "contradicts" and g["finding_verdict"].iloc[0] == "contradicts"
 
 
@@ -180,7 +180,7 @@ def test_a_difference_below_one_test_image_is_never_a_difference(tmp_path):
     r = tmp_path / "results"
     # 100 test images: one image is 1 pp; a steady 0.5 pp is below it, however narrow the sequence.
     write_study(r, "gate", {"sigmoid": 0.0, "tanh": 0.5, "relu": 3.0}, num_test=100, noise=0.01)
-    df, _ = evaluate(r, n_boot=1000)
+    df, _ = evaluate_findings(r, n_boot=1000)
     g = df[df["key"] == "gate_order"].set_index("comparison")
     assert g.loc["sigmoid − tanh", "verdict"] == "unresolved" and g.loc["sigmoid − tanh", "ci_high"] < 0
     assert "below one test image (1.00 pp), never a difference" in g.loc["sigmoid − tanh", "reason"]
@@ -191,7 +191,7 @@ def test_a_difference_below_one_test_image_is_never_a_difference(tmp_path):
 def test_stage_globs_and_the_alternative_source(tmp_path):
     r = tmp_path / "results"
     write_study(r, "stages", {"stage2": -0.6, "stage3": -0.5, "stage4": -0.7, "all": -1.0, "none": 0.0})
-    df, _ = evaluate(r, n_boot=1000)
+    df, _ = evaluate_findings(r, n_boot=1000)
     st = df[df["key"] == "stages"].set_index("comparison")
     assert list(st.index) == ["stage2 − none", "stage3 − none", "stage4 − none",
                               "all − stage2", "all − stage3", "all − stage4"]
@@ -208,12 +208,12 @@ def test_excitation_findings_contradict_and_fall_back_to_a_labelled_bound(tmp_pa
     r = tmp_path / "results"
     a = r / "analysis"
     write_analysis(a, [0.4, 0.3, 0.25, 0.2, 0.1, 0.05], removal=(400, 100))
-    df, _ = evaluate(r, n_boot=1000)
+    df, _ = evaluate_findings(r, n_boot=1000)
     v = verdicts(df)
     assert v["selectivity_depth"] == "contradicts" and v["last_stage_removal"] == "contradicts"  # +3 pp
     t = pd.read_parquet(a / "removal.parquet").drop(columns=["newly_wrong_mean", "newly_right_mean"])
     t.to_parquet(a / "removal.parquet", index=False)
-    rem = evaluate(r, n_boot=1000)[0].set_index("key").loc["last_stage_removal"]
+    rem = evaluate_findings(r, n_boot=1000)[0].set_index("key").loc["last_stage_removal"]
     assert rem["ci_method"].startswith("conservative bound")
     e0, e1 = 0.10, 0.13  # Var ≤ (e0 + e1 − Δ²)/N: wider than the paired interval
     assert rem["ci_high"] - rem["effect"] == pytest.approx(1.959964 * 100 * np.sqrt((e0 + e1 - 0.03 ** 2) / 1e4),

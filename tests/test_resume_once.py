@@ -19,7 +19,7 @@ import pytest
 
 from senet import config
 from senet.checkpoint import save_checkpoint
-from senet.layout import CHECKPOINT, FINAL_JSON
+from senet.records.layout import CHECKPOINT, FINAL_JSON
 
 EPOCHS = 3
 

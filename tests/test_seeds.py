@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.findings import evaluate
+from analysis.findings import evaluate_findings as evaluate
 from analysis.seeds_render import last_stage_removal, over_seeds, per_seed_rho, removal_figure
 from senet.checkpoint import load_checkpoint, load_model
 from senet.cli import main

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import ablations.store as store
 from ablations.sequencer import SeedSequencer, state_lines
+from senet.records import trial_index
 from senet.sequential import ALIKE, DESIGNS, OPEN, UNRESOLVED, WORSE, Design, design_of, simulate
 
 ARMS = ["ref", "big", "none", "tiny"]
@@ -109,7 +109,7 @@ def test_recorded_rows_are_known_and_not_suggested(tmp_path):
              "num_test": 10000} for a in ARMS for s in range(2)]
     table = tmp_path / "runs.parquet"
 
-    ids = {store.key_of({**r, "config_id": store.config_id(r)}): r["arm"]
+    ids = {trial_index.key_of({**r, "config_id": trial_index.config_id(r)}): r["arm"]
            for r in [{"arm": a, "seed": s, "model.name": f"m-{a}"} for a in ARMS for s in range(12)]}
     pd.DataFrame([{**r, "model.name": f"m-{r['arm']}"} for r in rows]).to_parquet(table)
     design = Design(g=1.0, min_seeds=2, max_seeds=12)

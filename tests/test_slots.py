@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ablations.studies import STUDIES, base_config
-from ablations.sweep import SweepOptions, cells, plan
+from ablations.sweep import SweepOptions, plan
 from analysis.extract import DEFAULT_RANGE, ExcitationAccumulator, attach
 from senet import config
 from senet.cli import main as senet_main
@@ -70,7 +70,7 @@ def test_a_new_gate_is_listed_by_senet_studies(new_gate, capsys):
 
 def test_a_new_gate_is_planned_by_a_sweep(new_gate, tmp_path, capsys):
     p = plan(SweepOptions(study="gate", preset="smoke", results=str(tmp_path)))
-    assert [c.arm for c in cells(p)] == study_choices(GATES)
+    assert [c.arm for c in p.cells] == study_choices(GATES)
     assert senet_main(["sweep", "gate", "--preset", "smoke", "--dry-run", "--results", str(tmp_path)]) == 0
     assert f"({len(study_choices(GATES))} arms × 1 seeds)" in capsys.readouterr().out
 

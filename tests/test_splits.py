@@ -9,8 +9,8 @@ import torch
 
 from senet import cli, config, data, datasets, engine
 from senet.models import MODELS
+from senet.models.backbone_registry import register_model
 from senet.models.blocks import BasicBlock
-from senet.models.registry import register_model
 from senet.models.resnet import ResNet
 from senet.resume import ResumePoint, check_resume
 from tests.test_data import make_fashion

@@ -15,7 +15,7 @@ from analysis.compare import compare_arms, projection, settle_seeds
 from analysis.report import write_report
 from analysis.stats import pair_correlation, paired_test, pooled_sd
 from senet.cli import main
-from senet.recipe import recipe_hash
+from senet.records.recipe import recipe_hash
 from senet.sequential import Design, assess, fixed_n_seeds, seeds_to_settle
 
 GATE = {"name": "gate", "title": "Excitation gate", "axis": "se.gate", "reference_arm": "sigmoid",

@@ -24,14 +24,14 @@ import pandas as pd
 import pytest
 
 from ablations import sweep
-from ablations.checkpoints import named_checkpoints, prune_superseded, repair_missing
+from ablations.checkpoint_retention import named_checkpoints, prune_superseded, repair_missing
 from ablations.collect import collect
-from ablations.storage import StoredExperiment
-from analysis.study import best_checkpoint, checkpoint_path, count_test_images
+from ablations.tune_storage import StoredExperiment
+from analysis.study_results import best_checkpoint, checkpoint_path, count_test_images
 from senet.cli import main
 from senet.errors import UserError
-from senet.layout import study_paths
-from senet.storage import cache_root, is_uri, local_folder, location
+from senet.records.layout import study_paths
+from senet.records.object_store import cache_root, is_uri, local_folder, location
 from tests.helpers import kill_group, senet_argv
 from tests.test_ablations import _ckpts, _fake_trial, _state
 

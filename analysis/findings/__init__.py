@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from senet.claims import ARM_CLAIMS
-from senet.layout import write_atomic
+from senet.records.layout import write_atomic
 
 from ..errors import AnalysisInputError
 from ..stats import MIN_BOOT
@@ -118,7 +118,7 @@ def combine(outcomes: list[Outcome]) -> tuple[str, str]:
     return NO_EFFECT, "no effect ≥ δ in " + ", ".join(o.comparison for o in outcomes if o.verdict == NO_EFFECT)
 
 
-def evaluate(results: str | Path, *, preset: str | None = None, analysis: str | Path | None = None,
+def evaluate_findings(results: str | Path, *, preset: str | None = None, analysis: str | Path | None = None,
              metric: str = "test_top1_err", n_boot: int = 10000,
              findings: dict[str, Finding] | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """Every registered finding: (one row per claim, the recipes of the studies read)."""
@@ -152,7 +152,7 @@ def write_findings(results: str | Path = "results", out: str | Path | None = Non
                    findings: dict[str, Finding] | None = None) -> tuple[Path, pd.DataFrame]:
     """Write the findings (``out``, default ``<results>/README.md``) and ``findings.csv`` beside it."""
     results = Path(results)
-    df, recipes = evaluate(results, preset=preset, analysis=analysis, metric=metric, n_boot=n_boot,
+    df, recipes = evaluate_findings(results, preset=preset, analysis=analysis, metric=metric, n_boot=n_boot,
                            findings=findings)
     out = Path(out) if out is not None else results / "README.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import pandas as pd
 
 from senet.claims import Claim, expand
-from senet.layout import study_paths
+from senet.records.layout import study_paths
 from senet.sequential import ALIKE, BETTER, CLOSED, WITHIN, WORSE, Design
 
 from .. import stats
 from ..compare import compare_pair, paired, settle_seeds, study_design
 from ..errors import ReportInputError
-from ..study import arm_order, completed, count_test_images
+from ..study_results import arm_order, completed, count_test_images
 from .evidence import (
     AGREES,
     CONTRADICTS,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from senet.layout import study_paths
+from senet.records.layout import study_paths
 from senet.sequential import Design
 
 from ..errors import AnalysisInputError
-from ..study import completed, count_test_images, load_study, select_recipe
+from ..study_results import completed, count_test_images, load_study, select_recipe
 
 #: Half-width (points of top-1 error) of "performs alike" where no study declares its own (the
 #: default design's δ: the size of the paper's differences between SE variants, r=32 vs r=16 0.44,

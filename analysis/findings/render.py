@@ -15,7 +15,7 @@ from ..tables import human, markdown, num
 from .evidence import AGREES, CONTRADICTS, NO_EFFECT, NOT_RUN, UNRESOLVED
 
 
-def _ci(lo, hi, unit="pp") -> str:
+def _ci_in_unit(lo, hi, unit="pp") -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "–"
     return f"[{lo:+.2f}, {hi:+.2f}]" if unit == "pp" else f"[{lo:.2f}, {hi:.2f}]"
@@ -25,7 +25,7 @@ def _interval(r) -> str:
     """The interval judged on; an arm's sequence that is still the whole line says so."""
     if r.ci_method.startswith("anytime") and not (math.isfinite(r.ci_low) and math.isfinite(r.ci_high)):
         return "(−∞, ∞)"
-    return _ci(r.ci_low, r.ci_high, r.unit)
+    return _ci_in_unit(r.ci_low, r.ci_high, r.unit)
 
 
 def _effect(v, unit="pp") -> str:
@@ -74,7 +74,7 @@ def details(df: pd.DataFrame) -> list[str]:
             continue
         rows = [[r.comparison, r.expect, f"{r.n:,} {r.n_label}", _effect(r.effect, r.unit),
                  _interval(r), r.ci_method or "–", r.outcome or "–", num(r.sd), num(r.rho),
-                 _ci(r.t_low, r.t_high, r.unit), _ci(r.boot_low, r.boot_high, r.unit), r.verdict, r.reason,
+                 _ci_in_unit(r.t_low, r.t_high, r.unit), _ci_in_unit(r.boot_low, r.boot_high, r.unit), r.verdict, r.reason,
                  r.power or "–"]
                 for r in g.itertuples(index=False)]
         notes = list(dict.fromkeys(n for n in g["notes"] if n))

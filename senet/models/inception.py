@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..se import SEPlan
+from .backbone_registry import register_model
 from .blocks import ClassifierNet, SESlot, init_weights, se_by_stage
-from .registry import register_model
 
 
 class ConvBN(nn.Sequential):

@@ -32,8 +32,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..se import SEPlan
+from .backbone_registry import register_model
 from .blocks import ClassifierNet, SESlot, init_weights, se_by_stage
-from .registry import register_model
 
 
 class DepthwiseSeparable(SESlot):

@@ -11,6 +11,7 @@ from functools import partial
 from torch import nn
 
 from ..se import SEPlan
+from .backbone_registry import register_model
 from .blocks import (
     BasicBlock,
     Bottleneck,
@@ -22,7 +23,6 @@ from .blocks import (
     init_weights,
     se_by_stage,
 )
-from .registry import register_model
 
 
 class ResNet(ClassifierNet):

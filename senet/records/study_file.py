@@ -1,42 +1,55 @@
-"""``<results>/<study>/study.json``: what a study is and how each of its launches was started.
+"""``<results>/<study>/study.json``: what a study is, how each of its launches was started, and which
+trials its table records. This module alone reads and writes the file; every change goes through
+:func:`_write`, so each part below keeps what the others wrote.
 
-The top level is the experiment most recently started or resumed (its arms, axis, preset, seeds,
-base config, recipe and code commit); ``experiments`` keeps every experiment of the study by name
-(a smoke and a quick sweep of one study are two experiments with their own seeds and recipe);
-``recorded`` lists the trials the study's ``runs.parquet`` holds, so a damaged table can say which
-rows it lost. The sweep writes the first two, collect the third; each keeps what the other wrote.
+- The top level is the experiment most recently started or resumed (its arms, axis, preset, seeds,
+  base config, recipe and code commit), and ``experiments`` keeps every experiment of the study by
+  name (a smoke and a quick sweep of one study are two experiments with their own seeds and recipe):
+  :func:`record_launch`, by the sweep.
+- ``sequential`` keeps a sequential sweep's declared design per preset: :func:`declare_design`.
+- ``recorded`` lists the trials the study's ``runs.parquet`` holds, so a damaged table can say which
+  rows it lost: :func:`record_table`, by collect.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from senet.errors import UserError
-from senet.layout import StudyPaths, read_json, write_json
+from ..errors import UserError
+from .layout import StudyPaths, read_json, write_json
 
 #: Keys of study.json that no launch's meta sets: kept as they are when a launch is written.
 _KEPT = ("recorded", "sequential")
 
 
-def read_study(paths: StudyPaths) -> dict:
-    """study.json as a dict; {} when it is missing or unreadable."""
+def read_study(paths: StudyPaths, strict: bool = False) -> Any:
+    """study.json as a dict; {} when it is missing. An unreadable file is {} too, unless ``strict``
+    (a report, which must not read past a broken file): then its ``ValueError`` is raised."""
+    if strict:
+        return json.loads(paths.study_json.read_text()) if paths.study_json.is_file() else {}
     meta = read_json(paths.study_json, {})
     return meta if isinstance(meta, dict) else {}
 
 
-def write_study_json(paths: StudyPaths, meta: Mapping[str, Any], launch: bool = True) -> Path:
+def _write(paths: StudyPaths, doc: Mapping[str, Any]) -> Path:
+    """The one place study.json is written (atomically: :func:`senet.records.layout.write_json`)."""
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    return write_json(paths.study_json, doc)
+
+
+def record_launch(paths: StudyPaths, meta: Mapping[str, Any], launch: bool = True) -> Path:
     """Put ``meta`` (an experiment just started or resumed) at the top level and, with ``launch``,
     under ``experiments`` by its name; ``launch=False``: a sweep that trained nothing (every trial
     was recorded) updates the top level alone."""
-    paths.dir.mkdir(parents=True, exist_ok=True)
     old = read_study(paths)
     experiments = dict(old.get("experiments") or {})
     kept = {k: old[k] for k in _KEPT if k in old}
     meta = {k: v for k, v in meta.items() if k not in ("experiments", *_KEPT)}
     if launch:
         experiments[meta.get("experiment") or f"{meta.get('name')}-{meta.get('preset')}"] = meta
-    return write_json(paths.study_json, {**meta, "experiments": experiments, **kept})
+    return _write(paths, {**meta, "experiments": experiments, **kept})
 
 
 def declare_design(paths: StudyPaths, preset: str, design: Mapping[str, Any]) -> str:
@@ -59,14 +72,14 @@ def declare_design(paths: StudyPaths, preset: str, design: Mapping[str, Any]) ->
             return ""
         note = f"seed cap {old.get('max_seeds')} -> {new['max_seeds']} (the intervals stay valid)"
     declared[preset] = new
-    write_json(paths.study_json, {**meta, "sequential": declared})
+    _write(paths, {**meta, "sequential": declared})
     return note
 
 
-def write_recorded(paths: StudyPaths, recorded: list[dict]) -> Path:
-    """Set ``recorded``, the trials the study's table holds (:func:`ablations.store.manifest`)."""
-    paths.dir.mkdir(parents=True, exist_ok=True)
-    return write_json(paths.study_json, {**read_study(paths), "recorded": recorded})
+def record_table(paths: StudyPaths, recorded: list[dict]) -> Path:
+    """Set ``recorded``, the trials the study's table holds
+    (:func:`senet.records.trial_index.manifest`)."""
+    return _write(paths, {**read_study(paths), "recorded": recorded})
 
 
 def read_recorded(paths: StudyPaths) -> list[dict] | None:
@@ -79,15 +92,3 @@ def experiment_meta(paths: StudyPaths, experiment: str) -> dict | None:
     """The meta ``experiment`` was started with, as study.json keeps it."""
     got = (read_study(paths).get("experiments") or {}).get(experiment)
     return got if isinstance(got, dict) and got else None
-
-
-def axis_keys(axis: str, arm_overrides: Iterable[Mapping[str, Any]] = ()) -> set[str]:
-    """The keys a study's arms set: its axis and every arm's overrides (the reduction study's baseline
-    sets se.stages although its axis is se.reduction). The recipe hash leaves them out."""
-    keys = {k.strip() for k in str(axis or "").split(",") if k.strip()}
-    return keys | {k for overrides in arm_overrides for k in overrides}
-
-
-def meta_axis_keys(meta: Mapping[str, Any]) -> set[str]:
-    """:func:`axis_keys` of a study's meta (study.json, or a trial's ``meta`` parameter)."""
-    return axis_keys(meta.get("axis", ""), (a.get("overrides", {}) for a in meta.get("arms", [])))

@@ -1,19 +1,21 @@
-"""The results store: every study's ``runs.parquet`` under one results folder, keyed by what a trial
-*is*, so that each distinct (configuration, seed) is trained once and every study that needs it
-reads it.
+"""The index of recorded trials: every study's ``runs.parquet`` under one results folder, keyed by
+what a trial *is*, so that each distinct (configuration, seed) is trained once and every study that
+needs it reads it.
 
-A trial's identity is ``(config_id, seed)``: ``config_id`` is :func:`senet.recipe.recipe_hash` of
-its whole flat config with no axis or nuisance key left out (only the seed and the bookkeeping keys
+A trial's identity is ``(config_id, seed)``: ``config_id`` is :func:`senet.records.recipe.recipe_hash`
+of its whole flat config with no axis or nuisance key left out (only the seed and the bookkeeping keys
 that cannot change a result). The ``reduction`` study's r = 16 arm and the ``gate`` study's sigmoid
 arm of one preset are the same configuration, so they share a ``config_id``: the sweep that comes
 second copies the row (relabelled with its own study and arm, and ``reused_from`` naming the
 ``<study>/<experiment>`` that trained it) instead of training it again.
 
 The committed ``runs.parquet`` files are the record: Ray's trial folders are not in git, so a fresh
-clone has the tables alone, and a sweep or a collect there must keep every row they hold.
+clone has the tables alone, and a sweep or a collect there must keep every row they hold. Importing
+this module loads pandas, not torch: the config's defaults are read on first use.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import posixpath
@@ -21,19 +23,28 @@ import re
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from senet import config
-from senet.layout import StudyPaths, study_paths
-from senet.recipe import PRECISION_COLUMN, recipe_hash
+from .layout import StudyPaths, study_paths
+from .recipe import PRECISION_COLUMN, recipe_hash
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 #: Trial statuses that are results: a diverged arm (the loss became NaN) is an answer, not a failure.
 FINISHED = ("completed", "diverged")
-#: Columns the store adds to a runs.parquet row.
+#: Columns the index adds to a runs.parquet row.
 ID_COLUMNS = ("config_id", "reused_from")
-_DEFAULTS = config.flatten(config.Config())
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """The default config, flat (read once: building it loads the models, and so torch)."""
+    from .. import config
+
+    return config.flatten(config.Config())
 
 
 def _missing(v: Any) -> bool:
@@ -46,32 +57,36 @@ def config_id(flat: Mapping[str, Any]) -> str:
     A key a row lacks (a table written before the key existed) counts as its default, so adding a
     config key with a default that keeps today's behaviour does not orphan the committed rows.
     """
-    full = dict(_DEFAULTS)
-    full.update({k: v for k, v in flat.items() if k in _DEFAULTS and not _missing(v)})
+    defaults = _defaults()
+    full = dict(defaults)
+    full.update({k: v for k, v in flat.items() if k in defaults and not _missing(v)})
     if not _missing(flat.get(PRECISION_COLUMN)):  # what `run.precision auto` resolved to
         full[PRECISION_COLUMN] = flat[PRECISION_COLUMN]
     return recipe_hash(full)
 
 
-def trial_precision(cfg: config.Config) -> str:
+def trial_precision(cfg: Config) -> str:
     """The precision a trial of ``cfg`` trains in: ``run.precision``, with ``auto`` resolved for the
     trial's device type as this machine sees it (bf16 on a GPU or a CPU with native bf16, else fp32).
     It is part of the trial's identity, so a trial recorded in bf16 is not taken for an fp32 one.
     Nothing is opened here: the driver of a GPU cluster may have no GPU of its own."""
-    return resolve_precision(cfg.run.precision, cfg.run.device)
+    return planned_precision(cfg.run.precision, cfg.run.device)
 
 
 def flat_precision(flat: Mapping[str, Any]) -> str:
     """:func:`trial_precision` of a flat config (``run.precision`` and ``run.device`` as a trial
     resolved them), without building the config again."""
-    return resolve_precision(str(flat.get("run.precision", _DEFAULTS["run.precision"])),
-                             str(flat.get("run.device", _DEFAULTS["run.device"])))
+    defaults = _defaults()
+    return planned_precision(str(flat.get("run.precision", defaults["run.precision"])),
+                             str(flat.get("run.device", defaults["run.device"])))
 
 
-def resolve_precision(precision: str, device: str) -> str:
+def planned_precision(precision: str, device: str) -> str:
+    """``precision``, or for ``auto`` what a trial on ``device`` (a config's ``run.device`` name)
+    would train in on this machine: the name alone, unlike :func:`senet.runtime.resolve_precision`,
+    which resolves a run's precision and memory format for a device it has opened."""
     if precision != "auto":
         return precision
-    # torch only where `auto` has to be resolved: planning a sweep of fixed precision loads none
     import torch
 
     from senet.runtime import default_precision

@@ -7,17 +7,18 @@ data and its split, the schedule, the precision) is the recipe: reports group ro
 that a smoke run and a quick run are never averaged together.
 
 Sweeps record the hash per trial (``recipe`` in ``runs.parquet``); reports recompute it with the same
-function for tables written before the column existed.
+function for tables written before the column existed. The keys a study's arms set are named by
+:func:`arm_keys` for both. Importing this module loads no torch; hashing reads the config's keys
+(:mod:`senet.config`, which imports the models) on first use.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-from . import config
 
 #: Config keys that say how or where a run was executed, not what was trained: excluded from the
 #: recipe. ``run.precision`` stays in it (bf16 and fp32 are different arithmetic), and so does
@@ -30,6 +31,27 @@ BOOKKEEPING = frozenset({
 #: The results column (from the run's provenance) holding the precision ``run.precision auto``
 #: resolved to.
 PRECISION_COLUMN = "precision"
+
+
+@functools.cache
+def _config_keys() -> frozenset[str]:
+    from .. import config
+
+    return frozenset(config.keys())
+
+
+def arm_keys(axis: str | None, arm_overrides: Iterable[Mapping[str, Any] | None] = ()) -> list[str]:
+    """The keys a study's arms set, in order: its axis (``"se.gate"``, or several joined by commas;
+    a description in parentheses names no key) and every key an arm overrides (the reduction study's
+    baseline sets ``se.stages`` although its axis is ``se.reduction``). The recipe leaves them out."""
+    keys = [k.strip() for k in str(axis or "").split(",") if k.strip() and not k.strip().startswith("(")]
+    keys += [k for overrides in arm_overrides for k in (overrides or {})]
+    return list(dict.fromkeys(keys))
+
+
+def study_arm_keys(meta: Mapping[str, Any]) -> list[str]:
+    """:func:`arm_keys` of a study's meta (``study.json``, or a trial's ``meta`` parameter)."""
+    return arm_keys(meta.get("axis"), (a.get("overrides") for a in meta.get("arms", [])))
 
 
 def _canonical(value: Any) -> Any:
@@ -53,7 +75,7 @@ def recipe_items(flat: Mapping[str, Any], axis_keys: Iterable[str] = (),
     are ignored), without the seed, the arm axis keys, the nuisance keys and :data:`BOOKKEEPING`;
     missing values are dropped so an older table without a newer key hashes like one that has it unset."""
     drop = {"seed", *BOOKKEEPING, *(k.strip() for k in axis_keys), *(k.strip() for k in nuisance_keys)}
-    known = set(config.keys())
+    known = _config_keys()
     out = {}
     for key in sorted(flat):
         if key in known and key not in drop:

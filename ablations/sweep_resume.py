@@ -14,13 +14,13 @@ from typing import Any
 
 from senet import config
 from senet.errors import UserError
-from senet.layout import read_json
+from senet.records import trial_index
+from senet.records.layout import read_json
+from senet.records.study_file import experiment_meta
 from senet.sequential import Design
 
-from . import store
 from .plan import Cell, Plan, SweepOptions
 from .studies import Arm
-from .study_json import experiment_meta
 
 
 def stored_meta(p: Plan) -> dict | None:
@@ -101,7 +101,7 @@ def resume_command(opts: SweepOptions, p: Plan) -> str:
         args += ["--spec", str(Path(opts.spec).expanduser().absolute())]
     args += ["--preset", p.preset, "--results", str(p.paths.results)]
     if opts.storage:
-        args += ["--storage", str(p.store)]
+        args += ["--storage", str(p.tune_storage)]
     if opts.address:
         args += ["--address", opts.address]
     return shlex.join([*args, "--resume"])
@@ -109,9 +109,9 @@ def resume_command(opts: SweepOptions, p: Plan) -> str:
 
 def interrupted_launches(p: Plan, todo: tuple[Cell, ...]) -> list[str]:
     """The launches that left some of ``todo`` unfinished (stopped or failed), by name."""
-    df, _ = store.read_table(p.paths.runs_parquet)
+    df, _ = trial_index.read_table(p.paths.runs_parquet)
     if df is None or df.empty or "experiment" not in df:
         return []
-    df = store.with_ids(df[~df["status"].isin(store.FINISHED)])
+    df = trial_index.with_ids(df[~df["status"].isin(trial_index.FINISHED)])
     keys = {c.key for c in todo}
-    return sorted({str(r["experiment"]) for r in df.to_dict("records") if store.key_of(r) in keys})
+    return sorted({str(r["experiment"]) for r in df.to_dict("records") if trial_index.key_of(r) in keys})

@@ -1,7 +1,7 @@
 """A sweep's Tune storage as this machine reads it: a folder, or an object store's prefix.
 
 ``--storage`` is a folder (default ``<results>/<study>/ray``; a ``file://`` URI is the same folder)
-or an object store's URI (``s3://BUCKET/PREFIX``, :mod:`senet.storage`), which Ray Tune writes to
+or an object store's URI (``s3://BUCKET/PREFIX``, :mod:`senet.records.object_store`), which Ray Tune writes to
 through pyarrow (``RunConfig(storage_path=URI)``, ``Tuner.restore(URI/<experiment>)``). A URI is
 checked before Ray starts: an unknown scheme, a missing bucket or credentials that cannot list it is
 one line.
@@ -9,10 +9,10 @@ one line.
 Planning, collecting and resuming read an object store through a local copy of the small files of
 the study's experiments (:data:`READ`: experiment states, each trial's ``params.json``,
 ``result.json`` and ``error.txt``, and the ``final.json`` / ``config.json`` of its checkpoints), in
-the study's cache (:func:`senet.storage.cache_root`, inside ``<results>/<study>/ray``, which git
+the study's cache (:func:`senet.records.object_store.cache_root`, inside ``<results>/<study>/ray``, which git
 ignores); the folder code then reads the copy exactly as it reads a local storage. Checkpoints are
 not copied: a row's ``checkpoint`` is the checkpoint's full URI, which ``senet analyze --best``
-fetches. Checkpoint pruning and repair (:mod:`ablations.checkpoints`) act on the store itself
+fetches. Checkpoint pruning and repair (:mod:`ablations.checkpoint_retention`) act on the store itself
 (:class:`StoredExperiment`).
 """
 from __future__ import annotations
@@ -22,8 +22,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from senet.layout import CHECKPOINT, StudyPaths
-from senet.storage import Entry, Location, cache_path, cache_root, check, local_folder, location, mirror
+from senet.records.layout import CHECKPOINT, StudyPaths
+from senet.records.object_store import (
+    Entry,
+    Location,
+    cache_path,
+    cache_root,
+    check,
+    local_folder,
+    location,
+    mirror,
+)
 
 #: The files of a Tune experiment that planning, collect and --resume read, relative to the storage.
 READ = re.compile(r"[^/]+/(experiment_state-[^/]*\.json"
@@ -101,7 +110,7 @@ def refresh(storage: Storage, study: str) -> StoreCopy | None:
 
 class StoredExperiment:
     """A Tune experiment in an object store, with the methods of
-    :class:`ablations.checkpoints.LocalExperiment`: what checkpoint pruning and repair read and change."""
+    :class:`ablations.checkpoint_retention.LocalExperiment`: what checkpoint pruning and repair read and change."""
 
     def __init__(self, fs, root: str):
         self.fs = fs

@@ -1,22 +1,24 @@
 """One study's collected results as the reports read them: the table, its meta, one recipe, groups.
 
 A study's sweep writes ``<results>/<study>/runs.parquet`` (one row per trial) and ``study.json`` (its
-arms, the reference arm and the paper's ImageNet numbers). A report covers one recipe: trials that
-differ in anything but the arm, the seed and a study's nuisance values (see ``senet.recipe``) are
-never averaged together (:func:`select_recipe`). A row's ``checkpoint`` is relative to the study
-folder (absolute in tables collected before), or the URI of a sweep stored in an object store, which
-is fetched into the study's cache: :func:`checkpoint_path`. pandas only; ``senet.recipe`` (which
-loads torch) only for a table collected before it recorded recipes.
+arms, the reference arm and the paper's ImageNet numbers), both read through :mod:`senet.records`.
+A report covers one recipe: trials that differ in anything but the arm, the seed and a study's
+nuisance values (see :mod:`senet.records.recipe`) are never averaged together (:func:`select_recipe`).
+A row's ``checkpoint`` is relative to the study folder (absolute in tables collected before), or the
+URI of a sweep stored in an object store, which is fetched into the study's cache:
+:func:`checkpoint_path`. pandas only; torch only to hash the recipes of a table collected before it
+recorded them.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from senet.layout import CHECKPOINT, FINAL_JSON, read_json, study_paths
-from senet.storage import fetch_for_study, is_uri, sibling
+from senet.records.layout import CHECKPOINT, FINAL_JSON, read_json, study_paths
+from senet.records.object_store import fetch_for_study, is_uri, sibling
+from senet.records.recipe import recipe_hash, study_arm_keys
+from senet.records.study_file import read_study
 
 from .errors import ReportInputError
 
@@ -38,11 +40,10 @@ def load_study(results: str | Path, study: str) -> tuple[pd.DataFrame, dict]:
     missing = {"arm", "status", "test_top1_err"} - set(runs.columns)
     if missing:
         raise ReportInputError(f"{runs_path} lacks the columns {sorted(missing)}")
-    meta_path = paths.study_json
     try:  # a broken study.json is the user's to fix, not a file to read past
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = read_study(paths, strict=True)
     except ValueError as e:
-        raise ReportInputError(f"{meta_path} is not valid JSON ({e}); remove it and `senet collect {study} "
+        raise ReportInputError(f"{paths.study_json} is not valid JSON ({e}); remove it and `senet collect {study} "
                                f"--results {results}` derives it from the trials") from None
     meta.setdefault("name", study)
     meta.setdefault("title", study)
@@ -65,12 +66,11 @@ def completed(runs: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # One recipe per report; nuisance values are not seeds
 # ---------------------------------------------------------------------------------------------
-def axis_keys(meta: dict, runs: pd.DataFrame | None = None) -> list[str]:
-    """The config keys the arms vary: the study's axis and every key an arm overrides (the
-    reduction study's baseline sets ``se.stages`` although its axis is ``se.reduction``). Without
-    a recorded axis, the config columns that are constant within each arm and differ between arms."""
-    keys = [k.strip() for k in str(meta.get("axis") or "").split(",") if k.strip() and not k.startswith("(")]
-    keys += [k for a in meta.get("arms", []) for k in (a.get("overrides") or {})]
+def varied_keys(meta: dict, runs: pd.DataFrame | None = None) -> list[str]:
+    """The config keys the arms vary: :func:`senet.records.recipe.study_arm_keys` of the study's
+    meta; without a recorded axis, the config columns of ``runs`` that are constant within each arm
+    and differ between arms."""
+    keys = study_arm_keys(meta)
     if not keys and runs is not None and "arm" in runs and runs["arm"].nunique() > 1:
         cols = [c for c in runs.columns if "." in c and not c.startswith("run.")]
         keys = [c for c in cols if runs.groupby("arm")[c].nunique(dropna=False).max() <= 1
@@ -85,12 +85,10 @@ def nuisance_keys(meta: dict) -> list[str]:
 
 def with_recipe(runs: pd.DataFrame, meta: dict) -> pd.DataFrame:
     """``runs`` with a ``recipe`` column: the recorded one, or for rows without it (tables collected
-    before it existed) the same :func:`senet.recipe.recipe_hash` that collect records."""
+    before it existed) the same :func:`senet.records.recipe.recipe_hash` that collect records."""
     if "recipe" in runs and runs["recipe"].notna().all():
         return runs
-    from senet.recipe import recipe_hash  # senet.recipe loads torch: only tables this old pay for it
-
-    axis, nuis = axis_keys(meta, runs), nuisance_keys(meta)
+    axis, nuis = varied_keys(meta, runs), nuisance_keys(meta)
     computed = pd.Series([recipe_hash(r, axis, nuis) for r in runs.to_dict("records")], index=runs.index)
     runs = runs.copy()
     runs["recipe"] = runs["recipe"].where(runs["recipe"].notna(), computed) if "recipe" in runs else computed

@@ -22,7 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
-from senet.layout import read_json
+from senet.records.layout import read_json
 
 _CKPT = re.compile(r"checkpoint_(\d{6})")
 
@@ -35,7 +35,7 @@ def newest_state_file(exp: Path) -> Path | None:
 
 class LocalExperiment:
     """A Tune experiment folder on this machine, as the functions below read and change it; an
-    object store's experiment (:class:`ablations.storage.StoredExperiment`) offers the same methods."""
+    object store's experiment (:class:`ablations.tune_storage.StoredExperiment`) offers the same methods."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -69,7 +69,7 @@ class LocalExperiment:
         tmp.rename(trial_dir / dst)
 
 
-def _experiment(exp) -> LocalExperiment:
+def _as_experiment(exp) -> LocalExperiment:
     return LocalExperiment(exp) if isinstance(exp, (str, Path)) else exp
 
 
@@ -105,7 +105,7 @@ def named_checkpoints(exp) -> dict[str, str]:
     checkpoint, or one this reader cannot make out, are left out (nothing of theirs is deleted); an
     unreadable snapshot (one being copied) gives ``{}``.
     """
-    data = _experiment(exp).state()
+    data = _as_experiment(exp).state()
     entries = data.get("trial_data") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         return {}
@@ -125,7 +125,7 @@ def named_checkpoints(exp) -> dict[str, str]:
 
 def prune_superseded(exp) -> int:
     """Delete each trial's checkpoints older than the one the snapshot on storage names; return how many."""
-    exp = _experiment(exp)
+    exp = _as_experiment(exp)
     removed = 0
     for logdir, name in named_checkpoints(exp).items():
         keep = checkpoint_index(name)
@@ -139,7 +139,7 @@ def prune_superseded(exp) -> int:
 def repair_missing(exp) -> list[str]:
     """Where the named checkpoint of a trial is gone and a newer one exists, copy the newest one to the
     missing name; return one line per mended trial."""
-    exp = _experiment(exp)
+    exp = _as_experiment(exp)
     notes = []
     for logdir, name in named_checkpoints(exp).items():
         if not exp.has_trial(logdir):

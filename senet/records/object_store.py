@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .errors import UserError
+from ..errors import UserError
+from ..registry import Registry
 from .layout import StudyPaths, study_paths
-from .registry import Registry
 
 
 @dataclass(frozen=True)
