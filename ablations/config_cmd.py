@@ -1,17 +1,17 @@
 """``senet config``, which can also start from the config a sweep's trials start from
 (``--study S --preset P``, ``--spec FILE`` for the custom study).
 
-What it prints is :mod:`senet.config_cmd`'s; the command is declared here because the studies and
+What it prints is :mod:`senet.config_view`'s; the command is declared here because the studies and
 presets are this package's. The studies are imported when it runs, not for its options.
 """
 from __future__ import annotations
 
-from senet import config_cmd
+from senet import config_view
 from senet.cli import command, preset_option
 
 
 @command
-class ConfigCommand(config_cmd.ConfigCommand):
+class ConfigCommand(config_view.ConfigCommand):
     base_options = "--study/--preset/--spec"
 
     def configure(self, p):

@@ -24,7 +24,7 @@ from senet.errors import UserError
 from senet.records.layout import study_paths
 from senet.sequential import Design
 
-from .analyze import AnalyzeOptions, _split, mean_split
+from .analyze import AnalyzeOptions, _split_arrays, mean_split
 from .compare import study_design
 from .extract import extract_excitations, run_precision, select_blocks
 from .loading import load_data, load_trained
@@ -73,9 +73,9 @@ def analyze_seeds(study_dir: str | Path, out: str | Path | None = None, *, arm: 
             continue
         model, cfg, _, meta = load_trained(str(row["weights"]), {}, "analyze-seeds")
         ds, mean, std, classes = load_data(cfg, meta, cache)
-        x, y = _split(ds, opt.split)
+        x, y = _split_arrays(ds, opt.split)
         ref = mean_split(ds, opt)
-        xr, _ = _split(ds, ref, "mean split")
+        xr, _ = _split_arrays(ds, ref, "mean split")
         if max_images:
             x, y, xr = x[:max_images], y[:max_images], xr[:max_images]
         blocks = select_blocks(list(se_modules(model)), "all")

@@ -59,7 +59,7 @@ def over_seeds(values, design: Design, k: int = 1) -> dict:
             "low": low, "high": high, "level": design.level(k)}
 
 
-def _interval(ax, x: float, r: dict, color) -> None:
+def _mean_and_cs(ax, x: float, r: dict, color) -> None:
     """The mean as a bar end and its CS as a whisker (an arrow where it is still unbounded)."""
     if not math.isfinite(r["mean"]):
         return
@@ -93,7 +93,7 @@ def selectivity_figure(sel: pd.DataFrame, *, arm: str, design: Design):
     rho = per_seed_rho(sel)
     r = over_seeds(rho["rho"], design)
     b.scatter(np.zeros(len(rho)) + np.linspace(-0.15, 0.15, len(rho)), rho["rho"], color="0.5", s=12, zorder=3)
-    _interval(b, 0.0, r, colors(1)[0])
+    _mean_and_cs(b, 0.0, r, colors(1)[0])
     b.axhline(0, color="black", lw=0.6)
     b.set_xlim(-0.6, 0.6)
     b.set_ylim(-1.05, 1.05)
@@ -118,7 +118,7 @@ def removal_figure(rem: pd.DataFrame, *, arm: str, design: Design):
         for i, stage in enumerate(stages):
             d = rem[rem["removed"] == stage].sort_values("seed")[f"delta_top1_{mode}"].to_numpy(float)
             ax.scatter(np.full(len(d), i) + np.linspace(-0.15, 0.15, len(d)), d, color="0.5", s=12, zorder=3)
-            _interval(ax, i, over_seeds(d, design), c)
+            _mean_and_cs(ax, i, over_seeds(d, design), c)
         ax.axhline(0, color="black", lw=0.6)
         if mode == "mean":
             ax.axhline(design.delta, color="black", ls="--", lw=0.8, label=f"δ = {design.delta:g} pp")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from senet import config
-from senet.config_cmd import describe, field_docs
+from senet.config_view import describe, field_docs
 from senet.models import MODELS
 from senet.registry import Registry, choice_names
 from senet.schedules import SCHEDULES
