@@ -38,3 +38,11 @@ def remove_model(name: str) -> None:
 
     MODELS.remove(name)
     MODELS.remove(f"se_{name}")
+
+
+def gate_arms() -> int:
+    """How many arms the gate study sweeps (one per gate its registry holds for the study): the
+    trials of a one-seed smoke sweep of ``gate``."""
+    from ablations.studies import STUDIES
+
+    return len(STUDIES.get("gate").arms)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import kill_group, senet_argv
+from tests.helpers import gate_arms, kill_group, senet_argv
 
 pytestmark = pytest.mark.slow
 
@@ -121,19 +121,19 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path):
         kill_group(first)
     recorded = _recorded_terminated(exp)
     before = {k: v for k, v in finished().items() if k in recorded}
-    assert 2 <= len(before) < 7, "the kill should land mid-sweep"
+    assert 2 <= len(before) < gate_arms(), "the kill should land mid-sweep"
 
     second = subprocess.run(senet_argv("sweep", "gate", *common, "--resume"), env=env, capture_output=True,
                             text=True, timeout=400, start_new_session=True)
     assert second.returncode == 0, second.stdout + second.stderr
     after = finished()
-    assert len(after) == 7
+    assert len(after) == gate_arms()  # one trial per gate, one seed
     for name, text in before.items():
         assert after[name] == text, f"{name} was run again after --resume"
     for d in exp.glob("*_seed*"):
         assert sum(1 for r in _results(d) if r.get("final")) == 1, d.name  # finished exactly once
     df = pd.read_parquet(tmp_path / "gate" / "runs.parquet")
-    assert len(df) == 7 and set(df["status"]) == {"completed"} and df["trial_id"].is_unique
+    assert len(df) == gate_arms() and set(df["status"]) == {"completed"} and df["trial_id"].is_unique
 
 
 def _resume_argv(output: str) -> list[str]:
@@ -191,4 +191,4 @@ def test_interrupted_sweep_exits_nonzero_and_its_resume_command_finishes_it(tmp_
                             start_new_session=True)
     assert second.returncode == 0, second.stdout + second.stderr
     df = pd.read_parquet(tmp_path / "gate" / "runs.parquet")
-    assert len(df) == 7 and set(df["status"]) == {"completed"} and df["trial_id"].is_unique
+    assert len(df) == gate_arms() and set(df["status"]) == {"completed"} and df["trial_id"].is_unique

@@ -348,7 +348,7 @@ def _reference_avgstd(u):
 
 
 #: The squeezes as written before the fused block (plain autograd); a squeeze registered later is
-#: its own reference.
+#: its own reference, called through ``forward`` so that hooks on it see only the SE's own call.
 _REFERENCE_SQUEEZES = {
     "avg": lambda u: u.mean((2, 3), keepdim=True).unsqueeze(1),
     "max": lambda u: u.amax((2, 3), keepdim=True).unsqueeze(1),
@@ -360,7 +360,7 @@ _REFERENCE_SQUEEZES = {
 
 def _reference_squeeze(se, u):
     name = next((n for n in SQUEEZES.names() if type(se.squeeze) is SQUEEZES.get(n)), None)
-    return _REFERENCE_SQUEEZES[name](u) if name in _REFERENCE_SQUEEZES else se.squeeze(u)
+    return _REFERENCE_SQUEEZES[name](u) if name in _REFERENCE_SQUEEZES else se.squeeze.forward(u)
 
 
 def _reference_excitation(exc, z):
