@@ -45,29 +45,18 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from tests.helpers import json_rows, kill_group, senet_argv
+
 STUDY = "reduction"
 EPOCH_LOG_ENV = "SENET_EPOCH_LOG"  # read by ablations.trainable
 TAG_ENV = "SENET_KILL_LOOP_TAG"
 
 
-def _argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from senet.cli import main; sys.exit(main())", *args]
-
-
 def _rows(path: Path) -> list[dict]:
     try:
-        text = path.read_text()
+        return json_rows(path.read_text())
     except OSError:
         return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by the kill
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _result_lines(ray_dir: Path) -> int:
@@ -98,10 +87,7 @@ def _tagged(tag: str) -> list[int]:
 def _kill_all(proc: subprocess.Popen, tag: str, wait_s: float = 20.0) -> int:
     """SIGKILL the launch's process group, then any process still carrying its tag; wait until none
     is left. Return how many strays (outside the group) were killed."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    kill_group(proc)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -144,7 +130,7 @@ class Sweep:
         return any(self.ray_dir.glob("*/experiment_state-*.json"))
 
     def argv(self) -> list[str]:
-        return _argv("sweep", STUDY, *self.common, *(["--resume"] if self.has_state() else []))
+        return senet_argv("sweep", STUDY, *self.common, *(["--resume"] if self.has_state() else []))
 
 
 def _launch(sweep: Sweep, env: dict, log: Path) -> subprocess.Popen:

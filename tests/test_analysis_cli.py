@@ -14,6 +14,7 @@ from senet.checkpoint import build_from_config, save_checkpoint
 from senet.cli import main
 from senet.config import from_flat, to_dict
 from senet.data import SYNTHETIC_CLASSES
+from tests.test_analysis_render import study_dir  # noqa: F401  (a gate study's folder)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -207,16 +208,10 @@ def test_analyze_best_finds_a_checkpoint_relative_to_the_study_folder(tmp_path, 
     assert f"-> {Path('results') / 'gate' / rel}" in out and (tmp_path / "a" / "summary.md").is_file()
 
 
-def test_report_command(tmp_path, capsys):
-    from tests.test_analysis_render import STUDY, _runs
-
-    d = tmp_path / "gate"
-    d.mkdir()
-    _runs().to_parquet(d / "runs.parquet", index=False)
-    (d / "study.json").write_text(json.dumps(STUDY))
-    assert main(["report", "gate", "--results", str(tmp_path), "--n-boot", "200"]) == 0
+def test_report_command(study_dir, capsys):  # noqa: F811  (the gate study fixture)
+    assert main(["report", "gate", "--results", str(study_dir), "--n-boot", "200"]) == 0
     out = capsys.readouterr().out
-    assert "| tanh | 10.33 ± 1.26 |" in out and (d / "report.md").is_file()
-    assert main(["report", "conv", "--results", str(tmp_path)]) == 2
+    assert "| tanh | 10.33 ± 1.26 |" in out and (study_dir / "gate" / "report.md").is_file()
+    assert main(["report", "conv", "--results", str(study_dir)]) == 2
     err = capsys.readouterr().err
     assert "no results for study 'conv'" in err and "studies with results: gate" in err

@@ -14,12 +14,7 @@ timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("one_thread", "torch_seed")
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:

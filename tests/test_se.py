@@ -28,12 +28,7 @@ from senet.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreAct
 from senet.models.resnet import ResNet
 from senet.se import Squeeze, excitation_args, hidden_width, scale_add, spatial_mean, study_choices
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("one_thread", "torch_seed")
 
 
 # --------------------------------------------------------------------------------------------

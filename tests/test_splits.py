@@ -18,12 +18,7 @@ from tests.test_data import make_fashion
 TINY = "tiny_split_resnet"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _no_senet_data(monkeypatch):
-    monkeypatch.delenv("SENET_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_senet_data")
 
 
 @pytest.fixture

@@ -17,26 +17,10 @@ from senet.engine import evaluate, fit
 from senet.metrics import EPOCH_COLUMNS, METRIC_COLUMNS, RESULT_KEYS, FitResult
 from senet.models import build_model, se_modules
 from senet.schedules import SCHEDULES
-from tests.helpers import register_tiny_resnet, remove_model
 
-TINY = "tiny_test_resnet"
+TINY = "tiny_test_resnet"  # registered while this module's tests run (the tiny_resnet fixture)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_model():
-    """A 3-block CIFAR-style ResNet: the engine's tests need speed, not depth. Registered only
-    while this module's tests run, so registry-wide tests elsewhere never see it."""
-    register_tiny_resnet(TINY)
-    yield
-    remove_model(TINY)
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _no_senet_data(monkeypatch):
-    monkeypatch.delenv("SENET_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("tiny_resnet", "one_thread", "no_senet_data")
 
 
 def tiny_cfg(**flat):
