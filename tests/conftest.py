@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +41,23 @@ def tiny_resnet(request):
     register_tiny_resnet(name)
     yield name
     remove_model(name)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure a test writes to a file, by the file's stem: what a command drew, to assert on
+    (its panels, lines, labels and plotted values). The files are written as ever."""
+    from matplotlib.figure import Figure
+
+    figures = {}
+    savefig = Figure.savefig
+
+    def recording(fig, fname, *args, **kwargs):
+        figures[Path(fname).stem] = fig
+        return savefig(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return figures
 
 
 @pytest.fixture(scope="module")

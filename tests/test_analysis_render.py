@@ -197,7 +197,7 @@ def test_markdown_and_latex_tables():
     assert "\\toprule" in tex and "\\caption{Table 12}" in tex
 
 
-def test_write_report(study_dir):
+def test_write_report(study_dir, drawn):
     path = write_report(study_dir, "gate", n_boot=500)
     text = path.read_text()
     assert path == study_dir / "gate" / "report.md"
@@ -210,6 +210,19 @@ def test_write_report(study_dir):
             assert (study_dir / "gate" / "figures" / f"{stem}.{ext}").is_file()
         assert f"figures/{stem}.png" in text
     assert (study_dir / "gate" / "table.tex").read_text().startswith("\\begin{table}")
+    # what the figures show: the arms in the study's order with their finished seeds, and each
+    # arm's finished errors (the diverged retry left out)
+    arms, ok = ["sigmoid", "tanh", "relu", "softmax"], completed(_runs())
+    points = drawn["pointplot"]
+    assert [ax.get_title() for ax in points.axes] == ["top-1 error (%)", "top-5 error (%)"]
+    for ax in points.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["sigmoid\nn=3", "tanh\nn=3", "relu\nn=3", "softmax\nn=2"]
+    for metric in ("test_top1_err", "test_top5_err"):
+        edf = drawn[f"edf_{metric}"].axes[0]
+        assert [t.get_text().split(" (")[0] for t in edf.get_legend().get_texts()] == arms
+        for line, arm in zip(edf.lines, arms, strict=True):
+            assert sorted(set(line.get_xdata())) == sorted(ok.loc[ok["arm"] == arm, metric])
+            assert line.get_ydata()[-1] == 1.0  # every finished run counted
 
 
 def test_running_and_errored_trials_are_not_counted_as_diverged(study_dir):

@@ -73,9 +73,14 @@ def test_senet_load_external_wrapper_and_file_loading(tmp_path):
 
 
 def test_data_parallel_prefix_is_stripped():
-    src = torchvision.models.resnet18()
+    """A state dict saved from ``nn.DataParallel`` (every key under ``module.``) loads as the bare one
+    does: every weight and BN statistic lands, so the logits are the source's."""
+    src = _randomise_bn(torchvision.models.resnet18()).eval()
     sd = {f"module.{k}": v for k, v in src.state_dict().items()}
-    load_external(build_model("resnet18"), sd, source="torchvision")
+    ours = load_external(build_model("resnet18"), sd, source="torchvision").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), src(x), atol=1e-4, rtol=0)
 
 
 def test_timm_se_keys_map_into_the_excitation_slot():
