@@ -513,8 +513,8 @@ def test_smoke_sweep_custom_with_nuisance(ray_session, tmp_path):
     df = pd.read_parquet(tmp_path / "mine" / "runs.parquet")
     assert len(df) == 2 and set(df["status"]) == {"completed"}
     assert sorted(zip(df["se.reduction"], df["optim.lr"], strict=True)) == [(4, 0.05), (4, 0.1)]
-    # the same sweep again trains nothing: every (configuration, seed) is recorded (issue 12; it
-    # used to be refused), and it starts no second Tune experiment to mix with the first
+    # the same sweep again trains nothing, every (configuration, seed) being recorded, and is not
+    # refused; it starts no second Tune experiment to mix with the first
     assert _sweep("custom", tmp_path, "--spec", str(spec)) == 0
     assert [d.name for d in (tmp_path / "mine" / "ray").iterdir() if d.is_dir()] == ["mine-smoke"]
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "mine" / "runs.parquet"), df)

@@ -51,8 +51,8 @@ def _image_folder(root, classes=("ant", "bee", "cat"), per_class=4, size=32):
     return root
 
 
-# One checkpoint of every backbone family (issue 9 item 8: Inception died in Grad-CAM after the
-# expensive steps). ImageNet-size families run at 28 px on the synthetic data, except BN-Inception,
+# One checkpoint of every backbone family: a family-specific failure (Grad-CAM's target layer) would
+# come after the expensive steps. ImageNet-size families run at 28 px on the synthetic data, except BN-Inception,
 # whose Caffe ceil-mode pools need 32 px: it reads a 32-px image folder. The first SE block keeps the
 # per-channel captum ablation (one pass per channel) short.
 FAMILIES = [
@@ -161,8 +161,8 @@ def test_analyze_user_errors_are_one_line(tmp_path, capsys):
 
 
 def test_compare_must_be_a_plain_network_on_the_same_dataset(tmp_path, capsys):
-    """Issue 10: ``--compare`` took any model with as many classes as a "plain" baseline (an SE
-    model, another dataset's) and the summary did not name it."""
+    """``--compare`` takes only a plain network on the same dataset (not an SE model, nor another
+    dataset's with as many classes), and the summary names it."""
     se = _checkpoint(tmp_path / "se.pt", "se_resnet20")
     other_se = _checkpoint(tmp_path / "se2.pt", "se_resnet20", **{"se.reduction": 8})
     elsewhere = _checkpoint(tmp_path / "fm.pt", "resnet20", **{"data.name": "fashion-mnist"})
@@ -176,7 +176,7 @@ def test_compare_must_be_a_plain_network_on_the_same_dataset(tmp_path, capsys):
 
 
 def test_analyze_reports_the_test_error_of_a_seed1_run(tmp_path, capsys):
-    """Issue 9: analysing a run must evaluate the images the run was evaluated on. A seed-1 run with a
+    """Analysing a run evaluates the images the run was evaluated on. A seed-1 run with a
     test subset and a validation split: the intact model's test error and validation error that
     ``analyze`` reports equal the run's own (final.json, metrics.jsonl)."""
     from senet.train import fit
@@ -204,7 +204,7 @@ def test_analyze_reports_the_test_error_of_a_seed1_run(tmp_path, capsys):
 
 
 def test_analyze_best_finds_a_checkpoint_relative_to_the_study_folder(tmp_path, capsys, monkeypatch):
-    """Issue 12: `analyze --best` resolves the recorded checkpoint (relative to <results>/<study>, as
+    """`analyze --best` resolves the recorded checkpoint (relative to <results>/<study>, as
     collect records it) against the study folder, not the working directory."""
     d = tmp_path / "results" / "gate"
     rel = "ray/gate-smoke/sigmoid_0/checkpoint_000001"

@@ -29,7 +29,7 @@ def _run(path, model, errs, *, final=None, tail="", val=None):
 @pytest.fixture
 def two_runs(tmp_path):
     # validation is best at epoch 3 (10.5, test 9.0 there); the lowest test error (8.0, epoch 4) is
-    # not a selection: choosing on test is optimistically biased (issue 9 item 4)
+    # not a selection: choosing on test is optimistically biased
     se = _run(tmp_path / "se", "se_resnet20", [30.0, 12.0, 9.0, 8.0], val=[31.0, 11.0, 10.5, 10.9],
               final={"status": "completed", "wall_time_s": 3723.4})
     # still running, and killed in the middle of writing its last line
@@ -113,7 +113,7 @@ def test_bad_input_is_one_line(two_runs, tmp_path, capsys, args, message):
 
 
 def test_a_run_without_an_epoch_is_skipped_with_a_note(two_runs, tmp_path, capsys):
-    # issue 10: one just-started run made `senet curves` refuse every run
+    # a run that has just started (no epoch logged) must not make `senet curves` refuse the others
     se, plain = two_runs
     fresh = tmp_path / "fresh"
     fresh.mkdir()

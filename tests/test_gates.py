@@ -1,4 +1,4 @@
-"""`senet gates` (issue 12 item 4): gating choices compared by the excitations they learn, on two
+"""`senet gates`: gating choices compared by the excitations they learn, on two
 tiny checkpoints (sigmoid and tanh SE-ResNet-20, one epoch on the synthetic data)."""
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def test_gates_on_a_study_folder_picks_the_best_by_validation(tmp_path, trained,
 
 
 def test_gates_resolves_checkpoints_relative_to_the_study_folder(tmp_path, trained, monkeypatch):
-    """Issue 12: runs.parquet records checkpoints relative to the study folder (a checkpoint folder or
+    """runs.parquet records checkpoints relative to the study folder (a checkpoint folder or
     its checkpoint.pt); the working directory does not matter."""
     d = _study(tmp_path, trained)
     for gate, recorded in (("sigmoid", "ray/gate-smoke/sigmoid_0/checkpoint_000001"),

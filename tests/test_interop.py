@@ -122,8 +122,8 @@ def test_stride_in_1x1_models_are_refused():
 
 @pytest.mark.parametrize("ours,theirs", [("se_resnet50", "resnet50"), ("resnet50", "resnet18")])
 def test_key_and_shape_mismatches_come_before_the_stride_hint(ours, theirs):
-    """Issue 10: a dict of another network loaded into a stride_in_1x1 model (the default for
-    resnet50) was blamed on the stride; the keys and shapes that do not fit are the news."""
+    """A dict of another network loaded into a stride_in_1x1 model (the default for resnet50) is
+    reported by the keys and shapes that do not fit, not blamed on the stride."""
     sd = _meta(theirs, stride_in_1x1=False).state_dict()
     with pytest.raises(ValueError, match="cannot load the timm state dict into") as e:
         map_state_dict(_meta(ours), sd, "timm")

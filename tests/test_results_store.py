@@ -1,4 +1,4 @@
-"""The results store (issue 12): each distinct (configuration, seed) is trained once and every study
+"""The results store: each distinct (configuration, seed) is trained once and every study
 reads it; a sweep continues from the committed runs.parquet tables; collect merges what a table
 records with the trial folders on disk and never drops a recorded row; git keeps the tables, not
 Ray's folders. Fast tests build tables by hand; one scenario runs real smoke sweeps on Ray."""

@@ -335,7 +335,7 @@ def test_each_se_is_on_the_forward_path(name, size, n_se):
 
 
 # --------------------------------------------------------------------------------------------
-# The fused block (issue 11): the same numbers as the straightforward ``u * gate(...)`` path
+# The fused block: the same numbers as the straightforward ``u * gate(...)`` path
 # --------------------------------------------------------------------------------------------
 def _reference_avgstd(u):
     var, mean = torch.var_mean(u, (2, 3), keepdim=True, correction=0)

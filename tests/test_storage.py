@@ -1,7 +1,7 @@
 """Sweeps stored in an object store: ``--storage s3://BUCKET/PREFIX`` against a real S3 API (moto's
 server on 127.0.0.1, started by the module), ``file://`` URIs, and the one-line errors of a bad URI.
 
-The slow test runs the acceptance of issue 14: a smoke sweep stored in the bucket, its driver
+The slow test runs the whole path through a bucket: a smoke sweep stored in it, its driver
 SIGKILLed mid-sweep, resumed (every trial finishes once), collected from the URI, reported and
 analysed from the checkpoint URI the table records; the secret key appears in no file of the results
 folder, the bucket or Ray's session logs, and in no output.

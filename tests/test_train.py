@@ -207,7 +207,7 @@ def test_cli_train_keeps_an_existing_run(capsys, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Resume writes to the folder it is given, and nowhere else (issue 10, item 1)
+# Resume writes to the folder it is given, and nowhere else
 # ---------------------------------------------------------------------------------------------
 def _hashes(folder) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -278,7 +278,7 @@ def test_resume_with_out_continues_in_a_new_folder_only(capsys, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Extending a finished run: a new schedule phase, never a shorter run (issue 10, item 2)
+# Extending a finished run: a new schedule phase, never a shorter run
 # ---------------------------------------------------------------------------------------------
 def _lines(folder):
     return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -386,7 +386,7 @@ def test_a_finished_checkpoint_alone_gets_its_run_files_and_nothing_is_retrained
 
 
 # ---------------------------------------------------------------------------------------------
-# Interrupted runs and default run folders (issue 10, "Confusing")
+# Interrupted runs say what they left; a run without --out gets a named folder of its own
 # ---------------------------------------------------------------------------------------------
 def test_a_run_interrupted_in_its_first_epoch_says_what_is_there(capsys, tmp_path, monkeypatch):
     def interrupted(*a, **k):
@@ -422,7 +422,7 @@ def test_train_without_out_makes_a_named_run_folder(capsys, tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------------------------------------
-# Precision and evaluation (issue 11)
+# Precision (bf16 where the CPU has it natively) and evaluation (device batches, when the test set is read)
 # ---------------------------------------------------------------------------------------------
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
     cases = {"fpu avx2 avx512f avx512_bf16 avx512_vnni": True, "fpu avx2 amx_tile amx_bf16": True,
@@ -577,7 +577,7 @@ def test_cli_refuses_a_bad_eval_test(capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# The engine's result, callbacks and a resume that reads its checkpoint once (issue 13)
+# The engine's result, callbacks and a resume that reads its checkpoint once
 # ---------------------------------------------------------------------------------------------
 def test_the_result_is_final_json_and_names_the_metric_columns(tmp_path):
     r = fit(tiny_cfg(**{"optim.epochs": 1, "run.out": str(tmp_path)}))
