@@ -3,12 +3,12 @@
     python -m tests.kill_loop --kills 20            # >= 20 kills over one or more smoke sweeps
     python -m tests.kill_loop --kills 20 --until-resolved   # the same for sequential sweeps
 
-Each sweep is ``senet sweep reduction --preset smoke --seeds 3 --optim.epochs 3`` (18 trials of 3
-epochs) in a fresh results folder. A launch is killed (SIGKILL to its whole process group: the
-driver and the Ray it started) after a random number of new result rows have reached the trials'
-``result.json`` files plus a random fraction of a second, so the kills fall anywhere relative to
-Tune's experiment-state snapshots (one a second); one kill in five falls instead at a random delay
-(1-20 s) after the launch, where it may land in Ray's start or in Tune's restore. The next launch is
+Each sweep is ``senet sweep reduction --preset smoke --seeds 3 --optim.epochs 3`` (every arm × 3
+seeds, 3 epochs each) in a fresh results folder. A launch is killed (SIGKILL to its whole process
+group: the driver and the Ray it started) once a random number of new result rows have reached the
+trials' ``result.json`` files, plus a random fraction of a second, so the kills fall anywhere
+relative to Tune's experiment-state snapshots (one a second). One kill in five falls instead 1-20 s
+after the launch, where it may land in Ray's start or in Tune's restore. The next launch is
 ``--resume`` when Tune state exists, else the same command again. Once a launch is left to finish,
 the sweep is checked and, while kills are still owed, another sweep starts.
 
