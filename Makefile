@@ -36,7 +36,7 @@ demo: install
 	  --no-progress --out $(DEMO)/gate/analysis
 	@echo "results: $(DEMO)/gate/runs.parquet, $(DEMO)/gate/report.md, $(DEMO)/gate/analysis/summary.md"
 
-# The published studies: every ablation at the standard preset, in the issue's order (gate with 5
+# The published studies: every ablation at the standard preset, in `senet sweep all`'s order (gate with 5
 # seeds, the others with 3: `senet studies`), each swept (a sweep collects its trials into
 # runs.parquet as it ends) and reported, with its wall time.
 # Resumable by construction: a sweep trains only the (configuration, seed) pairs that no committed

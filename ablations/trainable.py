@@ -12,12 +12,11 @@ holds ``config.json``, ``metrics.jsonl`` and ``final.json``: everything ``senet 
 in Tune's storage, readable without Ray.
 
 Each epoch is trained and reported once, also across a SIGKILL of the driver and ``--resume``
-(:func:`continuation`): a (re)started trial continues from the newest complete checkpoint in its
-folder on storage, which can be newer than the one Tune restores, reports the epochs that
-``result.json`` lacks from that checkpoint's history instead of training them again, and never
-reports an epoch ``result.json`` already holds. Reports carry ``training_iteration`` = epoch (the
-final report: epochs run + 1), so Tune's counter follows the epochs whatever checkpoint Tune
-restored.
+(:func:`continuation`). A (re)started trial continues from the newest complete checkpoint in its
+folder on storage, which can be newer than the one Tune restores; it reports the epochs
+``result.json`` lacks from that checkpoint's history instead of training them again, and never an
+epoch ``result.json`` already holds. Reports carry ``training_iteration`` = epoch (the final report:
+epochs run + 1), so Tune's counter follows the epochs whatever checkpoint Tune restored.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The numbers of an ablation report: per-arm summaries over seeds and each arm against the reference.
 
 :func:`summary_table` gives the paper's table as numbers (mean and std over completed seeds, counts
-by status, the paper's ImageNet figures); :func:`compare_arms` pairs each arm with the reference by
+by status, the paper's ImageNet figures). :func:`compare_arms` pairs each arm with the reference by
 seed and reads its outcome off the anytime-valid confidence sequence of :mod:`senet.sequential`
-(the study's design from study.json, else the defaults); :func:`projection` says how many seeds
+(the study's design from study.json, else the defaults). :func:`projection` says how many seeds
 that sequence would need to settle a difference of δ, next to a fixed-n design. pandas, numpy and
 scipy only.
 """

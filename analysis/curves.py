@@ -4,9 +4,8 @@ Each run directory written by ``senet train`` (or by a sweep trial) holds ``metr
 object per epoch, and, once the run has ended, ``final.json``. :func:`load_history` turns a set of run
 directories into one tidy table (a row per run and epoch), :func:`run_summary` into one row per run
 (final error; the best epoch, chosen on validation error, and the test error there; status, wall
-time, throughput) and :func:`training_curves` draws the metrics
-against the epoch, one panel per metric and one line per run, the way the paper compares ResNet-50
-with SE-ResNet-50 over training.
+time, throughput). :func:`training_curves` draws the metrics against the epoch, one panel per metric
+and one line per run, as the paper compares ResNet-50 with SE-ResNet-50 over training.
 
 Only files are read: no checkpoint is loaded and torch is never imported.
 """

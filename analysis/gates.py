@@ -9,8 +9,9 @@ forward hooks on the gates (the hooks of :mod:`analysis.extract`), and grouped b
   (:func:`analysis.gates_render.gates_figure`).
 - ``gates.csv`` and ``gates.md``: per gate and stage, the mean and standard deviation of s (over
   images and channels), the spread of the channel means, the share of values near the gate's
-  bounds (:func:`gate_bounds`, from the gate's registration; n/a where it has none that mean anything) and the class selectivity
-  η² averaged over channels (as ``senet analyze`` computes it, :func:`analysis.stats.pooled`).
+  bounds (:func:`gate_bounds`, from the gate's registration; n/a where none mean anything) and the
+  class selectivity η² averaged over channels (as ``senet analyze`` computes it,
+  :func:`analysis.stats.pooled`).
 - ``gates_blocks.csv``: ``senet analyze``'s selectivity table per block, for each gate.
 
 Moments and counts are exact over every image, in memory that does not grow with the number of

@@ -3,7 +3,7 @@ summary of the excitations, the figure (``gates.png``) and ``gates.md``.
 
 The gates live on different scales (sigmoid (0, 1), tanh (−1, 1), ReLU [0, ∞), softmax ≈ 1/C,
 softmax_c with mean 1), so each row of the figure has its own x-axis: the gate's range where it is
-bounded, else the data's 0.5-99.5 percentiles; the zones counted as "near a bound" are shaded and the
+bounded, else the data's 0.5-99.5 percentiles. The zones counted as "near a bound" are shaded and the
 mean is marked. pandas, numpy and matplotlib only: the bounds are tests that work on tensors and arrays.
 """
 from __future__ import annotations

@@ -23,10 +23,11 @@ Sections:
   timm, the paper's §4 setting, each ResNet-50 holding its SE network's weight tensors (as
   ``benchmarks/se_cost.py``; ``benchmarks/latency.py`` builds them apart, over several processes).
 * evaluation batch: SE-ResNet-20 inference img/s per batch size, the measurement behind
-  :data:`senet.train.EVAL_BATCH`.
+  :data:`senet.runtime.EVAL_BATCH`.
 * epoch (``--epoch``): one epoch of `senet train`'s loop (train + evaluation of the validation and
-  test sets) of SE-ResNet-20 on 20,000 Fashion-MNIST images, 1 thread, in the default settings and
-  as it ran before issue 11 (fp32, evaluation batch 1024), timed by the bench's clock.
+  test sets) of SE-ResNet-20 on 20,000 Fashion-MNIST images, 1 thread, timed by the bench's clock:
+  in the default settings, and in fp32 with an evaluation batch of 1024 (the settings before bf16
+  autocast and the measured CPU evaluation batch).
 * sweep (``--sweep``): trials per hour of the gate study's quick preset with one trial per core
   against one trial on two cores, and with ``--sweep-baseline REF`` the code of commit REF at its
   default layout (``benchmarks/sweep_rate.py``); otherwise "not measured".
@@ -207,7 +208,7 @@ def epoch_times(images: int, clock: Timer, device) -> dict[str, dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds and steps (about a minute)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, the issue's setting)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one trial per core, as sweeps run)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
                    help="auto: process CPU time on a CPU with one thread, wall time otherwise")

@@ -2,11 +2,11 @@
 
 The statistics of ``senet analyze`` are streamed by forward hooks on every SE gate: per batch one
 ``index_add_`` for the class sums, one for the squared deviations and one ``bincount`` for the
-histograms, all on the model's device. This prints, in one run and side by side, the time of a plain
-inference pass over the test images and of the same pass with extraction (target ratio <= 1.15),
-then the peak memory of extraction over 1k and 10k images, each measured in a fresh process after a
-plain pass over the same images (ru_maxrss growth beyond the plain pass's peak, tracemalloc peak,
-CUDA peak over the resident model, and the accumulator's state size).
+histograms, all on the model's device. This prints, side by side, the time of a plain inference pass
+over the test images and of the same pass with extraction (target ratio <= 1.15). Then the peak
+memory of extraction over 1k and 10k images, each in a fresh process after a plain pass over the same
+images: ru_maxrss growth beyond the plain pass's peak, tracemalloc peak, CUDA peak over the resident
+model, and the accumulator's state size.
 
     python benchmarks/extraction.py [--model se_resnet20] [--data.name fashion-mnist] [--images 10000]
                                     [--checkpoint CKPT] [--blocks all] [--device auto]

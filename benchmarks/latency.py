@@ -6,14 +6,14 @@
 
 Interleaving (one forward of each model in turn, every round) exposes all four models to the same
 machine load, so the ratios are comparable even when the absolute times drift. The times are
-medians over the rounds; the ratio is the median of the per-round ratios (each round's SE time over
+medians over the rounds. The ratio is the median of the per-round ratios (each round's SE time over
 the same round's plain time), with a distribution-free 95% confidence interval from the order
-statistics (``--clock cpu`` times the thread's CPU time instead of the wall clock). The paper's Caffe models put the stride in the first 1×1; timm's in the
-3×3, so both conventions are shown for ours. The row "unfolded" runs the first row's two models
-with each SE block kept off its inference fold into the bottleneck's last convolution and BN
-(:mod:`senet.fused`) by a forward hook that changes nothing on that BN (which also keeps the plain
-blocks' addition out of BN's output: the code before both), so the fold's own gain is measured in
-the same run, on the same weights in the same memory.
+statistics. ``--clock cpu`` times the thread's CPU time instead of the wall clock. The paper's
+Caffe models put the stride in the first 1×1, timm's in the 3×3: both conventions are shown for ours.
+The row "unfolded" runs the first row's two models with each SE block kept off its inference fold
+(:mod:`senet.fused`) by a forward hook that changes nothing on the bottleneck's last BN; it also keeps
+the plain blocks' addition out of BN's output, as the code before both. So the fold's own gain is
+measured in the same run, on the same weights in the same memory.
 
 Where a model's weights land in memory moves its time by a few percent for the whole life of a
 process (the same code gave SE/plain ratios from 1.008 to 1.045 in successive runs on one machine),

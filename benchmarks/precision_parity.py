@@ -10,9 +10,9 @@ a 2-core machine, one run per core). A run whose folder already holds a ``final.
 again, and one that holds only a checkpoint is resumed, so an interrupted comparison continues where
 it stopped. Then it prints the test top-1 error per seed and precision, and the paired difference
 bf16 - fp32: its mean and Student-t 95% interval over the seeds (``scipy.stats.ttest_rel``). Parity
-(issue 11) is an interval that covers 0, or a mean difference below 0.3 percentage points. bf16 is
-forced with ``run.precision bf16``: on a CPU without native bf16 it runs emulated (slowly), and the
-comparison still holds.
+(bf16 may stand for fp32) is an interval that covers 0, or a mean difference below 0.3 percentage
+points. bf16 is forced with ``run.precision bf16``: on a CPU without native bf16 it runs emulated
+(slowly), and the comparison still holds.
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
     python benchmarks/se_cost.py [--repeats 40] [--warmup 5] [--size 224] [--stride-in-3x3]
                                  [--copies 6] [--only parts,timm,gemv]
 
-``parts``: one SE-ResNet-50 and one ResNet-50 that shares its weights (every parameter and buffer of
+``parts``: one SE-ResNet-50 and one ResNet-50 that shares its weights: every parameter and buffer of
 the plain network is the SE network's own tensor, so the two read the same memory and differ only by
-the SE's work; separately built networks differ by a few percent from where their weights land).
+the SE's work (separately built networks differ by a few percent from where their weights land).
 The SE network runs with each bottleneck's folded SE (:meth:`senet.se.SqueezeExcitation.fold`)
 replaced, for the round, by a part of its work:
 
@@ -30,7 +30,7 @@ networks interleaved.
 matrix-vector product on weights that are not in any cache. This section reads copies of
 SE-ResNet-50's 32 FC matrices (10 MB per copy in fp32), a different copy each round so none is in
 cache, by ``F.linear`` (what the excitation calls) and by ``Tensor.sum(1)`` (a reduction over the
-same bytes), and prints both as GB/s.
+same bytes), and prints both rates in GB/s.
 """
 from __future__ import annotations
 

@@ -2,13 +2,13 @@
 
     python benchmarks/sequential_design.py [--studies 4000] [--sigma 0.5] [--seed 0]
 
-For one comparison (α = 0.05) and for one of three arms compared with one reference (α/3,
-Bonferroni), with σ_d = ``--sigma`` pp, δ and the seed cap of :class:`senet.sequential.Design`, and
-true differences Δ = 0, δ/2, δ, 2δ: the share of studies ending "different" (better, worse or
-different within ±δ), "alike", unresolved at the cap, the coverage of the interval where each stops
-and the mean seeds used (:func:`senet.sequential.simulate`), next to the seeds a fixed-n paired
-t-test at the same level needs for 80% power at δ (:func:`senet.sequential.fixed_n_seeds`), which
-is valid only at that n fixed in advance.
+The cases: one comparison (α = 0.05) and one of three arms compared with one reference (α/3,
+Bonferroni), with σ_d = ``--sigma`` pp, δ and the seed cap of :class:`senet.sequential.Design`, at
+true differences Δ = 0, δ/2, δ, 2δ. For each (:func:`senet.sequential.simulate`): the share of
+studies ending "different" (better, worse or different within ±δ), "alike" or unresolved at the cap,
+the coverage of the interval where each stops, and the mean seeds used. Beside them, the seeds a
+fixed-n paired t-test at the same level needs for 80% power at δ
+(:func:`senet.sequential.fixed_n_seeds`), valid only at that n fixed in advance.
 """
 from __future__ import annotations
 

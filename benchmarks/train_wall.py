@@ -6,7 +6,7 @@ clock speed meet both.
                                     [--set KEY=VALUE ...] [--keep DIR]
 
 The recipe is SE-ResNet-20 on ``--images`` Fashion-MNIST training images (a tenth more held out for
-validation) for ``--epochs`` epochs; ``--set`` adds overrides to this tree's run only (for example
+validation) for ``--epochs`` epochs. ``--set`` adds overrides to this tree's run only (for example
 ``run.eval_test=end``, what the standard preset sets). Printed: each run's wall time (process start
 to exit), its mean epoch time (training plus evaluation, from metrics.jsonl), its precision and test
 error, and this tree's over the baseline's. The baseline's code is a temporary ``git worktree`` of REF.

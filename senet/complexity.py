@@ -1,11 +1,11 @@
 """Parameters and FLOPs in the paper's convention: one multiply-add is one FLOP.
 
 Counted: convolutions (``N_out · C_in/groups · K²`` per output element, transposed ones
-``N_in · C_out/groups · K²``), fully connected layers and matrix products, and the SE block's own
-elementwise work (its squeeze pooling and its channel scaling), which is where most of SE's 0.26%
-overhead on ResNet-50 comes from (paper §4), and the residual additions (an SE scaling that feeds the
-addition directly is one multiply-add). BatchNorm, ReLU, the network's pooling layers and the gate
-nonlinearity are not counted, as in the paper's tables.
+``N_in · C_out/groups · K²``), fully connected layers, matrix products and the residual additions (an
+SE scaling that feeds the addition directly is one multiply-add). So is the SE block's own elementwise
+work, its squeeze pooling and channel scaling: most of SE's 0.26% overhead on ResNet-50 (paper §4).
+BatchNorm, ReLU, the network's pooling layers and the gate nonlinearity are not counted, as in the
+paper's tables.
 
 Convolutions and matrix products are counted by :class:`torch.utils.flop_counter.FlopCounterMode`,
 which sees every aten op, so ``F.conv2d``, ``x @ W`` and ``ConvTranspose2d`` inside any module count

@@ -6,11 +6,11 @@ augmentation (§5.1: 4-pixel zero pad, random crop, horizontal flip, mean/std no
 whole batch at once. No per-image PIL transforms and no DataLoader workers: for CIFAR-size networks
 those, not the network, would bound the images per second.
 
-The loaders of the formats on disk are :mod:`senet.datasets` (registered in :data:`DATASETS`);
-:func:`load_datasets` holds a validation split out of the training images (a shuffle seeded
-with ``data.split_seed``, a property of the data config and never of a run's seed, so training,
-every arm and seed of a study and a later analysis all see the same images), limits the training
-set to ``data.subset`` images and computes the per-channel mean and standard deviation.
+:func:`load_datasets` reads a dataset through its loader (:mod:`senet.datasets`, registered in
+:data:`DATASETS`), holds a validation split out of the training images, limits the training set to
+``data.subset`` images and computes the per-channel mean and standard deviation. The split is a
+shuffle seeded with ``data.split_seed``, a property of the data config and never of a run's seed, so
+training, every arm and seed of a study and a later analysis all see the same images.
 """
 from __future__ import annotations
 

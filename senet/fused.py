@@ -7,10 +7,10 @@ addition (:class:`_ScaleAdd`) have backward passes that skip the full-size tempo
 generic ones make (a materialised broadcast, a multiplication by 1).
 
 At inference, an SE on ``bn(conv(v))`` (a bottleneck's last 1×1 convolution and BN, with BN's
-running statistics) needs no full-size pass of its own: the average pooling commutes with the
-1×1 convolution and with BN's per-channel affine map, so it can be taken on v, a quarter of the
-width, where that reads less (:func:`pooled_conv_bn`); and ``s_c · BN(y)_c`` is a BN whose γ_c and
-β_c are multiplied by s_c, so the scaling rides in BN's own pass (:func:`scaled_bn`).
+running statistics) needs no full-size pass of its own. The average pooling commutes with the 1×1
+convolution and with BN's per-channel affine map, so it can be taken on v, a quarter of the width,
+where that reads less (:func:`pooled_conv_bn`). And ``s_c · BN(y)_c`` is a BN whose γ_c and β_c are
+multiplied by s_c, so the scaling rides in BN's own pass (:func:`scaled_bn`).
 """
 from __future__ import annotations
 

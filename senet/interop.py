@@ -7,7 +7,7 @@ A *source* is a registered key mapping plus a structural check; a new source is 
 ``SOURCES.add(name, Source(...))``.
 
 torchvision and timm ResNets put the bottleneck's stride in the 3×3 conv ("ResNet v1.5"), so their
-weights belong in models built with ``stride_in_1x1=False``; the paper's Caffe convention
+weights belong in models built with ``stride_in_1x1=False``. The paper's Caffe convention
 (``stride_in_1x1=True``, our default for ``resnet50`` …) has the same parameter shapes but computes
 something else, so loading refuses it rather than giving silently wrong outputs.
 """

@@ -7,8 +7,8 @@ leaves the parameters, the optimizer state and the BN statistics in fp32 (BN acc
 statistics of bf16 inputs in fp32); the loss is computed from fp32 logits. The SE excitation runs
 in bf16 like the rest: in fp32 it changed the excitations of a trained SE-ResNet-20 by less than
 the bf16 rounding of the features it reads (mean |Δ| 1.2e-3 vs 0.7e-3 against fp32) and left the
-logits' error against fp32 the same (mean |Δ| 0.017). channels_last is on only on a GPU (on a CPU
-issue 11 measured it speeding fp32 up but slowing bf16 down).
+logits' error against fp32 the same (mean |Δ| 0.017). channels_last is on only on a GPU: on a CPU
+it sped fp32 training up but slowed bf16 down.
 """
 from __future__ import annotations
 

@@ -1,18 +1,17 @@
 """TensorBoard event logs of a run: its per-epoch scalars and the SE blocks' excitation histograms.
 
-:class:`TensorBoardCallback` writes, after every epoch, the scalars of the epoch's metrics line
+:class:`TensorBoardCallback` writes, after every epoch, the scalars of its metrics line
 (:data:`SCALAR_TAGS`: losses, top-1 and top-5 errors per split, learning rate, images/s, epoch time)
-at step = epoch, and for a network with SE blocks one histogram per block (``excitation/SE_<stage>_
-<block>``) of the excitations s = σ(W2 δ(W1 z)) of every image of the epoch's validation pass (the
-test pass when the run holds out no validation split), read by a forward hook on each block's gate.
-A split not evaluated leaves a gap: with ``run.eval_test end`` the test curves hold the last epoch
-and the best validation epoch.
+at step = epoch. For a network with SE blocks it adds one histogram per block
+(``excitation/SE_<stage>_<block>``) of the excitations s of every image of the epoch's validation
+pass (the test pass without a validation split), read by a forward hook on each block's gate. A split
+not evaluated leaves a gap: with ``run.eval_test end`` the test curves hold the last epoch and the
+best validation epoch.
 
 ``tensorboard --logdir <run folder>`` (or a folder of runs, or a sweep's ``<study>/ray``: one run per
-trial, named ``<experiment>/<arm>_seed<k>_<trial id>``) shows them. A resumed run appends a new event file to the
-same folder whose first event purges the steps at or after the resumed epoch, so epochs trained
-twice (those after the last checkpoint of an interrupted run) show once; a run started afresh with
-``--overwrite`` hides the older run's epochs the same way.
+trial, ``<experiment>/<arm>_seed<k>_<trial id>``) shows them. A resumed run appends an event file
+whose first event purges the steps at or after the resumed epoch, so epochs trained twice show once;
+a run started afresh with ``--overwrite`` hides the older run's epochs the same way.
 
 The writer (and with it TensorBoard's libraries) is loaded only when a run logs.
 """

@@ -1,15 +1,59 @@
 """Small helpers shared by the test files (fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 
 def senet_argv(*args: str) -> list[str]:
     """The ``senet`` command line run by this interpreter (a subprocess sees the same packages)."""
     return [sys.executable, "-c", "import sys; from senet.cli import main; sys.exit(main())", *args]
+
+
+def sweep_env(tmp: Path, base: dict | None = None, **extra: str) -> dict:
+    """The environment of a ``senet sweep`` subprocess: ``base`` (this one's by default, less
+    ``RAY_ADDRESS``, so the sweep starts a Ray of its own), with its scratch folder under ``tmp``."""
+    env = dict(base or os.environ)
+    if base is None:
+        env.pop("RAY_ADDRESS", None)
+    env.update(SENET_SCRATCH=str(tmp / "scratch"), **extra)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def json_rows(text: str) -> list[dict]:
+    """The JSON objects of a JSON-lines text (a ``result.json``), skipping a line a kill cut short."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def terminated_trial_ids(state: str) -> set[str]:
+    """The ids of the trials a Tune experiment state (``experiment_state-*.json``, the file
+    ``--resume`` reads) records as finished; none while the file is caught mid-write."""
+    try:
+        data = json.loads(state)
+    except json.JSONDecodeError:
+        return set()
+    trials = [json.loads(t[0]) for t in data["trial_data"]]
+    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -38,3 +82,11 @@ def remove_model(name: str) -> None:
 
     MODELS.remove(name)
     MODELS.remove(f"se_{name}")
+
+
+def gate_arms() -> int:
+    """How many arms the gate study sweeps (one per gate its registry holds for the study): the
+    trials of a one-seed smoke sweep of ``gate``."""
+    from ablations.studies import STUDIES
+
+    return len(STUDIES.get("gate").arms)

@@ -3,12 +3,12 @@
     python -m tests.kill_loop --kills 20            # >= 20 kills over one or more smoke sweeps
     python -m tests.kill_loop --kills 20 --until-resolved   # the same for sequential sweeps
 
-Each sweep is ``senet sweep reduction --preset smoke --seeds 3 --optim.epochs 3`` (18 trials of 3
-epochs) in a fresh results folder. A launch is killed (SIGKILL to its whole process group: the
-driver and the Ray it started) after a random number of new result rows have reached the trials'
-``result.json`` files plus a random fraction of a second, so the kills fall anywhere relative to
-Tune's experiment-state snapshots (one a second); one kill in five falls instead at a random delay
-(1-20 s) after the launch, where it may land in Ray's start or in Tune's restore. The next launch is
+Each sweep is ``senet sweep reduction --preset smoke --seeds 3 --optim.epochs 3`` (every arm × 3
+seeds, 3 epochs each) in a fresh results folder. A launch is killed (SIGKILL to its whole process
+group: the driver and the Ray it started) once a random number of new result rows have reached the
+trials' ``result.json`` files, plus a random fraction of a second, so the kills fall anywhere
+relative to Tune's experiment-state snapshots (one a second). One kill in five falls instead 1-20 s
+after the launch, where it may land in Ray's start or in Tune's restore. The next launch is
 ``--resume`` when Tune state exists, else the same command again. Once a launch is left to finish,
 the sweep is checked and, while kills are still owed, another sweep starts.
 
@@ -45,29 +45,18 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from tests.helpers import json_rows, kill_group, senet_argv
+
 STUDY = "reduction"
 EPOCH_LOG_ENV = "SENET_EPOCH_LOG"  # read by ablations.trainable
 TAG_ENV = "SENET_KILL_LOOP_TAG"
 
 
-def _argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from senet.cli import main; sys.exit(main())", *args]
-
-
 def _rows(path: Path) -> list[dict]:
     try:
-        text = path.read_text()
+        return json_rows(path.read_text())
     except OSError:
         return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by the kill
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _result_lines(ray_dir: Path) -> int:
@@ -98,10 +87,7 @@ def _tagged(tag: str) -> list[int]:
 def _kill_all(proc: subprocess.Popen, tag: str, wait_s: float = 20.0) -> int:
     """SIGKILL the launch's process group, then any process still carrying its tag; wait until none
     is left. Return how many strays (outside the group) were killed."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    kill_group(proc)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -144,7 +130,7 @@ class Sweep:
         return any(self.ray_dir.glob("*/experiment_state-*.json"))
 
     def argv(self) -> list[str]:
-        return _argv("sweep", STUDY, *self.common, *(["--resume"] if self.has_state() else []))
+        return senet_argv("sweep", STUDY, *self.common, *(["--resume"] if self.has_state() else []))
 
 
 def _launch(sweep: Sweep, env: dict, log: Path) -> subprocess.Popen:

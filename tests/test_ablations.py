@@ -26,6 +26,7 @@ from senet import config
 from senet.cli import main
 from senet.records.recipe import recipe_hash
 from senet.records.study_file import record_launch
+from senet.se import GATES, PLACEMENTS, SQUEEZES, study_choices
 
 REQUIRED = ["study", "arm", "trial_id", "seed", "se.gate", "se.reduction", "se.squeeze", "se.placement",
             "se.stages", "model.name", "status", "test_top1_err", "test_top5_err", "best_val_top1_err",
@@ -43,10 +44,15 @@ def test_studies_carry_the_papers_numbers():
     red = {a.label: a for a in studies.STUDIES.get("reduction").arms}
     assert [red[f"r={r}"].paper_top1 for r in (2, 4, 8, 16, 32)] == [22.29, 22.25, 22.26, 22.28, 22.72]
     assert red["baseline"].paper_top1 == 23.30 and red["baseline"].overrides == {"se.stages": "none"}
+    # a slot study's arms are its registry's study choices; those the paper tested carry its number
     sq = {a.label: a.paper_top1 for a in studies.STUDIES.get("squeeze").arms}
-    assert sq == {"avg": 22.28, "max": 22.57, "avgmax": None, "avgstd": None, "none": 22.93}
+    assert list(sq) == study_choices(SQUEEZES)
+    assert {k: v for k, v in sq.items() if v is not None} == {"avg": 22.28, "max": 22.57, "none": 22.93}
+    assert sq["avgmax"] is None and sq["avgstd"] is None
     pl = {a.label: a.paper_top1 for a in studies.STUDIES.get("placement").arms}
-    assert pl == {"standard": 22.28, "pre": 22.23, "post": 22.78, "identity": 22.20, "inner": 22.48}
+    assert list(pl) == study_choices(PLACEMENTS)
+    assert {k: v for k, v in pl.items() if v is not None} == {
+        "standard": 22.28, "pre": 22.23, "post": 22.78, "identity": 22.20, "inner": 22.48}
 
 
 def test_every_study_is_one_axis_and_keeps_ablation_fc_bias_off():
@@ -438,7 +444,8 @@ def test_resume_keeps_what_the_sweep_was_started_with(tmp_path):
     meta = json.loads((started.results_dir / "study.json").read_text())
     opts = SweepOptions("gate", preset="smoke", results=str(tmp_path), resume=True)  # no --seeds, no overrides
     p = resume_plan(plan(opts), opts)
-    assert p.seeds == 2 and p.base.optim.epochs == 2 and p.n_trials == 14
+    assert p.seeds == 2 and p.base.optim.epochs == 2 and p.n_trials == 2 * len(p.arms)
+    assert [a.label for a in p.arms] == study_choices(GATES)  # every gate: the sweep named no --arms
     assert study_meta(p) == meta["experiments"]["gate-smoke"]  # study.json is not rewritten from argv
     record_launch(p.paths, study_meta(p))
     after = json.loads((started.results_dir / "study.json").read_text())
@@ -459,7 +466,7 @@ def _sweep(study, results, *extra):
                  "--cpus-per-trial", "1", *extra])
 
 
-SMOKE = ["gate", "reduction", "squeeze", "placement", "stages"]
+SMOKE = list(studies.RUN_ORDER)  # every paper study
 
 
 def test_local_ray_listens_on_loopback_only(ray_session):
@@ -506,8 +513,8 @@ def test_smoke_sweep_custom_with_nuisance(ray_session, tmp_path):
     df = pd.read_parquet(tmp_path / "mine" / "runs.parquet")
     assert len(df) == 2 and set(df["status"]) == {"completed"}
     assert sorted(zip(df["se.reduction"], df["optim.lr"], strict=True)) == [(4, 0.05), (4, 0.1)]
-    # the same sweep again trains nothing: every (configuration, seed) is recorded (issue 12; it
-    # used to be refused), and it starts no second Tune experiment to mix with the first
+    # the same sweep again trains nothing, every (configuration, seed) being recorded, and is not
+    # refused; it starts no second Tune experiment to mix with the first
     assert _sweep("custom", tmp_path, "--spec", str(spec)) == 0
     assert [d.name for d in (tmp_path / "mine" / "ray").iterdir() if d.is_dir()] == ["mine-smoke"]
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "mine" / "runs.parquet"), df)

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -22,33 +21,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import kill_group, senet_argv
+from tests.helpers import gate_arms, json_rows, kill_group, senet_argv, sweep_env, terminated_trial_ids
 
 pytestmark = pytest.mark.slow
 
 
-def _env(tmp: Path, **extra) -> dict:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env.update(SENET_SCRATCH=str(tmp / "scratch"), **extra)
-    return env
-
-
 def _results(trial_dir: Path) -> list[dict]:
-    rows = []
-    for line in (trial_dir / "result.json").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return rows
+    return json_rows((trial_dir / "result.json").read_text())
 
 
 def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path):
     spec = tmp_path / "one.yaml"
     spec.write_text("name: retry\naxes: {se.gate: [sigmoid]}\n")
     flags = tmp_path / "flags"
-    env = _env(tmp_path, SENET_FAIL_ONCE_AT_EPOCH="2", SENET_FAIL_ONCE_DIR=str(flags))
+    env = sweep_env(tmp_path, SENET_FAIL_ONCE_AT_EPOCH="2", SENET_FAIL_ONCE_DIR=str(flags))
     proc = subprocess.Popen(senet_argv("sweep", "custom", "--spec", str(spec), "--preset", "smoke", "--seeds", "1",
                                    "--results", str(tmp_path), "--optim.epochs", "3"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -71,19 +57,12 @@ def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path):
 def _recorded_terminated(exp: Path) -> set[str]:
     """Trial folders whose trials the experiment state (what --resume reads) records as finished."""
     states = sorted(exp.glob("experiment_state-*.json"))
-    if not states:
-        return set()
-    try:
-        data = json.loads(states[-1].read_text())
-    except json.JSONDecodeError:  # caught mid-write
-        return set()
-    ids = {json.loads(t[0])["trial_id"] for t in data["trial_data"]
-           if json.loads(t[0]).get("status") == "TERMINATED"}
+    ids = terminated_trial_ids(states[-1].read_text()) if states else set()
     return {d.name for d in exp.glob("*_seed*") if any(d.name.endswith("_" + i) for i in ids)}
 
 
 def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    env = _env(tmp_path)
+    env = sweep_env(tmp_path)
     common = ("--preset", "smoke", "--seeds", "1", "--results", str(tmp_path), "--max-concurrent", "1",
               "--optim.epochs", "3")
     exp = tmp_path / "gate" / "ray" / "gate-smoke"
@@ -121,19 +100,19 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path):
         kill_group(first)
     recorded = _recorded_terminated(exp)
     before = {k: v for k, v in finished().items() if k in recorded}
-    assert 2 <= len(before) < 7, "the kill should land mid-sweep"
+    assert 2 <= len(before) < gate_arms(), "the kill should land mid-sweep"
 
     second = subprocess.run(senet_argv("sweep", "gate", *common, "--resume"), env=env, capture_output=True,
                             text=True, timeout=400, start_new_session=True)
     assert second.returncode == 0, second.stdout + second.stderr
     after = finished()
-    assert len(after) == 7
+    assert len(after) == gate_arms()  # one trial per gate, one seed
     for name, text in before.items():
         assert after[name] == text, f"{name} was run again after --resume"
     for d in exp.glob("*_seed*"):
         assert sum(1 for r in _results(d) if r.get("final")) == 1, d.name  # finished exactly once
     df = pd.read_parquet(tmp_path / "gate" / "runs.parquet")
-    assert len(df) == 7 and set(df["status"]) == {"completed"} and df["trial_id"].is_unique
+    assert len(df) == gate_arms() and set(df["status"]) == {"completed"} and df["trial_id"].is_unique
 
 
 def _resume_argv(output: str) -> list[str]:
@@ -149,7 +128,7 @@ def test_errored_trial_fails_the_sweep_and_resume_retries_it(tmp_path):
     spec = tmp_path / "one.yaml"
     spec.write_text("name: flaky\naxes: {se.gate: [sigmoid, tanh]}\n")
     flags = tmp_path / "flags"  # both trials fail once, at epoch 1, and with no retries left end in error
-    env = _env(tmp_path, SENET_FAIL_ONCE_AT_EPOCH="1", SENET_FAIL_ONCE_DIR=str(flags))
+    env = sweep_env(tmp_path, SENET_FAIL_ONCE_AT_EPOCH="1", SENET_FAIL_ONCE_DIR=str(flags))
     first = subprocess.run(senet_argv("sweep", "custom", "--spec", str(spec), "--preset", "smoke", "--seeds", "1",
                                   "--results", str(tmp_path / "res"), "--max-failures", "0"),
                            env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
@@ -168,7 +147,7 @@ def test_errored_trial_fails_the_sweep_and_resume_retries_it(tmp_path):
 
 
 def test_interrupted_sweep_exits_nonzero_and_its_resume_command_finishes_it(tmp_path):
-    env = _env(tmp_path)
+    env = sweep_env(tmp_path)
     exp = tmp_path / "gate" / "ray" / "gate-smoke"
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(senet_argv("sweep", "gate", "--preset", "smoke", "--seeds", "1", "--results", str(tmp_path),
@@ -191,4 +170,4 @@ def test_interrupted_sweep_exits_nonzero_and_its_resume_command_finishes_it(tmp_
                             start_new_session=True)
     assert second.returncode == 0, second.stdout + second.stderr
     df = pd.read_parquet(tmp_path / "gate" / "runs.parquet")
-    assert len(df) == 7 and set(df["status"]) == {"completed"} and df["trial_id"].is_unique
+    assert len(df) == gate_arms() and set(df["status"]) == {"completed"} and df["trial_id"].is_unique

@@ -206,7 +206,7 @@ def test_selectivity_and_saturation_hand_computed():
 
 
 def test_eta2_of_a_channel_that_never_varies_is_undefined_and_skipped():
-    """Issue 9 item 8: η² = 0/0 for a constant channel is undefined, not 0 (which would read as
+    """η² = 0/0 for a constant channel is undefined, not 0 (which would read as
     "class-agnostic"); the block average skips it and says how many channels it averaged."""
     rows = [
         # SE_2_1: every channel constant in every class -> no η² at all
@@ -223,7 +223,7 @@ def test_eta2_of_a_channel_that_never_varies_is_undefined_and_skipped():
 
 
 def test_saturation_is_undefined_for_gates_that_do_not_saturate():
-    """Issue 9 item 8: a softmax gate lies in (0, 1) but its weights sum to 1 (mean 1/C), so the
+    """A softmax gate lies in (0, 1) but its weights sum to 1 (mean 1/C), so the
     share of channels near 0 or 1 says nothing; only sigmoid-like gates get a saturation."""
     torch.manual_seed(0)
     x = torch.randint(0, 256, (24, 1, 16, 16), dtype=torch.uint8)
@@ -316,7 +316,7 @@ def _half_gates(model):
 
 
 def test_mean_removal_keeps_an_input_independent_gate_while_identity_rescales(tiny):
-    """Issue 9 item 5: s = 1 doubles a block whose gate sits at 0.5, so the identity removal
+    """s = 1 doubles a block whose gate sits at 0.5, so the identity removal
     measures a rescale; the mean removal of a gate that does not depend on the input changes
     nothing, exactly."""
     model, x, y = tiny
@@ -406,8 +406,8 @@ def test_channel_importance_is_the_logit_drop_of_closing_a_channel(tiny):
                                   "se_inception_small", "inception_small", "se_bn_inception",
                                   "se_mobilenet_v1"])
 def test_gradcam_layer_is_the_last_block_of_every_family(name):
-    """Issue 9 item 8: Grad-CAM looked up ``layer<n>``, which Inception networks do not have. The
-    target is the last block of the last stage, found from the blocks themselves; its output is
+    """Grad-CAM's target is not a ``layer<n>`` (Inception networks have none) but the last block of
+    the last stage, found from the blocks themselves; its output is
     the feature map the classifier pools (a pre-activation net's closing BN-ReLU aside)."""
     from analysis.attribution import gradcam, gradcam_layer
 

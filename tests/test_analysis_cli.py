@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +15,7 @@ from senet.checkpoint import build_from_config, save_checkpoint
 from senet.cli import main
 from senet.config import from_flat, to_dict
 from senet.data import SYNTHETIC_CLASSES
+from tests.test_analysis_render import study_dir  # noqa: F401  (a gate study's folder)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,8 +51,8 @@ def _image_folder(root, classes=("ant", "bee", "cat"), per_class=4, size=32):
     return root
 
 
-# One checkpoint of every backbone family (issue 9 item 8: Inception died in Grad-CAM after the
-# expensive steps). ImageNet-size families run at 28 px on the synthetic data, except BN-Inception,
+# One checkpoint of every backbone family: a family-specific failure (Grad-CAM's target layer) would
+# come after the expensive steps. ImageNet-size families run at 28 px on the synthetic data, except BN-Inception,
 # whose Caffe ceil-mode pools need 32 px: it reads a 32-px image folder. The first SE block keeps the
 # per-channel captum ablation (one pass per channel) short.
 FAMILIES = [
@@ -65,9 +67,10 @@ FAMILIES = [
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_analyze_runs_on_every_backbone_family(tmp_path, capsys, name):
+def test_analyze_runs_on_every_backbone_family(tmp_path, capsys, name, drawn):
     flat, over = {"data.val_fraction": 0.25}, ["--data.synthetic_test", "12"]
-    if name == "se_bn_inception":
+    root_classes = name == "se_bn_inception"  # an image folder of ant, bee, cat
+    if root_classes:
         root = _image_folder(tmp_path / "images")
         flat, over = {"data.name": "imagefolder", "data.root": str(root), "data.val_fraction": 0.25}, []
     ckpt = _checkpoint(tmp_path / "run" / "checkpoint.pt", name, **flat)
@@ -77,6 +80,15 @@ def test_analyze_runs_on_every_backbone_family(tmp_path, capsys, name):
                "--attr-images", "1", "--no-singles", "--no-progress", "--max-images", "8", *over])
     assert rc == 0, capsys.readouterr().err
     assert (out / "figures" / "gradcam.png").is_file() and (out / "summary.md").is_file()
+    # the figures show this network: its block, and per image of class 0 the input beside the SE
+    # model's Grad-CAM map, scaled to [0, 1]
+    assert [ax.get_title() for ax in drawn["fig6_excitation_means"].axes] == [first]
+    cam = drawn["gradcam"].axes
+    assert cam and {ax.get_title() for ax in cam[::2]} == {"ant" if root_classes else SYNTHETIC_CLASSES[0]}
+    assert [ax.get_title() for ax in cam[1::2]] == [f"SE: {name}"] * (len(cam) // 2)
+    for ax in cam[1::2]:
+        heat = np.asarray(ax.images[1].get_array())
+        assert len(ax.images) == 2 and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
     removal = pd.read_parquet(out / "removal.parquet")
     assert removal["top1_err_mean"].notna().all() and removal["top1_err_identity"].notna().all()
     means = pd.read_parquet(out / "mean_excitations.parquet")
@@ -84,7 +96,7 @@ def test_analyze_runs_on_every_backbone_family(tmp_path, capsys, name):
     assert set(means["block"]) == set(se_modules(build_model(name)))
 
 
-def test_analyze_writes_tables_figures_and_summary(tmp_path, capsys):
+def test_analyze_writes_tables_figures_and_summary(tmp_path, capsys, drawn):
     se = _checkpoint(tmp_path / "se" / "checkpoint.pt", "se_resnet20")
     plain = _checkpoint(tmp_path / "plain" / "checkpoint.pt", "resnet20")
     out = tmp_path / "analysis"
@@ -109,6 +121,7 @@ def test_analyze_writes_tables_figures_and_summary(tmp_path, capsys):
     for stem in ("fig6_excitation_means", "fig7_excitation_bands", "selectivity_depth", "se_removal",
                  "importance_vs_excitation", "gradcam"):
         assert (out / "figures" / f"{stem}.png").is_file() and (out / "figures" / f"{stem}.pdf").is_file()
+    _check_figures(drawn, out, plain="resnet20")
     summary = (out / "summary.md").read_text()
     assert "| SE_4_3 |" in summary and "figures/gradcam.png" in summary
     assert "default reading" in summary and "mean excitation over the 64 `train` images" in summary
@@ -148,8 +161,8 @@ def test_analyze_user_errors_are_one_line(tmp_path, capsys):
 
 
 def test_compare_must_be_a_plain_network_on_the_same_dataset(tmp_path, capsys):
-    """Issue 10: ``--compare`` took any model with as many classes as a "plain" baseline (an SE
-    model, another dataset's) and the summary did not name it."""
+    """``--compare`` takes only a plain network on the same dataset (not an SE model, nor another
+    dataset's with as many classes), and the summary names it."""
     se = _checkpoint(tmp_path / "se.pt", "se_resnet20")
     other_se = _checkpoint(tmp_path / "se2.pt", "se_resnet20", **{"se.reduction": 8})
     elsewhere = _checkpoint(tmp_path / "fm.pt", "resnet20", **{"data.name": "fashion-mnist"})
@@ -163,7 +176,7 @@ def test_compare_must_be_a_plain_network_on_the_same_dataset(tmp_path, capsys):
 
 
 def test_analyze_reports_the_test_error_of_a_seed1_run(tmp_path, capsys):
-    """Issue 9: analysing a run must evaluate the images the run was evaluated on. A seed-1 run with a
+    """Analysing a run evaluates the images the run was evaluated on. A seed-1 run with a
     test subset and a validation split: the intact model's test error and validation error that
     ``analyze`` reports equal the run's own (final.json, metrics.jsonl)."""
     from senet.train import fit
@@ -191,7 +204,7 @@ def test_analyze_reports_the_test_error_of_a_seed1_run(tmp_path, capsys):
 
 
 def test_analyze_best_finds_a_checkpoint_relative_to_the_study_folder(tmp_path, capsys, monkeypatch):
-    """Issue 12: `analyze --best` resolves the recorded checkpoint (relative to <results>/<study>, as
+    """`analyze --best` resolves the recorded checkpoint (relative to <results>/<study>, as
     collect records it) against the study folder, not the working directory."""
     d = tmp_path / "results" / "gate"
     rel = "ray/gate-smoke/sigmoid_0/checkpoint_000001"
@@ -207,16 +220,48 @@ def test_analyze_best_finds_a_checkpoint_relative_to_the_study_folder(tmp_path, 
     assert f"-> {Path('results') / 'gate' / rel}" in out and (tmp_path / "a" / "summary.md").is_file()
 
 
-def test_report_command(tmp_path, capsys):
-    from tests.test_analysis_render import STUDY, _runs
+def _check_figures(drawn, out, plain):
+    """What ``senet analyze`` drew: the tables it wrote, plotted (blocks SE_2_3 and stage 4; the
+    classes 0°, 18° and 54°)."""
+    blocks = ["SE_2_3", "SE_4_1", "SE_4_2", "SE_4_3"]
+    classes = ["grating_000deg", "grating_018deg", "grating_054deg"]
+    stats = pd.read_parquet(out / "excitations.parquet")
+    fig6 = drawn["fig6_excitation_means"].axes
+    assert [ax.get_title() for ax in fig6] == blocks
+    assert [t.get_text() for t in fig6[0].get_legend().get_texts()] == [*classes, "all classes"]
+    for ax, block in zip(fig6, blocks, strict=True):  # each class's line: its mean excitation per channel
+        for line, cls in zip(ax.lines, classes, strict=False):
+            want = stats[(stats["block"] == block) & (stats["class"] == cls)].sort_values("channel")
+            np.testing.assert_allclose(line.get_ydata(), want["mean"])
+    fig7 = drawn["fig7_excitation_bands"].axes  # the first two classes, each with its ± std band
+    assert [ax.get_title() for ax in fig7] == blocks
+    assert all(len(ax.lines) == 2 and len(ax.collections) == 2 for ax in fig7)
+    eta, saturation = drawn["selectivity_depth"].axes
+    sel = pd.read_csv(out / "selectivity.csv")
+    assert [t.get_text() for t in eta.get_xticklabels()] == blocks
+    np.testing.assert_allclose(eta.lines[0].get_ydata(), sel["eta2"])
+    removal = pd.read_parquet(out / "removal.parquet").iloc[1:]  # the removals, without "none"
+    delta, kept = drawn["se_removal"].axes
+    assert [t.get_text() for t in delta.get_xticklabels()] == list(removal["removed"])
+    np.testing.assert_allclose([p.get_height() for p in delta.patches],
+                               [*removal["delta_top1_mean"], *removal["delta_top1_identity"]])
+    np.testing.assert_allclose([p.get_height() for p in kept.patches], removal["added_params_pct"])
+    attr = pd.read_parquet(out / "attribution.parquet")
+    for ax, block in zip(drawn["importance_vs_excitation"].axes, blocks, strict=True):
+        d = attr[attr["block"] == block]
+        rho = d["mean_excitation"].rank().corr(d["importance"].rank())  # Spearman's ρ
+        assert ax.get_title() == f"{block}  ρ = {rho:.2f}"
+    cam = drawn["gradcam"]  # per image: the input, the SE model's map, the plain one's
+    assert cam.get_suptitle() == "Grad-CAM at the last block"
+    titles = [ax.get_title() for ax in cam.axes]
+    assert titles[1::3] == ["SE: se_resnet20"] * (len(titles) // 3) and titles[2::3] == [f"plain: {plain}"] * (len(titles) // 3)
+    assert set(titles[::3]) == set(classes)
 
-    d = tmp_path / "gate"
-    d.mkdir()
-    _runs().to_parquet(d / "runs.parquet", index=False)
-    (d / "study.json").write_text(json.dumps(STUDY))
-    assert main(["report", "gate", "--results", str(tmp_path), "--n-boot", "200"]) == 0
+
+def test_report_command(study_dir, capsys):  # noqa: F811  (the gate study fixture)
+    assert main(["report", "gate", "--results", str(study_dir), "--n-boot", "200"]) == 0
     out = capsys.readouterr().out
-    assert "| tanh | 10.33 ± 1.26 |" in out and (d / "report.md").is_file()
-    assert main(["report", "conv", "--results", str(tmp_path)]) == 2
+    assert "| tanh | 10.33 ± 1.26 |" in out and (study_dir / "gate" / "report.md").is_file()
+    assert main(["report", "conv", "--results", str(study_dir)]) == 2
     err = capsys.readouterr().err
     assert "no results for study 'conv'" in err and "studies with results: gate" in err

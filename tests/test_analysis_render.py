@@ -177,8 +177,8 @@ def test_compare_arms_outcomes():
     assert t["rho"] == pytest.approx(np.corrcoef([9.0, 10.5, 11.5], [8.0, 9.0, 10.0])[0, 1])
     # relu - sigmoid: -1, +1, -0.5: open as well.
     assert b.loc["relu", "outcome"] == "open" and b.loc["relu", "t_low"] < 0 < b.loc["relu", "t_high"]
-    # softmax pairs only on the two completed seeds: +0.5, +0.5. Issue 9 item 2: this test used to
-    # assert "worse" from two equal differences (an interval of width zero); no spread, no projection.
+    # softmax pairs only on the two completed seeds: +0.5, +0.5. Two equal differences have no
+    # spread: no verdict (a zero-width interval would call it "worse") and no projection.
     s = b.loc["softmax"]
     assert s["pairs"] == 2 and s["outcome"] == "open" and pd.isna(s["more_seeds"])
     assert s["reason"] == "Δ ∈ (−∞, ∞)" and np.isnan(s["t_low"]) and np.isnan(s["rho"])
@@ -197,7 +197,7 @@ def test_markdown_and_latex_tables():
     assert "\\toprule" in tex and "\\caption{Table 12}" in tex
 
 
-def test_write_report(study_dir):
+def test_write_report(study_dir, drawn):
     path = write_report(study_dir, "gate", n_boot=500)
     text = path.read_text()
     assert path == study_dir / "gate" / "report.md"
@@ -210,11 +210,24 @@ def test_write_report(study_dir):
             assert (study_dir / "gate" / "figures" / f"{stem}.{ext}").is_file()
         assert f"figures/{stem}.png" in text
     assert (study_dir / "gate" / "table.tex").read_text().startswith("\\begin{table}")
+    # what the figures show: the arms in the study's order with their finished seeds, and each
+    # arm's finished errors (the diverged retry left out)
+    arms, ok = ["sigmoid", "tanh", "relu", "softmax"], completed(_runs())
+    points = drawn["pointplot"]
+    assert [ax.get_title() for ax in points.axes] == ["top-1 error (%)", "top-5 error (%)"]
+    for ax in points.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["sigmoid\nn=3", "tanh\nn=3", "relu\nn=3", "softmax\nn=2"]
+    for metric in ("test_top1_err", "test_top5_err"):
+        edf = drawn[f"edf_{metric}"].axes[0]
+        assert [t.get_text().split(" (")[0] for t in edf.get_legend().get_texts()] == arms
+        for line, arm in zip(edf.lines, arms, strict=True):
+            assert sorted(set(line.get_xdata())) == sorted(ok.loc[ok["arm"] == arm, metric])
+            assert line.get_ydata()[-1] == 1.0  # every finished run counted
 
 
 def test_running_and_errored_trials_are_not_counted_as_diverged(study_dir):
-    """Issue 12: the table's `diverged` column counted an interrupted (running) trial as diverged.
-    It counts status "diverged" only; trials not finished, and errored ones, are named below it."""
+    """The table's `diverged` column counts status "diverged" only (an interrupted, running trial is
+    not a diverged one); trials not finished, and errored ones, are named below it."""
     runs = _runs()
     unfinished = [{**runs.iloc[3].to_dict(), "trial_id": "tanh_3", "seed": 3, "status": "running"},
                   {**runs.iloc[6].to_dict(), "trial_id": "relu_3", "seed": 3, "status": "error"}]
@@ -236,7 +249,7 @@ def test_running_and_errored_trials_are_not_counted_as_diverged(study_dir):
 
 
 def test_a_rows_checkpoint_is_relative_to_the_study_folder(study_dir, tmp_path_factory, monkeypatch):
-    """Issue 12: collect records a trial's checkpoint relative to <results>/<study>, so the table stays
+    """collect records a trial's checkpoint relative to <results>/<study>, so the table stays
     valid wherever the results folder is; tables with absolute paths (collected before) still work."""
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # never relative to the working directory
     rel = "ray/gate-quick/sigmoid_0/checkpoint_000002"
@@ -259,7 +272,7 @@ def test_point_plot_and_edf_panels():
     arms = ["sigmoid", "tanh", "relu", "softmax"]
     fig = point_plot(ok, arms)
     assert len(fig.axes) == 2
-    # issue 9 item 8: the interval is a Student-t interval over the seeds, and says so with its n
+    # the interval is a Student-t interval over the seeds, and says so with its n
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
         "sigmoid\nn=3", "tanh\nn=3", "relu\nn=3", "softmax\nn=2"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [
@@ -282,7 +295,7 @@ def test_missing_study_is_one_line(tmp_path):
 
 
 def test_best_checkpoint_is_chosen_on_validation_never_test(study_dir):
-    # Issue 9 item 4: relu seed 0 has the lowest test error (7.0) but sigmoid seed 0 the lowest
+    # relu seed 0 has the lowest test error (7.0) but sigmoid seed 0 the lowest
     # validation error (7.5); the diverged 'sigmoid_x' row and NaNs never win.
     path, row = best_checkpoint(study_dir, "gate")
     assert path == "/r/sigmoid_0/checkpoint.pt" and row["arm"] == "sigmoid" and row["best_val_top1_err"] == 7.5

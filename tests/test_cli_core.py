@@ -95,7 +95,7 @@ def test_console_entry_point_bad_gate():
 
 
 # ---------------------------------------------------------------------------------------------
-# Only the suite's own user errors become one line; bugs keep their traceback (issue 9, item 8)
+# Only the suite's own user errors become one line; bugs keep their traceback, which their fix needs
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def raising_command():
@@ -159,7 +159,7 @@ def test_the_library_user_errors_are_value_errors_too():
 
 
 # ---------------------------------------------------------------------------------------------
-# No option is abbreviated (issue 10, item 3)
+# No option is abbreviated: a prefix that works today would change meaning with the next option
 # ---------------------------------------------------------------------------------------------
 def test_no_parser_accepts_abbreviations(capsys):
     from senet.cli import build_parser

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,24 +16,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.helpers import free_port, gate_arms, senet_argv, sweep_env
+
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def cluster(tmp_path):
-    port = _free_port()
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
+    port = free_port()
+    env = sweep_env(tmp_path)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # a local Ray of an earlier test sets it: no second node
-    env["SENET_SCRATCH"] = str(tmp_path / "scratch")
     env["RAY_AUTH_MODE"] = "token"  # the second node joins by address, which needs the head's token
     procs = []
     current = Path("/tmp/ray/ray_current_cluster")
@@ -72,8 +65,7 @@ def cluster(tmp_path):
 
 
 def _sweep(args, env, timeout=400):
-    return subprocess.run([sys.executable, "-c", "import sys; from senet.cli import main; sys.exit(main())",
-                           "sweep", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(senet_argv("sweep", *args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_missing_token_is_named_within_seconds(cluster, tmp_path):
@@ -93,5 +85,5 @@ def test_two_node_sweep_uses_both_nodes(cluster, tmp_path):
                 "--optim.epochs", "2"], env)
     assert r.returncode == 0, r.stdout + r.stderr
     df = pd.read_parquet(tmp_path / "gate" / "runs.parquet")
-    assert len(df) == 7 and set(df["status"]) == {"completed"}
+    assert len(df) == gate_arms() and set(df["status"]) == {"completed"}  # one trial per gate
     assert df["node_id"].nunique() == 2, df[["arm", "node_id"]]

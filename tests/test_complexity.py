@@ -206,7 +206,7 @@ def test_register_flops_extends_the_counter():
 
 # --------------------------------------------------------------------------------------------
 # Work the counter sees through FlopCounterMode: functional ops, matrix products, transposed
-# convolutions; a parameterised module whose work nobody counts warns (issue 9, item 6)
+# convolutions; a parameterised module whose work nobody counts warns (its FLOPs would be missing)
 # --------------------------------------------------------------------------------------------
 class FunctionalConv(nn.Module):
     """A convolution with its own weight, through F.conv2d (no nn.Conv2d for a hook to find)."""
@@ -330,7 +330,7 @@ def test_registered_backbones_count_without_warnings(name):
 
 
 # --------------------------------------------------------------------------------------------
-# The input size: the model's own by default (issue 10, item 4); bad sizes are one clear error
+# The input size: the model's own by default; bad sizes are one clear error
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,kw,side", [("se_resnet20", {}, 32), ("se_resnet20", {"in_chans": 1}, 32),
                                           ("se_inception_small", {}, 32), ("se_resnet50", {}, 224)])
@@ -347,7 +347,7 @@ def test_default_input_size_of_a_model_from_elsewhere_is_224():
 
 
 def test_se_resnet20_default_is_cifar_size_not_224():
-    """Issue 10: 1.98 GFLOPs at an assumed 224 px; 0.04 at the network's 32 px."""
+    """Counted at the network's own 32 px: 0.04 GFLOPs, not the 1.98 an assumed 224 px would give."""
     with torch.device("meta"):
         c = complexity(build_model("se_resnet20"))
     assert c.flops / G < 0.05
@@ -378,7 +378,7 @@ def test_a_failure_that_is_not_the_sizes_keeps_its_error():
 
 
 # --------------------------------------------------------------------------------------------
-# senet flops: every option acts or is refused; bad input is one line (issue 10)
+# senet flops: every option acts or is refused; bad input is one line
 # --------------------------------------------------------------------------------------------
 def _flops_cli(capsys, *argv):
     rc = senet_main(["flops", *argv])

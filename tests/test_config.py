@@ -125,7 +125,7 @@ def test_configs_are_frozen():
 
 
 # ---------------------------------------------------------------------------------------------
-# senet config: every key's value, default, choices and meaning (issue 10, "Confusing")
+# senet config: every key's value, default, choices and meaning
 # ---------------------------------------------------------------------------------------------
 def _config_cli(capsys, *argv):
     from senet.cli import main

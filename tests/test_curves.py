@@ -29,7 +29,7 @@ def _run(path, model, errs, *, final=None, tail="", val=None):
 @pytest.fixture
 def two_runs(tmp_path):
     # validation is best at epoch 3 (10.5, test 9.0 there); the lowest test error (8.0, epoch 4) is
-    # not a selection: choosing on test is optimistically biased (issue 9 item 4)
+    # not a selection: choosing on test is optimistically biased
     se = _run(tmp_path / "se", "se_resnet20", [30.0, 12.0, 9.0, 8.0], val=[31.0, 11.0, 10.5, 10.9],
               final={"status": "completed", "wall_time_s": 3723.4})
     # still running, and killed in the middle of writing its last line
@@ -81,12 +81,20 @@ def test_figure_has_a_panel_per_logged_metric(two_runs):
         curves.training_curves(h, ["test_top1_er"])
 
 
-def test_cli_writes_table_csv_and_figure(two_runs, tmp_path, capsys):
+def test_cli_writes_table_csv_and_figure(two_runs, tmp_path, capsys, drawn):
     out = tmp_path / "cmp"
     assert main(["curves", *map(str, two_runs), "--out", str(out), "--labels", "SE,plain"]) == 0
     printed = capsys.readouterr().out
     assert "| SE | se_resnet20 | 4 | completed | 8.00 | 0.80 | 10.50 (3) | 9.00 | 1:02:03 | 102 |" in printed
     assert (out / "training_curves.png").is_file() and (out / "training_curves.pdf").is_file()
+    # the figure written: a panel per logged metric, each run's logged values by epoch
+    axes = drawn["training_curves"].axes
+    assert [a.get_title() for a in axes] == ["training loss", "validation top-1 error (%)", "test top-1 error (%)"]
+    curves_drawn = {ln.get_label(): ln for ln in axes[2].lines if not ln.get_label().startswith("_")}
+    assert list(curves_drawn) == ["SE", "plain"]
+    assert list(curves_drawn["SE"].get_xdata()) == [1, 2, 3, 4]
+    assert list(curves_drawn["SE"].get_ydata()) == [30.0, 12.0, 9.0, 8.0]
+    assert list(curves_drawn["plain"].get_ydata()) == [28.0, 14.0, 10.0]  # its cut last line is not drawn
     assert len(pd.read_csv(out / "curves.csv")) == 7
     assert "training_curves.png" in (out / "summary.md").read_text()
 
@@ -105,7 +113,7 @@ def test_bad_input_is_one_line(two_runs, tmp_path, capsys, args, message):
 
 
 def test_a_run_without_an_epoch_is_skipped_with_a_note(two_runs, tmp_path, capsys):
-    # issue 10: one just-started run made `senet curves` refuse every run
+    # a run that has just started (no epoch logged) must not make `senet curves` refuse the others
     se, plain = two_runs
     fresh = tmp_path / "fresh"
     fresh.mkdir()

@@ -12,12 +12,7 @@ import torch
 from senet import data, datasets
 from senet.config import DataConfig
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _no_senet_data(monkeypatch):
-    monkeypatch.delenv("SENET_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_senet_data")
 
 
 @pytest.fixture

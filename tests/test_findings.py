@@ -1,4 +1,4 @@
-"""`senet findings` (issue 12 item 5): the paper's findings against a results folder, by code.
+"""`senet findings`: the paper's findings against a results folder, by code.
 
 The fixtures are synthetic ``runs.parquet`` files with known differences, so each verdict is known
 in advance: agrees, contradicts, no effect ≥ δ here, unresolved, not run yet."""

@@ -1,4 +1,4 @@
-"""`senet gates` (issue 12 item 4): gating choices compared by the excitations they learn, on two
+"""`senet gates`: gating choices compared by the excitations they learn, on two
 tiny checkpoints (sigmoid and tanh SE-ResNet-20, one epoch on the synthetic data)."""
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def _stage_values(run_dir, stage):
     return torch.cat(seen, 1).double().numpy()
 
 
-def test_gates_on_a_study_folder_picks_the_best_by_validation(tmp_path, trained, capsys):
+def test_gates_on_a_study_folder_picks_the_best_by_validation(tmp_path, trained, capsys, drawn):
     relu = {"arm": "relu", "seed": 0, "se.gate": "relu", "status": "completed", "test_top1_err": 60.0,
             "best_val_top1_err": 50.0, "checkpoint": "ray/relu_0/checkpoint.pt"}  # pruned or never copied
     d = _study(tmp_path, trained, [relu])
@@ -106,13 +106,21 @@ def test_gates_on_a_study_folder_picks_the_best_by_validation(tmp_path, trained,
     assert "Not analysed: relu: the best run's checkpoint is not here" in md
     for f in ("gates.png", "gates.pdf", "gates_blocks.csv"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0
+    # the figure written: a row per analysed gate, a column per stage; each panel's dashed line is
+    # the stage's mean in gates.csv, and its corner gives that mean and standard deviation
+    fig = drawn["gates"]
+    assert [ax.get_ylabel() for ax in fig.axes[::3]] == ["sigmoid", "tanh"]
+    assert [ax.get_title() for ax in fig.axes[:3]] == [f"stage {s} (conv{s}_x)" for s in (2, 3, 4)]
+    for ax, (_, row) in zip(fig.axes, t.iterrows(), strict=True):
+        assert ax.lines[0].get_xdata()[0] == pytest.approx(row["mean"])
+        assert ax.texts[-1].get_text().startswith(f"mean {row['mean']:.2f}, sd {row['std']:.2f}")
     blocks = pd.read_csv(out / "gates_blocks.csv")
     assert len(blocks) == 18 and set(blocks["gate"]) == {"sigmoid", "tanh"}
     assert "sigmoid        stage 2" in cap.out
 
 
 def test_gates_resolves_checkpoints_relative_to_the_study_folder(tmp_path, trained, monkeypatch):
-    """Issue 12: runs.parquet records checkpoints relative to the study folder (a checkpoint folder or
+    """runs.parquet records checkpoints relative to the study folder (a checkpoint folder or
     its checkpoint.pt); the working directory does not matter."""
     d = _study(tmp_path, trained)
     for gate, recorded in (("sigmoid", "ray/gate-smoke/sigmoid_0/checkpoint_000001"),

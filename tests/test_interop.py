@@ -14,12 +14,7 @@ timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("one_thread", "torch_seed")
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:
@@ -78,9 +73,14 @@ def test_senet_load_external_wrapper_and_file_loading(tmp_path):
 
 
 def test_data_parallel_prefix_is_stripped():
-    src = torchvision.models.resnet18()
+    """A state dict saved from ``nn.DataParallel`` (every key under ``module.``) loads as the bare one
+    does: every weight and BN statistic lands, so the logits are the source's."""
+    src = _randomise_bn(torchvision.models.resnet18()).eval()
     sd = {f"module.{k}": v for k, v in src.state_dict().items()}
-    load_external(build_model("resnet18"), sd, source="torchvision")
+    ours = load_external(build_model("resnet18"), sd, source="torchvision").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), src(x), atol=1e-4, rtol=0)
 
 
 def test_timm_se_keys_map_into_the_excitation_slot():
@@ -122,8 +122,8 @@ def test_stride_in_1x1_models_are_refused():
 
 @pytest.mark.parametrize("ours,theirs", [("se_resnet50", "resnet50"), ("resnet50", "resnet18")])
 def test_key_and_shape_mismatches_come_before_the_stride_hint(ours, theirs):
-    """Issue 10: a dict of another network loaded into a stride_in_1x1 model (the default for
-    resnet50) was blamed on the stride; the keys and shapes that do not fit are the news."""
+    """A dict of another network loaded into a stride_in_1x1 model (the default for resnet50) is
+    reported by the keys and shapes that do not fit, not blamed on the stride."""
     sd = _meta(theirs, stride_in_1x1=False).state_dict()
     with pytest.raises(ValueError, match="cannot load the timm state dict into") as e:
         map_state_dict(_meta(ours), sd, "timm")

@@ -42,8 +42,8 @@ def test_unknown_model_and_unknown_option_raise_with_choices():
 @pytest.mark.parametrize("name", ["resnet20", "se_resnet20", "resnet164", "wrn16_8", "resnet18", "se_resnet50",
                                   "resnext50_32x4d", "bn_inception", "inception_small", "se_mobilenet_v1"])
 def test_misspelled_keywords_raise_for_every_backbone_family(name):
-    """Issue 10: the ResNets' blocks swallowed stray keywords, so ``in_chan=1, num_clases=7`` built a
-    3-channel network of the default classes without a word."""
+    """A misspelled keyword is refused, naming the ones the model takes: swallowed by the blocks,
+    ``in_chan=1, num_clases=7`` would build a 3-channel network of the default classes silently."""
     with pytest.raises(ValueError, match=r"^model '\w+': unexpected keyword argument\(s\) in_chan, "
                                          r"num_clases; it takes num_classes, in_chans, se") as e, \
             torch.device("meta"):

@@ -1,4 +1,4 @@
-"""The results store (issue 12): each distinct (configuration, seed) is trained once and every study
+"""The results store: each distinct (configuration, seed) is trained once and every study
 reads it; a sweep continues from the committed runs.parquet tables; collect merges what a table
 records with the trial folders on disk and never drops a recorded row; git keeps the tables, not
 Ray's folders. Fast tests build tables by hand; one scenario runs real smoke sweeps on Ray."""
@@ -114,13 +114,13 @@ def test_recorded_trials_are_skipped_and_shared_ones_copied(tmp_path):
         {**_rows(gate, [2])[1], "status": "error"}])  # tanh seed 2 failed: not a result
     found = store.recorded(tmp_path)
     t = triage(_plan("gate", results=tmp_path, seeds=3), found)
-    assert len(t.recorded) == 14 and not t.reused
+    assert len(t.recorded) == 2 * len(gate.arms) and not t.reused  # seeds 0 and 1 of every arm
     assert sorted(c.name for c in t.todo) == sorted(f"{a.label} seed 2" for a in gate.arms)
 
     red = _plan("reduction", results=tmp_path, seeds=3)
     t = triage(red, found)
     assert [c.name for c, _ in t.reused] == ["r=16 seed 0", "r=16 seed 1"]
-    assert len(t.todo) == 6 * 3 - 2 and not t.recorded
+    assert len(t.todo) == len(red.arms) * 3 - 2 and not t.recorded
     meta = study_meta(red)
     rows = reused_rows(red, meta, t.reused)
     assert {(r["study"], r["arm"], r["reused_from"]) for r in rows} == {("reduction", "r=16", "gate/gate-smoke")}
@@ -172,11 +172,11 @@ def test_a_trial_recorded_in_another_precision_is_another_configuration(tmp_path
     rows = [{**r, "precision": "bf16"} for r in _rows(gate, [0])]
     _write(tmp_path, "gate", rows)
     found = store.recorded(tmp_path)
-    for here, recorded in (("bf16", 7), ("fp32", 0)):
+    for here, recorded in (("bf16", len(gate.arms)), ("fp32", 0)):  # bf16: seed 0 of every arm
         monkeypatch.setattr(senet.runtime, "default_precision", lambda device, here=here: here)
         t = triage(_plan("gate", results=tmp_path, seeds=2), found)  # a plan's cells are built once
         assert len(t.recorded) == recorded, here
-        assert len(t.todo) == 14 - recorded, here
+        assert len(t.todo) == 2 * len(gate.arms) - recorded, here
     fp32 = {**rows[0], "precision": "fp32"}
     assert store.config_id(rows[0]) != store.config_id(fp32)
     assert recipe_hash(rows[0]) != recipe_hash(fp32)
@@ -185,10 +185,12 @@ def test_a_trial_recorded_in_another_precision_is_another_configuration(tmp_path
 def test_dry_run_counts_the_distinct_trials_of_several_studies(tmp_path, capsys):
     assert main(["sweep", "all", "--preset", "smoke", "--dry-run", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    # 7 gate + 6 reduction + 5 squeeze + 5 placement + 5 stages arms, 1 seed: the default SE is
-    # shared by five studies and the plain net by two, so 28 - 4 - 1 = 23 are distinct
-    assert "[gate,reduction,squeeze,placement,stages] 23 distinct trials would be trained" in out
-    assert "[reduction] 6 trials" in out and "1 trained by an earlier study" in out
+    # every study's arms, 1 seed: the default SE is one trial of all five studies and the plain net
+    # one of two (reduction's baseline, stages' none), so 4 + 1 of the cells are trained earlier
+    arms = {n: len(_plan(n, results=tmp_path).arms) for n in studies.RUN_ORDER}
+    distinct = sum(arms.values()) - 4 - 1
+    assert f"[{','.join(studies.RUN_ORDER)}] {distinct} distinct trials would be trained" in out
+    assert f"[reduction] {arms['reduction']} trials" in out and "1 trained by an earlier study" in out
     assert not (tmp_path / "gate").exists()  # a dry run writes nothing
 
 
@@ -383,7 +385,7 @@ def test_make_results_runs_every_study_in_order_and_is_phony():
     text = (ROOT / "Makefile").read_text()
     phony = next(ln for ln in text.splitlines() if ln.startswith(".PHONY"))
     assert " results" in phony  # results/ exists: a non-phony target would always be "up to date"
-    assert "STUDIES ?= gate reduction squeeze placement stages" in text
+    assert f"STUDIES ?= {' '.join(studies.RUN_ORDER)}" in text
     recipe = text.split("\nresults:", 1)[1].split("\n\n", 1)[0]
     # the sweep collects its trials as it ends: a collect after it would read the same folders again
     assert recipe.index("senet sweep") < recipe.index("senet report") and "senet collect" not in recipe

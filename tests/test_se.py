@@ -28,12 +28,7 @@ from senet.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreAct
 from senet.models.resnet import ResNet
 from senet.se import Squeeze, excitation_args, hidden_width, scale_add, spatial_mean, study_choices
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("one_thread", "torch_seed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +335,7 @@ def test_each_se_is_on_the_forward_path(name, size, n_se):
 
 
 # --------------------------------------------------------------------------------------------
-# The fused block (issue 11): the same numbers as the straightforward ``u * gate(...)`` path
+# The fused block: the same numbers as the straightforward ``u * gate(...)`` path
 # --------------------------------------------------------------------------------------------
 def _reference_avgstd(u):
     var, mean = torch.var_mean(u, (2, 3), keepdim=True, correction=0)
@@ -348,7 +343,7 @@ def _reference_avgstd(u):
 
 
 #: The squeezes as written before the fused block (plain autograd); a squeeze registered later is
-#: its own reference.
+#: its own reference, called through ``forward`` so that hooks on it see only the SE's own call.
 _REFERENCE_SQUEEZES = {
     "avg": lambda u: u.mean((2, 3), keepdim=True).unsqueeze(1),
     "max": lambda u: u.amax((2, 3), keepdim=True).unsqueeze(1),
@@ -360,7 +355,7 @@ _REFERENCE_SQUEEZES = {
 
 def _reference_squeeze(se, u):
     name = next((n for n in SQUEEZES.names() if type(se.squeeze) is SQUEEZES.get(n)), None)
-    return _REFERENCE_SQUEEZES[name](u) if name in _REFERENCE_SQUEEZES else se.squeeze(u)
+    return _REFERENCE_SQUEEZES[name](u) if name in _REFERENCE_SQUEEZES else se.squeeze.forward(u)
 
 
 def _reference_excitation(exc, z):

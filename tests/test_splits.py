@@ -18,12 +18,7 @@ from tests.test_data import make_fashion
 TINY = "tiny_split_resnet"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _no_senet_data(monkeypatch):
-    monkeypatch.delenv("SENET_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_senet_data")
 
 
 @pytest.fixture
@@ -50,8 +45,8 @@ def _spy(monkeypatch, module) -> list[data.Datasets]:
 
 
 def test_analysis_of_a_seed_1_run_sees_the_runs_val_and_test_images(tmp_path, monkeypatch, tiny_model):
-    """Issue 9 item 1: analyze used to re-split with the run's seed, so --split val was mostly
-    training images and a test_subset a different sample."""
+    """analyze reads the run's own validation and test images: a re-split with the run's seed would
+    make --split val mostly training images and a test_subset a different sample."""
     from analysis import analyze
 
     cfg = config.from_flat({"model.name": f"se_{tiny_model}", "data.name": "synthetic", "data.synthetic_train": 120,
@@ -113,7 +108,8 @@ def test_negative_split_seed_is_one_line_config_error(value):
 
 
 def test_subset_sizes_the_validation_split_from_the_subset():
-    """Issue 10: --data.subset 2000 held out 10% of all 60,000 images."""
+    """The validation fraction applies to the subset: --data.subset 2000 holds out 10% of 2000,
+    not of all 60,000 images."""
     kw = {"name": "synthetic", "synthetic_train": 400, "synthetic_test": 20, "val_fraction": 0.1}
     ds = data.load_datasets(config.DataConfig(**kw, subset=100))
     assert (len(ds.val_x), len(ds.train_x)) == (10, 100)
@@ -129,7 +125,7 @@ def test_subset_sizes_the_validation_split_from_the_subset():
 
 
 def test_missing_data_root_is_one_line_error_naming_it(capsys, tmp_path, monkeypatch, tiny_model):
-    """Issue 9 item 8: a --data.root that does not exist used to fall back to another copy."""
+    """A --data.root that does not exist is an error, never a fall-back to another copy."""
     make_fashion(tmp_path / "elsewhere" / "fashion-mnist")  # the copy it must not fall back to
     monkeypatch.setenv("SENET_DATA", str(tmp_path / "elsewhere"))
     monkeypatch.setattr(datasets, "SYSTEM_ROOTS", ())

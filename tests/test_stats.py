@@ -1,4 +1,4 @@
-"""Verdicts over seeds (issue 9 items 2-3, issue 10): the anytime-valid confidence sequence at α/k
+"""Verdicts over seeds: the anytime-valid confidence sequence at α/k
 in the report, the descriptive paired t and bootstrap intervals, ρ̂, the seed projection, the test
 set's resolution, one recipe per report, and nuisance values that are not seeds."""
 from __future__ import annotations
@@ -99,8 +99,8 @@ def test_settle_seeds_uses_the_sequence_and_the_fixed_n_design():
 # Outcomes in the report
 # ---------------------------------------------------------------------------------------------
 def test_two_seeds_one_image_apart_stay_open(tmp_path):
-    # Issue 9 item 2: sigmoid 9.3/9.8 vs tanh 9.2/9.7 was called "better" (two equal differences,
-    # intervals of width zero, one image of a 1,000-image test set). No sequence is finite at 2 seeds.
+    # sigmoid 9.3/9.8 vs tanh 9.2/9.7: two equal differences (a zero-width interval would call it
+    # "better"), one image of a 1,000-image test set. No sequence is finite at 2 seeds.
     root = _study(tmp_path, _rows({"sigmoid": [9.3, 9.8], "tanh": [9.2, 9.7], "relu": [9.4, 9.6]}))
     text = write_report(root, "gate", n_boot=500).read_text()
     lines = _verdict_lines(text)
@@ -214,7 +214,7 @@ def test_recipe_hash_ignores_seed_axis_nuisance_and_bookkeeping():
 
 
 def test_report_refuses_to_pool_recipes_until_one_is_chosen(tmp_path, capsys):
-    # Issue 9 item 3: smoke and quick trials in one runs.parquet were averaged together.
+    # smoke and quick trials in one runs.parquet are two recipes: averaged together they mean nothing.
     smoke = _rows({"sigmoid": [90.0, 88.0], "tanh": [89.0, 91.0], "relu": [87.5, 90.0]}, preset="smoke",
                   experiment="gate-smoke")
     for r in smoke:
@@ -256,7 +256,7 @@ def test_nuisance_values_are_groups_not_seeds(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad input is one line (issue 10)
+# Bad input is one line
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_boot", ["0", "-5", "199"])
 def test_report_n_boot_too_small_is_one_line(tmp_path, capsys, n_boot):

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +29,12 @@ from senet.checkpoint import build_from_config
 from senet.cli import main
 from senet.models import se_modules
 from senet.tensorboard import EXCITATION_TAG, SCALAR_TAGS, StreamingHistogram
-from tests.helpers import register_tiny_resnet, remove_model
+from tests.helpers import free_port
 
-TINY = "tb_tiny_resnet"
+TINY = "tb_tiny_resnet"  # registered while this module's tests run (the tiny_resnet fixture)
 TENSORBOARD = shutil.which("tensorboard", path=str(Path(sys.executable).parent)) or shutil.which("tensorboard")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_model():
-    """A 3-block CIFAR-style ResNet, registered only while this module's tests run."""
-    register_tiny_resnet(TINY)
-    yield
-    remove_model(TINY)
+pytestmark = pytest.mark.usefixtures("tiny_resnet")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,17 +84,11 @@ class Board:
             time.sleep(0.5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def tensorboard(logdir: Path, log: Path):
     """``tensorboard --logdir logdir`` on 127.0.0.1, answering; killed (with its data server) after."""
     assert TENSORBOARD, "the tensorboard command is not installed"
-    port = _free_port()
+    port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen([TENSORBOARD, "--logdir", str(logdir), "--host", "127.0.0.1",
                                  "--port", str(port), "--reload_interval", "1"],

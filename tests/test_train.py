@@ -17,26 +17,10 @@ from senet.engine import evaluate, fit
 from senet.metrics import EPOCH_COLUMNS, METRIC_COLUMNS, RESULT_KEYS, FitResult
 from senet.models import build_model, se_modules
 from senet.schedules import SCHEDULES
-from tests.helpers import register_tiny_resnet, remove_model
 
-TINY = "tiny_test_resnet"
+TINY = "tiny_test_resnet"  # registered while this module's tests run (the tiny_resnet fixture)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_model():
-    """A 3-block CIFAR-style ResNet: the engine's tests need speed, not depth. Registered only
-    while this module's tests run, so registry-wide tests elsewhere never see it."""
-    register_tiny_resnet(TINY)
-    yield
-    remove_model(TINY)
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _no_senet_data(monkeypatch):
-    monkeypatch.delenv("SENET_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("tiny_resnet", "one_thread", "no_senet_data")
 
 
 def tiny_cfg(**flat):
@@ -223,7 +207,7 @@ def test_cli_train_keeps_an_existing_run(capsys, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Resume writes to the folder it is given, and nowhere else (issue 10, item 1)
+# Resume writes to the folder it is given, and nowhere else
 # ---------------------------------------------------------------------------------------------
 def _hashes(folder) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -294,7 +278,7 @@ def test_resume_with_out_continues_in_a_new_folder_only(capsys, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Extending a finished run: a new schedule phase, never a shorter run (issue 10, item 2)
+# Extending a finished run: a new schedule phase, never a shorter run
 # ---------------------------------------------------------------------------------------------
 def _lines(folder):
     return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -402,7 +386,7 @@ def test_a_finished_checkpoint_alone_gets_its_run_files_and_nothing_is_retrained
 
 
 # ---------------------------------------------------------------------------------------------
-# Interrupted runs and default run folders (issue 10, "Confusing")
+# Interrupted runs say what they left; a run without --out gets a named folder of its own
 # ---------------------------------------------------------------------------------------------
 def test_a_run_interrupted_in_its_first_epoch_says_what_is_there(capsys, tmp_path, monkeypatch):
     def interrupted(*a, **k):
@@ -438,7 +422,7 @@ def test_train_without_out_makes_a_named_run_folder(capsys, tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------------------------------------
-# Precision and evaluation (issue 11)
+# Precision (bf16 where the CPU has it natively) and evaluation (device batches, when the test set is read)
 # ---------------------------------------------------------------------------------------------
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
     cases = {"fpu avx2 avx512f avx512_bf16 avx512_vnni": True, "fpu avx2 amx_tile amx_bf16": True,
@@ -593,7 +577,7 @@ def test_cli_refuses_a_bad_eval_test(capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# The engine's result, callbacks and a resume that reads its checkpoint once (issue 13)
+# The engine's result, callbacks and a resume that reads its checkpoint once
 # ---------------------------------------------------------------------------------------------
 def test_the_result_is_final_json_and_names_the_metric_columns(tmp_path):
     r = fit(tiny_cfg(**{"optim.epochs": 1, "run.out": str(tmp_path)}))

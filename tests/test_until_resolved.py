@@ -4,7 +4,6 @@ two-node Ray cluster on loopback."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import kill_group, senet_argv
+from tests.helpers import json_rows, kill_group, senet_argv, sweep_env
 from tests.test_cluster import cluster  # noqa: F401  (the two-node fixture)
 
 pytestmark = pytest.mark.slow
@@ -21,26 +20,12 @@ pytestmark = pytest.mark.slow
 ARGS = ["gate", "--preset", "smoke", "--until-resolved", "--max-seeds", "3"]
 
 
-def _env(tmp: Path, base: dict | None = None) -> dict:
-    env = dict(base or os.environ)
-    if base is None:
-        env.pop("RAY_ADDRESS", None)
-    env["SENET_SCRATCH"] = str(tmp / "scratch")
-    return env
-
-
 def _finals(results: Path) -> list[tuple[str, int]]:
     """(arm, seed) of every final row in every trial folder of every launch."""
     out = []
     for f in (results / "gate" / "ray").glob("*/*/result.json"):
         params = json.loads((f.parent / "params.json").read_text())
-        for line in f.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("final"):
-                out.append((params["arm"], int(params["seed"])))
+        out += [(params["arm"], int(params["seed"])) for row in json_rows(f.read_text()) if row.get("final")]
     return out
 
 
@@ -87,20 +72,20 @@ def _check_same(reference: Path, ref_out: str, results: Path, out: str) -> None:
 
 def test_killed_and_resumed_sweep_decides_the_same(tmp_path):
     ref = tmp_path / "uninterrupted"
-    rc, ref_out = _run(ref, _env(tmp_path))
+    rc, ref_out = _run(ref, sweep_env(tmp_path))
     assert rc == 0, ref_out
     assert len(_finals(ref)) == len(pd.read_parquet(ref / "gate" / "runs.parquet"))
     killed = tmp_path / "killed"
-    out = _killed_and_resumed(killed, _env(tmp_path))
+    out = _killed_and_resumed(killed, sweep_env(tmp_path))
     _check_same(ref, ref_out, killed, out)
 
 
 @pytest.mark.cluster
 def test_killed_and_resumed_on_a_two_node_cluster(cluster, tmp_path):  # noqa: F811
     address, env = cluster
-    env = _env(tmp_path, {**env, "RAY_AUTH_MODE": "token"})
+    env = sweep_env(tmp_path, {**env, "RAY_AUTH_MODE": "token"})
     ref = tmp_path / "uninterrupted"
-    rc, ref_out = _run(ref, _env(tmp_path))  # a local run gives the decisions to match
+    rc, ref_out = _run(ref, sweep_env(tmp_path))  # a local run gives the decisions to match
     assert rc == 0, ref_out
     killed = tmp_path / "killed"
     out = _killed_and_resumed(killed, env, "--address", address)

@@ -3,7 +3,8 @@
 ``senet findings`` reads ``<results>/<study>/runs.parquet`` of every ablation study (and an
 ``senet analyze`` folder for the excitation findings) and writes ``results/README.md``: one row per
 finding of the paper with our measured effect, its interval (for arms the anytime-valid confidence
-sequence), n, a verdict and how many seeds would settle it. Nothing in it is typed by hand; re-running the command on the same files gives the same text.
+sequence), n, a verdict and how many seeds would settle it. Nothing in it is typed by hand: the same
+files give the same text.
 
 A finding is a declarative entry of :data:`FINDINGS` (:func:`register_finding`): a statement, the
 paper's numbers, and one or more *sources*, alternatives tried in order (the first that has been run
@@ -19,10 +20,10 @@ is used). A source is a small frozen dataclass with an ``evaluate(ctx)`` method
   the anytime-valid sequence over seeds; where no such tables exist, :class:`SelectivityDepth` and
   :class:`StageRemoval` read one network's ``senet analyze`` folder (test images as the unit).
 
-A finding contradicts when any claim contradicts; else it is unresolved when any claim is (or has
-not been run while others have); else it agrees when all its claims agree; else (claims that agree
-mixed with "no effect ≥ δ here", or only those) there is no effect ≥ δ here. :mod:`analysis.findings.render`
-writes the table. Rendering only: pandas, numpy, scipy; no torch.
+A finding's verdict, from its claims': contradicts when any claim contradicts; else unresolved when
+any claim is (or has not been run while others have); else agrees when all agree; else (agreeing
+claims mixed with "no effect ≥ δ here", or only those) no effect ≥ δ here.
+:mod:`analysis.findings.render` writes the table. Rendering only: pandas, numpy, scipy; no torch.
 """
 from __future__ import annotations
 
