@@ -36,20 +36,26 @@ demo: install
 	  --no-progress --out $(DEMO)/gate/analysis
 	@echo "results: $(DEMO)/gate/runs.parquet, $(DEMO)/gate/report.md, $(DEMO)/gate/analysis/summary.md"
 
-# The published studies: every ablation at the standard preset, in `senet sweep all`'s order (gate with 5
-# seeds, the others with 3: `senet studies`), each swept (a sweep collects its trials into
-# runs.parquet as it ends) and reported, with its wall time.
+# The published studies: every ablation at the standard preset, in `senet sweep all`'s order, each
+# run until its comparisons are decided (`--until-resolved`: the report's against the reference and
+# the findings' claims, up to the cap declared in its study.json) and reported, with its wall time.
 # Resumable by construction: a sweep trains only the (configuration, seed) pairs that no committed
 # results/*/runs.parquet records, so after an interruption, or from a fresh clone, run it again.
 # A trial another study already trained (gate's sigmoid = reduction's r=16 = ...) is reused.
+# Then the gate study's kept weights (its best run per arm and every sigmoid run whose trial folder
+# is here), the excitation findings over those networks, the gates figure and the findings table.
 STUDIES ?= gate reduction squeeze placement stages
 results: install
 	@for s in $(STUDIES); do \
 	  t0=$$(date +%s); \
-	  $(BIN)/senet sweep $$s --preset standard --results $(RESULTS) || exit $$?; \
+	  $(BIN)/senet sweep $$s --preset standard --until-resolved --results $(RESULTS) || exit $$?; \
 	  $(BIN)/senet report $$s --results $(RESULTS) --preset standard || exit $$?; \
 	  echo "[$$s] done in $$(( $$(date +%s) - t0 )) s (sweep, report)"; \
 	done
+	$(BIN)/senet weights gate --results $(RESULTS) --preset standard --best all --every sigmoid
+	$(BIN)/senet analyze-seeds gate --results $(RESULTS) --preset standard --no-progress
+	$(BIN)/senet gates $(RESULTS)/gate --preset standard
+	$(BIN)/senet findings --results $(RESULTS) --preset standard
 
 # The training engine's reference pair: SE-ResNet-20 and ResNet-20 on the full Fashion-MNIST training
 # set, 15 epochs, seed 0, run side by side with one CPU thread each (28 min on two cores with bf16),
