@@ -29,15 +29,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import family  # noqa: F401 - registers the attention family's choices
 from .errors import UserValueError
-from .family import CONVS, PRESETS, SPATIALS  # registers the attention family's choices
 from .fused import add_into, folds, has_hooks, pooled_conv_bn, scale_add, scaled_bn, spatial_mean
 from .registry import choice_field
 from .slots import (
     ACTIVATIONS,
+    CONVS,
     EXCITATIONS,
     GATES,
     PLACEMENTS,
+    PRESETS,
+    SPATIALS,
     SQUEEZES,
     AvgMaxSqueeze,
     AvgSqueeze,

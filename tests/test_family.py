@@ -1,4 +1,4 @@
-"""The channel-attention family (senet/family.py) checked against its sources.
+"""The channel-attention family (senet/family/) checked against its sources.
 
 Where timm 1.0.31 has the module (SE, ECA, CBAM, GC, GE-θ⁻), the suite's block with the same weights
 gives timm's output: bit for bit where the operations are the same. The suite's pooled FCs run as
