@@ -62,6 +62,7 @@ from .slots import (
     hidden_width,
     study_choices,
 )
+from .stages import StagesFrom, parse_stages, resolve_stages
 
 __all__ = [
     "ACTIVATIONS", "EXCITATIONS", "GATES", "PLACEMENTS", "SQUEEZES", "AvgMaxSqueeze", "AvgSqueeze",
@@ -245,7 +246,7 @@ class SEPlan:
     placement: str = "standard"
     site: str = "branch_out"
     channels: str = "out"
-    stages: frozenset[int] | None = None
+    stages: frozenset[int] | StagesFrom | None = None
     staged: bool = False  # the factory takes ``stage=`` (a per-stage choice such as se.kernel)
     #: ``conv(cin, cout, stride, groups)``: a module in place of the block's 3×3 conv + BN + ReLU
     #: (SKNet's); the block then holds no SE module (``factory`` returns None).
@@ -263,7 +264,7 @@ class SEPlan:
 
     def in_stages(self, valid: tuple[int, ...]) -> frozenset[int]:
         """The stages of a network (its ``valid`` ones) that get SE; a stage it lacks raises."""
-        return _within(self.stages, valid) if self.stages is not None else frozenset(valid)
+        return resolve_stages(self.stages, valid)
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,7 @@ class SEConfig:
     act: str = choice_field("relu", ACTIVATIONS)  # δ inside the fc excitation
     gate: str = choice_field("sigmoid", GATES)  # σ, the gate that turns the excitation into channel weights (Table 12)
     placement: str = choice_field("standard", PLACEMENTS)  # where the residual block applies SE (Fig. 5, Tables 14-15)
-    stages: str = "all"  # which stages get SE: "all", "none", or e.g. "2,3" (paper numbering, Table 13)
+    stages: str = "all"  # SE in: "all", "none", e.g. "2,3" (paper numbering, Table 13), "3+" (3 and later)
     bias: bool = True  # FC biases (released models: on; the paper's ablations: off)
     divisor: int = 0  # round the hidden width to a multiple of this; 0 = exact C // r
     # The attention family's keys (senet.family). None keeps SE's behaviour, and a None value is left
@@ -354,35 +355,3 @@ class SEConfig:
     def factory(self) -> Callable[[int], SqueezeExcitation]:
         """A callable ``channels -> SqueezeExcitation`` for the blocks."""
         return self.plan().factory
-
-
-def _within(stages: frozenset[int], valid: Iterable[int]) -> frozenset[int]:
-    bad = sorted(stages - set(valid))
-    if bad:
-        raise UserValueError(
-            f"se.stages {bad} out of range; this network's stages are "
-            f"{', '.join(map(str, valid))} (paper numbering: 2 = conv2_x)"
-        )
-    return stages
-
-
-def parse_stages(stages, valid: tuple[int, ...] | None = None) -> frozenset[int] | None:
-    """Parse ``"all"``/``"none"``/``"2,3"``/an iterable into a set; ``None`` means all stages.
-
-    With ``valid`` given, stage numbers outside it raise a ValueError naming the valid ones.
-    """
-    if stages is None or stages == "all":
-        return None
-    if isinstance(stages, str):
-        text = stages.strip()
-        if text in ("", "none"):
-            return frozenset()
-        try:
-            out = frozenset(int(s) for s in text.replace(" ", "").split(","))
-        except ValueError:
-            raise UserValueError(
-                f"se.stages must be 'all', 'none' or stage numbers like '2,3', got {stages!r}"
-            ) from None
-    else:
-        out = frozenset(int(s) for s in stages)
-    return out if valid is None else _within(out, valid)

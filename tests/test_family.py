@@ -36,6 +36,7 @@ from senet.models import build_model, se_modules
 from senet.models.blocks import BasicBlock, Bottleneck
 from senet.models.resnet import ResNet
 from senet.se import PRESETS, SEConfig, SqueezeExcitation, hidden_width
+from senet.stages import StagesFrom, parse_stages, resolve_stages
 from tests.test_se import _forward_backward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -298,8 +299,9 @@ R50_PARAMS = [
     ("eca", {"kernel": "3,5,5,7"}, R50_PLAIN + 80),  # ECA-Net50's released k
     ("cbam", {}, 28_073_576),
     ("srm", {}, 25_617_448),
-    ("gc", {"stages": "3,4,5"}, 28_078_773),  # GCNet's ResNet-50: r = 16 in c3-c5
-    ("gc", {}, 28_105_032),
+    ("gc", {}, 28_078_773),  # GCNet's ResNet-50: r = 16 in c3-c5, the preset's se.stages 3+
+    ("gc", {"stages": "3,4,5"}, 28_078_773),  # the suite numbers stages as the paper: 2 = conv2_x
+    ("gc", {"stages": "all"}, 28_105_032),  # all 16 blocks (anchor §2)
     ("ge", {}, R50_PLAIN),
     ("simam", {}, R50_PLAIN),
     ("fca", {}, 28_071_976),  # = SE without biases
@@ -416,6 +418,25 @@ def test_each_preset_builds_on_every_family_or_says_why_not_in_one_line(preset, 
     if size and name in ("se_resnet18", "se_wrn16_8", "se_inception_small"):
         with torch.no_grad():
             assert model.eval()(torch.randn(2, 3, size, size)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name,stages", [("se_resnet50", {3, 4, 5}), ("se_resnet20", {3, 4}),
+                                         ("se_inception_small", {3, 4, 5})])
+def test_gc_preset_is_gcnets_c3_to_c5_and_every_stage_after_the_first_elsewhere(name, stages):
+    assert SEConfig.from_preset("gc").stages == "3+"
+    with torch.device("meta"):
+        model = build_model(name, se=SEConfig.from_preset("gc"))
+    assert {int(n.split("_")[1]) for n in se_modules(model)} == stages
+
+
+def test_stages_from_n_on():
+    assert parse_stages("3+") == parse_stages(" 3 + ") == StagesFrom(3)
+    assert resolve_stages(parse_stages("3+"), (2, 3, 4, 5)) == {3, 4, 5}
+    assert resolve_stages(parse_stages("2+"), (2, 3, 4)) == {2, 3, 4}
+    with pytest.raises(UserValueError, match=r"se.stages 6\+ names no stage of this network; its stages are 2, 3, 4, 5"):
+        build_model("se_resnet50", se=SEConfig(stages="6+"))
+    with pytest.raises(UserValueError, match="'N\\+' \\(stage N and later\\)"):
+        SEConfig(stages="3++")
 
 
 def test_simam_sits_after_conv2_before_bn2():

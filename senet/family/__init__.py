@@ -23,7 +23,7 @@ simam       none        simam           sigmoid        ``placement=pre_bn2``, λ
 fca         dct         fc (no bias)    sigmoid        FcaNet: top-16 DCT frequencies
 ca          strips      coord           sigmoid        ``combine=strips`` (U · a_w · a_h); timm's width
 sk          —           —               —              ``conv=sk``: the 3×3 conv is SKNet's
-gc          attn        fc_ln           identity       ``combine=add``; timm's rounding
+gc          attn        fc_ln           identity       ``combine=add``; timm's rounding; ``stages=3+``
 ==========  ==========  ==============  =============  ===========================================
 
 Every part declares the elementwise work the FLOP counter cannot see with an ``extra_flops(inputs,

@@ -1,6 +1,8 @@
 """GCNet (Cao et al.), timm's ``gca``: attention pooling (1×1 conv C → 1, softmax over H·W, the
 weighted sum), 1×1 C → h, LayerNorm, ReLU, 1×1 h → C (biases), added to U (no gate); timm's rounding.
-The paper puts it in stages c3-c5 of ResNet-50 (28.08M parameters): ``se.stages 3,4,5``."""
+The paper puts it in stages c3-c5 of ResNet-50 (28,078,773 parameters), so the preset sets
+``se.stages 3+``: stage 3 and every later one (paper numbering, 2 = conv2_x, the suite's), which
+on a network of three stages (2-4, the CIFAR ResNets) is 3 and 4."""
 from __future__ import annotations
 
 import torch
@@ -55,4 +57,4 @@ class FCNormExcitation(nn.Module):
 
 EXCITATIONS.add("fc_ln", FCNormExcitation, study=False)
 PRESETS.add("gc", {"squeeze": "attn", "excitation": "fc_ln", "gate": "identity", "combine": "add",
-                   "rounding": "timm"})
+                   "rounding": "timm", "stages": "3+"})
