@@ -439,6 +439,63 @@ def test_stages_from_n_on():
         SEConfig(stages="3++")
 
 
+#: GCT before every convolution of ResNet-50's bottlenecks (the official GCT-ResNet-50: conv1,
+#: conv2, conv3 and the projection shortcut; its stem's GCT(3), 9 parameters, is outside the stages):
+#: Σ over blocks of 3 × (C_in + w + w [+ C_in with a projection]) = 3 × 22,528.
+R50_GCT_EVERY_CONV = R50_PLAIN + 3 * sum(
+    (cin + 2 * w + cin) + (n - 1) * (4 * w + 2 * w)
+    for cin, w, n in ((64, 64, 3), (256, 128, 4), (512, 256, 6), (1024, 512, 3)))
+
+
+def test_gct_before_every_conv_counts_the_official_resnet50s_modules():
+    assert R50_GCT_EVERY_CONV == R50_PLAIN + 67_584
+    model = build_model("se_resnet50", se=SEConfig.from_preset("gct", placement="every_conv"))
+    assert sum(p.numel() for p in model.parameters()) == R50_GCT_EVERY_CONV
+    names = list(se_modules(model))
+    assert names[:4] == ["SE_2_1_conv1", "SE_2_1_conv2", "SE_2_1_conv3", "SE_2_1_downsample"]
+    assert len(names) == 16 * 3 + 4  # three per bottleneck, one per projection shortcut
+
+
+@pytest.mark.parametrize("block,convs", [(Bottleneck, ("conv1", "conv2", "conv3")), (BasicBlock, ("conv1", "conv2"))])
+def test_gct_every_conv_sits_before_each_conv_and_the_shortcuts(block, convs):
+    net = ResNet(block, (1,), (4,), stem_width=8, num_classes=3,
+                 se=SEConfig.from_preset("gct", placement="every_conv").plan())
+    b = _randomize(net).layer1[0]
+    assert set(b.se) == {*convs, "downsample"}
+    seen = {}
+    for name in (*convs, "downsample"):
+        conv = b.downsample[0] if name == "downsample" else getattr(b, name)
+        conv.register_forward_pre_hook(lambda m, i, name=name: seen.update({f"{name}_in": i[0]}))
+        b.se[name].register_forward_hook(lambda m, i, o, name=name: seen.update({f"{name}_gct": o}))
+    with torch.no_grad():
+        b(torch.randn(2, 8, 6, 6))
+    for name in (*convs, "downsample"):
+        assert seen[f"{name}_in"] is seen[f"{name}_gct"], name
+
+
+def test_gct_every_conv_trains_fuses_and_counts_on_resnet20_and_refuses_preact_blocks_in_one_line():
+    se = SEConfig.from_preset("gct", placement="every_conv")
+    model = build_model("se_resnet20", num_classes=3, se=se)
+    assert len(se_modules(model)) == 9 * 2  # option-A shortcuts hold no convolution
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedWorkWarning)
+        c = complexity(model, 16)
+    # 3C before conv1 (C_in) and conv2 (w): 3 × Σ (C_in + w) over the blocks of stages 16, 32, 64
+    assert c.se_params == 3 * (3 * 32 + (48 + 2 * 64) + (96 + 2 * 128)) == sum(r.se_params for r in c.blocks)
+    assert c.se_flops == sum(r.se_flops for r in c.blocks) > 0
+    torch.manual_seed(0)
+    net = ResNet(BasicBlock, (1, 1), (16, 32), stem="cifar", stem_width=16, num_classes=3, se=se.plan())
+    assert _forward_backward(net, 6).shape == (2, 3)
+    hooked = copy.deepcopy(net.double())
+    for m in se_modules(hooked).values():
+        m.register_forward_hook(lambda m, i, o: None)
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(net.eval()(x), hooked.eval()(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(UserValueError, match="placement 'every_conv' does not apply to PreActBasicBlock") as e:
+        build_model("se_wrn16_8", se=se)
+    assert "\n" not in str(e.value)
+
+
 def test_simam_sits_after_conv2_before_bn2():
     block = ResNet(Bottleneck, (1,), (4,), stem_width=8, num_classes=3,
                    se=SEConfig.from_preset("simam").plan()).layer1[0]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..slots import EXCITATIONS, GATES, PRESETS, SQUEEZES, Squeeze
+from ..slots import EXCITATIONS, GATES, PLACEMENTS, PRESETS, SQUEEZES, Placement, Squeeze
 
 
 @SQUEEZES.register("l2", study=False)
@@ -56,6 +56,10 @@ class OnePlusTanh(nn.Module):
 
 
 EXCITATIONS.add("channel_norm", ChannelNorm, study=False)
+#: The paper's site: before every convolution (official GCT-ResNet-50: conv1, conv2, conv3 and the
+#: projection shortcut's conv of each bottleneck; the stem's conv, outside the stages, is left out).
+PLACEMENTS.add("every_conv", Placement("convs", "convs", "before every convolution of the block (GCT's paper site)"),
+               study=False)
 GATES.add("one_plus_tanh", OnePlusTanh, range=(0.0, 2.0), study=False)
 PRESETS.add("gct", {"squeeze": "l2", "excitation": "channel_norm", "gate": "one_plus_tanh",
                     "placement": "inner"})
