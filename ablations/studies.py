@@ -9,11 +9,15 @@ one, so a report can set the measured ordering beside the published one. The gat
 placement studies read their arms, and those numbers, from the SE slots' registries
 (:class:`SlotArms`): a newly registered gate is an arm of the gate study with no change here.
 
-Presets size the shared recipe: ``smoke`` (synthetic data, seconds, run by the tests), ``quick``
+Presets (:mod:`ablations.presets`) size the shared recipe: ``smoke`` (synthetic data, seconds, run by the tests), ``quick``
 (a Fashion-MNIST subset and a CIFAR-style SE-ResNet-20, minutes per study on two CPU cores),
 ``standard`` (the published results in ``results/``: SE-ResNet-20 trained properly on 20,000
 Fashion-MNIST images, tested on all 10,000) and ``full`` (a paper-like GPU recipe: all of CIFAR-10 on
 SE-ResNet-56, or the user's backbone).
+
+The ``family`` study is not a table of the paper: SE against the channel-attention family
+(:mod:`senet.family`), one arm per module at its paper's defaults, read from the family's presets, so
+a newly added module is an arm with no change here.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from senet import config
@@ -32,6 +37,7 @@ from senet.errors import UserValueError
 from senet.models import MODELS, build_model, se_modules
 from senet.registry import Registry
 from senet.se import GATES, PLACEMENTS, SQUEEZES, SEConfig, study_choices
+from senet.se import PRESETS as FAMILY
 
 from .presets import PRESETS, Preset  # noqa: F401 - re-exported: the sweeps' recipes
 
@@ -209,6 +215,46 @@ def _stage_arms(base: config.Config) -> tuple[Arm, ...]:
 register_study(Study(
     "stages", "SE in one stage alone, all stages, none", "Table 13", "se.stages", _stage_arms, "all",
     doc="which depths benefit from recalibration; arms follow the backbone's own stages",
+))
+
+
+# --------------------------------------------------------------------------------------------------
+# The channel-attention family (senet.family): its modules as arms, not a table of the paper
+# --------------------------------------------------------------------------------------------------
+def _module_arm(name: str) -> Arm:
+    return Arm(name, {f"se.{k}": v for k, v in FAMILY.get(name).items()})
+
+
+def _builds(base: config.Config, arm: Arm) -> bool:
+    """Whether ``arm``'s network builds on the study's backbone (on the meta device: no weights)."""
+    try:
+        with torch.device("meta"):
+            build_model(base.model.name, num_classes=10, in_chans=3, se=config.from_flat(arm.overrides, base).se)
+    except UserValueError:
+        return False
+    return True
+
+
+def _family_arms(base: config.Config) -> tuple[Arm, ...]:
+    """The plain network, then one arm per module of the family (every preset registered for the
+    study, SE first) that builds on the backbone."""
+    modules = [_module_arm(n) for n in study_choices(FAMILY)]
+    return (Arm("baseline", {"se.stages": "none"}), *(a for a in modules if _builds(base, a)))
+
+
+register_study(Study(
+    "family", "The channel-attention family at the papers' defaults", "",
+    ",".join(sorted({"se.stages", *(f"se.{k}" for n in study_choices(FAMILY) for k in FAMILY.get(n))})),
+    _family_arms, "se", fixed={},
+    doc="SE against ECA, CBAM, GE-θ⁻, SRM, GCT, SimAM, FcaNet, coordinate attention, SK and GC, each at its "
+        "paper's defaults (its se.preset: senet/family/); the reference is the paper's SE block with its FC "
+        "biases (the released models'; the slot studies remove them, so no trial is shared with them), the "
+        "baseline the plain network. GC sits in stage 3 and later (se.stages 3+: c3-c5 on ResNet-50), GCT once "
+        "per block before the last conv (its README's setting; the paper's before every conv is se.placement "
+        "every_conv). GE-θ and GE-θ⁺ are variants (presets ge_theta, ge_theta_plus), not arms. A module that "
+        "cannot be built on the chosen backbone is left out of the arms (SimAM's and GCT's sites are not in "
+        "pre-activation blocks; FcaNet needs C a multiple of 16); on se_resnet20 (smoke, quick, standard) "
+        "and se_resnet56 (full) every module builds. No paper numbers: each module's paper has its own baseline.",
 ))
 
 
