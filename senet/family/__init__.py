@@ -10,21 +10,8 @@ an arm of the ``family`` study (:mod:`ablations.studies`; a variant registered w
 is not), and ``senet config`` lists its parts; golden entries (``python -m tests.golden --write``)
 are reported missing, not failed, until written.
 
-==========  ==========  ==============  =============  ===========================================
-preset      squeeze     excitation      gate           also
-==========  ==========  ==============  =============  ===========================================
-se          avg         fc              sigmoid        the paper's block (r = 16, biases)
-eca         avg         eca             sigmoid        ``se.kernel 3,5,5,7``: ECA-Net50's released k
-cbam        avgmax      fc (no bias)    sigmoid        ``spatial=cbam`` after it; timm's rounding
-ge          avg         none            sigmoid        GE-θ⁻ with a global extent
-srm         meanstd     cfc (+BN)       sigmoid        per-descriptor channel-wise FC
-gct         l2          channel_norm    one_plus_tanh  ``placement=inner``: before conv3 (README)
-simam       none        simam           sigmoid        ``placement=pre_bn2``, λ = 0.1 (ImageNet)
-fca         dct         fc (no bias)    sigmoid        FcaNet: top-16 DCT frequencies
-ca          strips      coord           sigmoid        ``combine=strips`` (U · a_w · a_h); timm's width
-sk          —           —               —              ``conv=sk``: the 3×3 conv is SKNet's
-gc          attn        fc_ln           identity       ``combine=add``; timm's rounding; ``stages=3+``
-==========  ==========  ==============  =============  ===========================================
+The table of the registered modules (preset, squeeze, excitation, gate, other keys) is appended to
+this docstring when the package is imported, so it lists a new file's module too.
 
 Every part declares the elementwise work the FLOP counter cannot see with an ``extra_flops(inputs,
 output)`` method (:mod:`senet.complexity`).
@@ -48,6 +35,23 @@ def _import_modules() -> None:
 
 
 _import_modules()
+
+
+def preset_table() -> str:
+    """The registered presets as an RST table: squeeze, excitation, gate and the other keys each sets."""
+    rows = [("preset", "squeeze", "excitation", "gate", "also")]
+    for name in PRESETS:
+        keys = dict(PRESETS.get(name))
+        slots = [str(keys.pop(k, "(SE's)" if not keys.get("conv") else "—")) for k in ("squeeze", "excitation", "gate")]
+        rows.append((name, *slots, ", ".join(f"{k}={v}" for k, v in keys.items()) or "—"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    rule = "  ".join("=" * w for w in widths)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join([rule, lines[0], rule, *lines[1:], rule])
+
+
+if __doc__:  # (None under python -OO)
+    __doc__ += "\n" + preset_table() + "\n"
 
 from .ca import CoordExcitation, StripSqueeze  # noqa: E402 - the parts, by name
 from .cbam import CBAMSpatial  # noqa: E402
