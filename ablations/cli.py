@@ -1,10 +1,11 @@
-"""``senet sweep``, ``senet collect`` and ``senet studies`` (registered through the senet.commands
-entry point; Ray is imported only when a sweep starts)."""
+"""``senet studies``, ``senet sweep`` and ``senet collect``: the sweeps' commands.
+
+Each command imports what it works with (the studies, Ray, pandas) when it runs, so that building
+``senet``'s parser loads none of them.
+"""
 from __future__ import annotations
 
-from senet.cli import Command, ListingCommand, command
-
-from .studies import PRESETS, STUDIES, base_config
+from senet.cli import Command, ListingCommand, command, preset_option, results_option
 
 
 @command
@@ -13,6 +14,8 @@ class StudiesCommand(ListingCommand):
     help = "list the ablation studies (paper Tables 10-16), their arms and the presets"
 
     def rows(self):
+        from .studies import PRESETS, STUDIES, base_config
+
         rows = []
         for name, study in STUDIES.items():
             arms = () if name == "custom" else study.resolve_arms(base_config(study, "quick"))
@@ -23,10 +26,14 @@ class StudiesCommand(ListingCommand):
         return rows
 
     def as_json(self, rows):
+        from .studies import PRESETS
+
         return {"studies": rows, "presets": {n: {"doc": p.doc, "seeds": p.seeds, "overrides": dict(p.overrides)}
                                              for n, p in PRESETS.items()}}
 
     def print_text(self, rows):
+        from .studies import PRESETS
+
         for r in rows:
             table = f" ({r['paper_table']})" if r["paper_table"] else ""
             seeds = ", ".join(f"{n} at {preset}" for preset, n in r["seeds"].items())
@@ -52,10 +59,10 @@ class SweepCommand(Command):
     def configure(self, p):
         p.add_argument("study", help="a study (see `senet studies`), several as a,b,c, or all (gate, "
                        "reduction, squeeze, placement, stages, in turn)")
-        p.add_argument("--preset", default="quick", help="smoke | quick | standard | full (default: quick)")
+        preset_option(p, "the recipe the trials train at (default: quick)", default="quick")
         p.add_argument("--seeds", type=int, default=None,
                        help="seeds per arm (default: the study's at the preset, see `senet studies`)")
-        p.add_argument("--results", default="results", help="results folder (default: results)")
+        results_option(p, ", where each study's table and trials go")
         p.add_argument("--storage", default=None, help="Tune storage: a folder or an object store's URI "
                        "(s3://BUCKET/PREFIX, gs://...; credentials from the environment) (default: "
                        "<results>/<study>/ray); on a cluster, one every node reaches")
@@ -71,8 +78,12 @@ class SweepCommand(Command):
                        help="continue an interrupted sweep as it was started (its seeds, arms, config and "
                             "resources; trials that ended in error are retried)")
         p.add_argument("--until-resolved", action="store_true",
-                       help="add seeds in blocks (the reference and every arm still open) until each arm's "
-                            "anytime-valid interval decides it, or the cap (the design in study.json)")
+                       help="add seeds in blocks (the arms of every comparison still open) until each "
+                            "comparison's anytime-valid interval decides it, or the cap (the design in study.json)")
+        p.add_argument("--aim", default="both", choices=("both", "report", "findings"),
+                       help="with --until-resolved: the comparisons that get seeds: the report's (each arm "
+                            "against the reference), the findings' (the paper's claims on this study's arms) "
+                            "or both (default)")
         p.add_argument("--max-seeds", type=int, default=None,
                        help="with --until-resolved: the seed cap (default: the study's declared design; "
                             "40 at standard)")
@@ -82,13 +93,12 @@ class SweepCommand(Command):
         p.add_argument("--dry-run", action="store_true",
                        help="say which trials are recorded, reused from another study or to train; start nothing")
         p.add_argument("--model", default=None, help="backbone (its se_ twin is used for every arm)")
-        p.add_argument("--spec", default=None, help="YAML file of the custom study")
+        p.add_argument("--spec", default=None, metavar="FILE", help="the YAML file of the custom study")
         p.epilog = ("Config overrides: --key value, e.g. --optim.epochs 3 --data.subset 2000. "
                     "`senet config --study STUDY --preset PRESET [--key value ...]` prints the trials' "
                     "config: every key's value, default, choices, meaning and what the study sweeps.")
 
     def run(self, args, overrides):
-        # here, not at the top: every senet command loads this module, only a sweep needs pandas
         from .plan import SweepOptions
         from .sweep import run_sweeps
 
@@ -98,7 +108,7 @@ class SweepCommand(Command):
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             max_failures=args.max_failures, resume=args.resume, model=args.model, spec=args.spec,
             overrides=overrides, verbose=args.verbose, dry_run=args.dry_run,
-            until_resolved=args.until_resolved, max_seeds=args.max_seeds,
+            until_resolved=args.until_resolved, max_seeds=args.max_seeds, aim=args.aim,
             arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else None))
         # a sweep that left any trial unfinished or failed is not a success, whatever it wrote
         return 0 if args.dry_run or all(o.ok for o in outcomes) else 1
@@ -111,12 +121,12 @@ class CollectCommand(Command):
 
     def configure(self, p):
         p.add_argument("study", help="the study's name (its folder under --results)")
-        p.add_argument("--results", default="results", help="results folder (default: results)")
+        results_option(p)
         p.add_argument("--storage", default=None, help="Tune storage the sweep used: a folder or a URI "
                        "(s3://BUCKET/PREFIX, ...) (default: <results>/<study>/ray)")
 
     def run(self, args, overrides):
-        from .collect import collect  # here: every senet command loads this module
+        from .collect import collect
 
         df = collect(args.study, args.results, storage=args.storage)
         counts = df["status"].value_counts().to_dict()

@@ -1,29 +1,34 @@
-"""``senet config --study S --preset P``: the config a sweep's trials start from.
+"""``senet config``, which can also start from the config a sweep's trials start from
+(``--study S --preset P``, ``--spec FILE`` for the custom study).
 
-Registered through the ``senet.commands`` entry point as a :class:`senet.config_cmd.ConfigSource`,
-so ``senet config`` (which lives in senet and never imports this package) gains the options.
+What it prints is :mod:`senet.config_cmd`'s; the command is declared here because the studies and
+presets are this package's. The studies are imported when it runs, not for its options.
 """
 from __future__ import annotations
 
-from senet import config
-from senet.config_cmd import CONFIG_SOURCES, ConfigSource
-
-from .studies import PRESETS, STUDIES, base_config, get_study
+from senet import config_cmd
+from senet.cli import command, preset_option
 
 
-class StudySource(ConfigSource):
+@command
+class ConfigCommand(config_cmd.ConfigCommand):
+    base_options = "--study/--preset/--spec"
+
     def configure(self, p):
+        super().configure(p)
         p.add_argument("--study", default=None,
-                       help=f"the base config of a study's trials ({', '.join(STUDIES.names())}); "
-                            "its swept keys are marked")
-        p.add_argument("--preset", default=None,
-                       help=f"the recipe of a sweep preset ({', '.join(PRESETS.names())}; with --study: "
-                            "default quick, as senet sweep)")
-        p.add_argument("--spec", default=None, help="the YAML file of the custom study")
+                       help="start from the config of a study's trials (see `senet studies`); its swept "
+                            "keys are marked")
+        preset_option(p, "start from its recipe (with --study: default quick, as senet sweep)")
+        p.add_argument("--spec", default=None, metavar="FILE", help="the YAML file of the custom study")
 
     def base(self, args, overrides):
         if not (args.study or args.preset or args.spec):
             return None
+        from senet import config
+
+        from .studies import PRESETS, base_config, get_study
+
         preset = PRESETS.get(args.preset or "quick").name
         if not args.study:
             if args.spec:
@@ -44,6 +49,3 @@ class StudySource(ConfigSource):
         for key in study.fixed:
             notes.setdefault(key, f"held fixed by the {study.name} study")
         return cfg, f"study {study.name}, preset {preset}", notes
-
-
-CONFIG_SOURCES.add("ablations", StudySource())

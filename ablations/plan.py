@@ -52,6 +52,7 @@ class SweepOptions:
     dry_run: bool = False  # say what would be trained and reused; start nothing, write nothing
     until_resolved: bool = False  # add seeds in blocks until every arm is decided (ablations.sequencer)
     max_seeds: int | None = None  # with until_resolved: the cap (default: the study's declared design)
+    aim: str = "both"  # with until_resolved: which comparisons get seeds (ablations.sequencer.AIMS)
     arms: tuple[str, ...] | None = None  # only these arms (the reference is always included)
 
 
@@ -70,6 +71,7 @@ class Plan:
     stored: Mapping[str, Any] | None = None  # on --resume: the experiment's meta as it was started
     remote: Location | None = None  # the object store Tune writes to, when --storage is a URI
     design: Design | None = None  # a sequential sweep's design (its cap is ``seeds``)
+    aim: str = "both"  # a sequential sweep's comparisons: the report's, the findings' or both
 
     @property
     def results_dir(self) -> Path:
@@ -157,7 +159,7 @@ def plan(opts: SweepOptions) -> Plan:
     refresh(where, study.name)
     p = Plan(study, preset.name, seeds, base, arms, paths, where.local,
              launch_name(study.name, preset.name, paths, where.local, latest=opts.resume), remote=where.remote,
-             design=design)
+             design=design, aim=opts.aim)
     cells(p)  # a bad arm or two arms of one configuration fail here, before Ray starts
     return p
 
@@ -180,8 +182,8 @@ def sequential_design(opts: SweepOptions, paths: StudyPaths, preset: str) -> Des
     when its first sequential sweep started (else the preset's default), with ``--max-seeds`` as
     the cap; None for a sweep of a fixed number of seeds."""
     if not opts.until_resolved:
-        if opts.max_seeds is not None:
-            raise UserError("--max-seeds goes with --until-resolved (a fixed sweep takes --seeds N)")
+        if opts.max_seeds is not None or opts.aim != "both":
+            raise UserError("--max-seeds and --aim go with --until-resolved (a fixed sweep takes --seeds N)")
         return None
     if get_study(opts.study, opts.spec).nuisance:
         raise UserError(f"--until-resolved compares one result per arm and seed; the {opts.study} study also "
@@ -282,7 +284,7 @@ def study_meta(p: Plan) -> dict:
             "average_nuisance": bool(s.average_nuisance), "fixed": dict(s.fixed), "doc": s.doc,
             "experiment": p.experiment, "base": base}
     if p.design is not None:
-        meta["until_resolved"] = p.design.to_dict()
+        meta["until_resolved"] = {**p.design.to_dict(), "aim": p.aim}
     from senet.provenance import git_commit  # loads torch, which a dry run of fixed precision need not
 
     code = git_commit()  # the checkout the launch ran from; each row also records its trial's commit

@@ -86,9 +86,11 @@ def resume_plan(p: Plan, opts: SweepOptions) -> Plan:
     sequential = stored.get("until_resolved")
     if opts.until_resolved and not sequential:
         raise UserError(f"{again}, with a fixed number of seeds; drop --until-resolved, {other}")
-    design = Design.from_dict(sequential) if isinstance(sequential, dict) else None
+    sequential = dict(sequential) if isinstance(sequential, dict) else None
+    aim = sequential.pop("aim", "both") if sequential is not None else p.aim
+    design = Design.from_dict(sequential) if sequential is not None else None
     return replace(p, study=study, arms=study.arms, seeds=int(stored.get("seeds", p.seeds)), base=base,
-                   stored={**stored, "experiment": p.experiment}, design=design)
+                   stored={**stored, "experiment": p.experiment}, design=design, aim=aim)
 
 
 def resume_command(opts: SweepOptions, p: Plan) -> str:

@@ -1,10 +1,14 @@
 """``senet sweep STUDY --until-resolved``: seeds added where they decide something.
 
 The study runs in seed blocks: every arm gets the design's ``min_seeds`` seeds; after that a block
-``s`` holds the reference and every arm still open. After each trial the arms are re-assessed from
-their seed pairs in seed order (:func:`senet.sequential.assess`, at level α/k): an arm whose
-confidence sequence reaches a verdict is closed and gets no more seeds, and the sweep ends when
-every arm is closed or has reached the cap. The sequence is valid at any n and under any stopping,
+``s`` holds the arms of every comparison still open. The comparisons are the report's (each arm
+against the reference, at level α/k for the study's k arms) and the findings' (the paper's claims
+about pairs of this study's arms, :mod:`senet.claims`, at α/k_f for the k_f claims of a finding).
+After each trial they are re-assessed from their seed pairs in seed order
+(:func:`senet.sequential.assess`): a comparison whose confidence sequence decides it closes, an arm
+that no open comparison reads gets no more seeds, and the sweep ends when every comparison is
+closed or has reached the cap. ``aims``: ``report`` (the arms against the reference only),
+``findings`` (the claims only; an arm no claim reads stops after the first seeds) or both. The sequence is valid at any n and under any stopping,
 so trials already running when an arm closes (at most the concurrency) only narrow it.
 
 :class:`SeedSequencer` is a Ray Tune searcher (``suggest`` / ``on_trial_complete``, run under a
@@ -22,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from senet.claims import settles
 from senet.errors import UserError
 from senet.sequential import OPEN, UNRESOLVED, Assessment, Design, assess
 
@@ -31,6 +36,7 @@ METRIC = "test_top1_err"
 
 
 Key = tuple[str, int]  # (arm, seed)
+AIMS = ("both", "report", "findings")
 
 
 class SeedSequencer:
@@ -43,7 +49,8 @@ class SeedSequencer:
 
     def __init__(self, arms: list[str], reference: str, design: Design, cells: Mapping[Key, dict],
                  table: Path | None = None, ids: Mapping[tuple[str, int], str] | None = None,
-                 metric: str = METRIC, resolution: float = 0.0, k: int | None = None, out=None):
+                 metric: str = METRIC, resolution: float = 0.0, k: int | None = None,
+                 claims: Iterable[tuple[str, list[tuple[str, str, str]]]] = (), aim: str = "both", out=None):
         if reference not in arms:
             raise UserError(f"the reference arm {reference!r} is not one of the arms ({', '.join(arms)})")
         self.arms, self.reference, self.design = list(arms), reference, design
@@ -51,6 +58,13 @@ class SeedSequencer:
         self.k = len(self.others) if k is None else int(k)
         if self.k < len(self.others):
             raise UserError(f"k = {self.k} comparisons, fewer than the {len(self.others)} arms compared")
+        if aim not in AIMS:
+            raise UserError(f"unknown aim {aim!r}; choose one of: {', '.join(AIMS)}")
+        self.aim = aim
+        # the findings' claims on these arms: (arm, vs, expect, k_f, finding)
+        self.claims = [(a, v, e, len(got), key) for key, got in claims for a, v, e in got
+                       if a in self.arms and v in self.arms] if aim != "report" else []
+        self.claims_closed: dict[tuple[str, str], Assessment] = {}
         self.cells = dict(cells)
         self.table = table
         self.ids = dict(ids or {})  # (config_id, seed) -> arm: how a table row is one of ours
@@ -93,14 +107,16 @@ class SeedSequencer:
         if not self.resolution and row.get("num_test"):
             self.resolution = 100.0 / float(row["num_test"])
 
-    def pairs(self, arm: str) -> list[float]:
-        """The arm's differences from the reference, seed by seed, up to the first seed whose pair
-        is not complete yet (a pair that will never be, a diverged or failed trial, is skipped)."""
+    def pairs(self, arm: str, vs: str | None = None) -> list[float]:
+        """The arm's differences from ``vs`` (default the reference), seed by seed, up to the first
+        seed whose pair is not complete yet (a pair that will never be, a diverged or failed trial,
+        is skipped)."""
+        vs = self.reference if vs is None else vs
         out = []
         for s in range(self.design.max_seeds):
-            a, r = self.values.get((arm, s)), self.values.get((self.reference, s))
+            a, r = self.values.get((arm, s)), self.values.get((vs, s))
             if a is None or r is None:
-                if self._pending(arm, s) or self._pending(self.reference, s):
+                if self._pending(arm, s) or self._pending(vs, s):
                     break
                 continue
             if math.isfinite(a) and math.isfinite(r):
@@ -112,15 +128,22 @@ class SeedSequencer:
         key = (arm, seed)
         return key not in self.values and (key in self.live.values() or key in self.cells)
 
-    def assess(self, arm: str) -> Assessment:
-        capped = not any(self._pending(arm, s) or self._pending(self.reference, s) for s in range(self.design.max_seeds)
-                         if (arm, s) not in self.values or (self.reference, s) not in self.values)
-        return assess(self.pairs(arm), self.design, k=self.k, resolution=self.resolution,
+    def assess(self, arm: str, vs: str | None = None, k: int | None = None) -> Assessment:
+        vs = self.reference if vs is None else vs
+        capped = not any(self._pending(arm, s) or self._pending(vs, s) for s in range(self.design.max_seeds)
+                         if (arm, s) not in self.values or (vs, s) not in self.values)
+        return assess(self.pairs(arm, vs), self.design, k=self.k if k is None else k, resolution=self.resolution,
                       capped=capped)
 
+    def _claim_state(self, claim) -> tuple[Assessment, bool]:
+        """A claim's assessment and whether it decides the claim (:func:`senet.claims.settles`)."""
+        arm, vs, expect, k, _ = claim
+        a = self.assess(arm, vs, k)
+        return a, settles(expect, a.outcome, a.low, a.high, self.design.delta)
+
     def update(self) -> list[tuple[str, Assessment]]:
-        """Re-assess the open arms; return those that closed now."""
-        now = []
+        """Re-assess the open comparisons; return the arms that closed now (and say which claims did)."""
+        now, claims_now = [], []
         for arm in self.others:
             if arm in self.closed:
                 continue
@@ -128,17 +151,38 @@ class SeedSequencer:
             if a.closed:
                 self.closed[arm] = a
                 now.append((arm, a))
-        for arm, a in now if not getattr(self, "_quiet", False) else ():
-            self.say(f"closed {arm}: {a.outcome} after {a.n} seed pairs, Δ {a.mean:+.2f} pp, CS {a.interval()} "
-                     f"({a.reason()})")
+        for c in self.claims:
+            if (c[0], c[1]) in self.claims_closed:
+                continue
+            a, decided = self._claim_state(c)
+            if decided:
+                self.claims_closed[(c[0], c[1])] = a
+                claims_now.append((c, a))
+        if not getattr(self, "_quiet", False):
+            for arm, a in now:
+                self.say(f"closed {arm}: {a.outcome} after {a.n} seed pairs, Δ {a.mean:+.2f} pp, CS {a.interval()} "
+                         f"({a.reason()})")
+            for (arm, vs, _, _, key), a in claims_now:
+                self.say(f"settled {arm} − {vs} ({key}): {a.outcome} after {a.n} seed pairs, Δ {a.mean:+.2f} pp, "
+                         f"CS {a.interval()}")
         return now
+
+    def open_arms(self) -> set[str]:
+        """The arms an open comparison still reads."""
+        out = set()
+        if self.aim != "findings":
+            for arm in self.others:
+                if arm not in self.closed:
+                    out |= {arm, self.reference}
+        for arm, vs, *_ in self.claims:
+            if (arm, vs) not in self.claims_closed:
+                out |= {arm, vs}
+        return out
 
     def needed(self, arm: str, seed: int) -> bool:
         if seed < self.design.min_seeds:
             return True
-        if arm == self.reference:
-            return any(a not in self.closed for a in self.others)
-        return arm not in self.closed
+        return arm in self.open_arms()
 
     def next_cell(self) -> Key | None:
         """The lowest seed block's first cell that is needed, not known, not running and trainable."""
@@ -157,6 +201,14 @@ class SeedSequencer:
 
     def states(self) -> list[tuple[str, Assessment]]:
         return [(arm, self.closed.get(arm) or self.assess(arm)) for arm in self.others]
+
+    def claim_states(self) -> list[tuple[tuple, Assessment, bool]]:
+        """Each claim, its assessment and whether it is decided."""
+        out = []
+        for c in self.claims:
+            got = self.claims_closed.get((c[0], c[1]))
+            out.append((c, got, True) if got is not None else (c, *self._claim_state(c)))
+        return out
 
     # -- the searcher's calls ----------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None | str:
@@ -191,13 +243,16 @@ class SeedSequencer:
 def for_plan(p, todo, out=None) -> SeedSequencer:
     """The seed blocks of a sequential sweep's plan: its arms and design, ``todo`` (the cells no
     table records) to train, its study's table as the known results, α shared by all the study's
-    comparisons (also when ``--arms`` trains some)."""
+    comparisons (also when ``--arms`` trains some), the findings' claims on its arms."""
+    from senet.claims import study_claims
+
     from .plan import cells
 
-    k = len(p.study.resolve_arms(p.base)) - 1
+    every = [a.label for a in p.study.resolve_arms(p.base)]
     return SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
                          {(c.arm, c.seed): c.params() for c in todo}, table=p.paths.runs_parquet,
-                         ids={c.key: c.arm for c in cells(p)}, k=k, out=out)
+                         ids={c.key: c.arm for c in cells(p)}, k=len(every) - 1,
+                         claims=study_claims(p.study.name, every), aim=p.aim, out=out)
 
 
 def state_lines(seq: SeedSequencer) -> list[str]:
@@ -207,4 +262,9 @@ def state_lines(seq: SeedSequencer) -> list[str]:
         delta = "–" if not math.isfinite(a.mean) else f"{a.mean:+.2f}"
         state = a.outcome if a.outcome not in (OPEN, UNRESOLVED) else f"{a.outcome} (n = {a.n})"
         lines.append(f"  {arm:<14} n {a.n:>2}  Δ {delta:>6} pp  CS {a.interval():<18} {state}: {a.reason()}")
+    for (arm, vs, _, k, key), a, decided in seq.claim_states():
+        delta = "–" if not math.isfinite(a.mean) else f"{a.mean:+.2f}"
+        state = "settled" if decided else f"open (n = {a.n})"
+        lines.append(f"  {arm + ' − ' + vs:<14} n {a.n:>2}  Δ {delta:>6} pp  CS {a.interval():<18} {state}: "
+                     f"{key}, {a.outcome} at α/{k}")
     return lines

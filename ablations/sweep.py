@@ -212,12 +212,16 @@ def _say_sequential_plan(p: Plan, t: Triage, seq: SeedSequencer, out, dry: bool 
 
 
 def _say_sequential_end(p: Plan, seq: SeedSequencer, out) -> None:
-    states = seq.states()
-    closed = sum(a.closed for _, a in states)
-    why = ("every arm is decided" if closed == len(states) else
-           f"{len(states) - closed} arm(s) reached the cap of {p.design.max_seeds} seeds" if seq.done() else
-           "stopped before every arm was decided (run the same command again to continue)")
-    print(f"[{p.study.name}] until resolved: {closed} of {len(states)} arms decided; {why}", file=out, flush=True)
+    states = seq.states() if seq.aim != "findings" else []
+    claims = seq.claim_states()
+    closed = sum(a.closed for _, a in states) + sum(decided for *_, decided in claims)
+    total = len(states) + len(claims)
+    why = ("every comparison is decided" if closed == total else
+           f"{total - closed} reached the cap of {p.design.max_seeds} seeds" if seq.done() else
+           "stopped before every comparison was decided (run the same command again to continue)")
+    what = " and ".join(x for x, n in (("arms against the reference", states), ("findings' claims", claims)) if n)
+    print(f"[{p.study.name}] until resolved: {closed} of {total} comparisons ({what}) decided; {why}",
+          file=out, flush=True)
     for line in state_lines(seq):
         print(line, file=out, flush=True)
 

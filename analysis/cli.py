@@ -1,29 +1,31 @@
-"""``senet analyze``, ``report``, ``curves``, ``findings`` and ``gates`` (registered through the
-``senet.commands`` entry point).
+"""``senet analyze``, ``report``, ``curves``, ``findings`` and ``gates``: the analysis' commands.
 
-``senet`` imports this module for every command, so each command imports its own module only when
-it runs: ``senet models`` never loads torch, matplotlib or captum through here.
+``senet`` imports this module to build its parser, so each command imports its own module only when
+it runs: ``senet --help`` never loads torch, matplotlib or captum through here.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from senet.cli import Command, UserError, command
+from senet.cli import Command, UserError, command, preset_option, results_option
 
 from .errors import AnalysisInputError
 
-RESULTS_HELP = "results directory (default ./results)"
-#: The columns of runs.parquet that choose one recipe's trials among a study's.
-RECIPE_CHOICE = {"preset": "this preset's trials", "experiment": "this Ray experiment's trials",
+#: The columns of runs.parquet besides ``preset`` that choose one recipe's trials among a study's.
+RECIPE_CHOICE = {"experiment": "this Ray experiment's trials",
                  "recipe": "this recipe hash's trials (a prefix will do)"}
 
 
-def study_options(p, lead: str, keys=tuple(RECIPE_CHOICE), results: str = RESULTS_HELP) -> None:
-    """``--results`` and the options that choose one recipe (``--preset``, ``--experiment``, ``--recipe``)."""
-    p.add_argument("--results", default="results", help=results)
+def study_options(p, lead: str, keys=("preset", *RECIPE_CHOICE), results: str = "") -> None:
+    """``--results`` and the options that choose one recipe (``--preset``, ``--experiment``, ``--recipe``);
+    ``lead`` says what the command does with the trials they choose."""
+    results_option(p, results)
     for k in keys:
-        p.add_argument(f"--{k}", default=None, help=f"{lead} {RECIPE_CHOICE[k]}")
+        if k == "preset":
+            preset_option(p, f"{lead} its trials")
+        else:
+            p.add_argument(f"--{k}", default=None, help=f"{lead} {RECIPE_CHOICE[k]}")
 
 
 def split_list(s: str) -> list[str]:
@@ -31,27 +33,24 @@ def split_list(s: str) -> list[str]:
 
 
 class AnalysisCommand(Command):
-    """A command of this package: named in its class statement, its docstring is its help, and bad
-    input to the analysis prints as one line."""
+    """A command of this package: bad input to the analysis prints as one line."""
 
     user_errors = (AnalysisInputError,)
 
-    def __init_subclass__(cls, *, name: str, overrides: bool = False, **kw):
-        super().__init_subclass__(**kw)
-        cls.name, cls.overrides, cls.help = name, overrides, " ".join((cls.__doc__ or "").split())
-
 
 @command
-class AnalyzeCommand(AnalysisCommand, name="analyze", overrides=True):
-    """excitation statistics per block, class and channel (paper Fig. 6-7), selectivity, saturation, SE
-    removal, captum attribution and Grad-CAM of a checkpoint"""
+class AnalyzeCommand(AnalysisCommand):
+    name = "analyze"
+    help = ("excitation statistics per block, class and channel (paper Fig. 6-7), selectivity, "
+            "saturation, SE removal, captum attribution and Grad-CAM of a checkpoint")
+    overrides = True
 
     def configure(self, p):
         p.add_argument("checkpoint", nargs="?", default="",
                        help="a suite checkpoint (checkpoint.pt or its run directory)")
         p.add_argument("--best", default="", metavar="STUDY",
                        help="instead of CHECKPOINT: the best completed SE trial of a collected study")
-        study_options(p, "with --best: choose among", results="results directory for --best")
+        study_options(p, "with --best: choose among", results=" --best reads")
         p.add_argument("--out", required=True, help="output directory for tables, figures, summary.md")
         p.add_argument("--split", default="test", help="train | val | test (default test)")
         p.add_argument("--classes", default="", help="class names or indices, comma separated "
@@ -114,9 +113,10 @@ class AnalyzeCommand(AnalysisCommand, name="analyze", overrides=True):
 
 
 @command
-class ReportCommand(AnalysisCommand, name="report"):
-    """paper-style tables, anytime-valid comparisons with the reference arm, a seed projection and
-    figures of a study into <results>/<study>/report.md"""
+class ReportCommand(AnalysisCommand):
+    name = "report"
+    help = ("paper-style tables, anytime-valid comparisons with the reference arm, a seed projection "
+            "and figures of a study into <results>/<study>/report.md")
 
     def configure(self, p):
         p.add_argument("study", help="a study with collected results (results/<study>/runs.parquet)")
@@ -140,8 +140,9 @@ class ReportCommand(AnalysisCommand, name="report"):
 
 
 @command
-class CurvesCommand(AnalysisCommand, name="curves"):
-    """training curves and a summary table of run directories side by side (metrics.jsonl)"""
+class CurvesCommand(AnalysisCommand):
+    name = "curves"
+    help = "training curves and a summary table of run directories side by side (metrics.jsonl)"
 
     def configure(self, p):
         p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by senet train --out")
@@ -177,16 +178,19 @@ class CurvesCommand(AnalysisCommand, name="curves"):
 
 
 @command
-class FindingsCommand(AnalysisCommand, name="findings"):
-    """the findings table: each finding of the paper against the committed results (effect, anytime
-    95 percent confidence sequence, n, verdict, seed projection) into <results>/README.md"""
+class FindingsCommand(AnalysisCommand):
+    name = "findings"
+    help = ("the findings table: each finding of the paper against the committed results (effect, "
+            "anytime 95 percent confidence sequence, n, verdict, seed projection) into "
+            "<results>/README.md")
 
     def configure(self, p):
         study_options(p, "read only", keys=("preset",))
         p.add_argument("--out", default=None, help="where to write the table (default <results>/README.md; "
                        "findings.csv goes beside it)")
-        p.add_argument("--analysis", default=None, metavar="DIR", help="the `senet analyze` folder for the "
-                       "excitation findings (default: the first of results/analysis, results/gate/analysis, "
+        p.add_argument("--analysis", default=None, metavar="DIR", help="one network's `senet analyze` folder for "
+                       "the excitation findings where no <results>/gate/seeds tables (`senet analyze-seeds`, "
+                       "several networks) exist (default: the first of results/analysis, results/gate/analysis, "
                        "results/reference/se_resnet20/analysis that exists)")
         p.add_argument("--metric", default="test_top1_err", help="the error compared (default test_top1_err, "
                        "as the reports' tables)")
@@ -206,9 +210,11 @@ class FindingsCommand(AnalysisCommand, name="findings"):
 
 
 @command
-class GatesCommand(AnalysisCommand, name="gates", overrides=True):
-    """gating choices compared by what they learn: the excitations of each gate arm's best run per
-    stage (one figure, one table)"""
+class GatesCommand(AnalysisCommand):
+    name = "gates"
+    help = ("gating choices compared by what they learn: the excitations of each gate arm's best run "
+            "per stage (one figure, one table)")
+    overrides = True
 
     def configure(self, p):
         p.add_argument("paths", nargs="*", metavar="STUDY_DIR|CHECKPOINT",
@@ -259,4 +265,77 @@ class GatesCommand(AnalysisCommand, name="gates", overrides=True):
             print(f"  {r.label:<14} stage {r.stage}  {r.mean:.3f} ± {r.std:.3f}  near bounds {pct(r.near_bounds):>6}"
                   f"  η² {eta(r.eta2)}  constant {pct(r.constant_channels)}")
         print(f"wrote {res['markdown']}, {res['out'] / 'gates.csv'}, {', '.join(str(f) for f in res['figures'])}")
+        return 0
+
+
+@command
+class WeightsCommand(AnalysisCommand):
+    name = "weights"
+    help = ("keep trained weights beside a study's table (<study>/weights/, without optimizer state), so its "
+            "gates figure and the excitation findings re-draw from a clone: the best-by-validation run of some "
+            "arms and every run of others, among the runs whose checkpoint is on this machine")
+
+    def configure(self, p):
+        p.add_argument("study", help="a study of <results> (e.g. gate)")
+        study_options(p, "choose among")
+        p.add_argument("--best", default="", help="arms whose best run by validation is kept, as a,b or all")
+        p.add_argument("--every", default="", help="arms whose every run is kept, as a,b")
+
+    def run(self, args, overrides):
+        from senet.layout import study_paths
+
+        from .study import load_recipe
+        from .weights import keep
+
+        paths = study_paths(args.results, args.study)
+        if not paths.runs_parquet.is_file():
+            raise UserError(f"no {paths.runs_parquet}: sweep the {args.study} study first")
+        runs, _ = load_recipe(paths.results, paths.study, preset=args.preset, experiment=args.experiment,
+                              recipe=args.recipe)
+        best = list(dict.fromkeys(runs["arm"])) if args.best == "all" else split_list(args.best)
+        if not best and not args.every:
+            raise UserError("say which runs to keep: --best ARMS and/or --every ARMS")
+        index = keep(runs, paths.dir, best=best, every=split_list(args.every))
+        size = sum((paths.dir / "weights" / f).stat().st_size for f in index["file"])
+        print(f"{len(index)} networks kept in {paths.dir / 'weights'} ({size / 1e6:.1f} MB), listed in index.csv")
+        return 0
+
+
+@command
+class AnalyzeSeedsCommand(AnalysisCommand):
+    name = "analyze-seeds"
+    help = ("the excitation findings over several trained networks: class selectivity by depth and the "
+            "error change when each stage's SE is removed, for every run of one arm whose network is here")
+
+    def configure(self, p):
+        p.add_argument("study", nargs="?", default="gate", help="a study of <results> (default gate)")
+        study_options(p, "choose among")
+        p.add_argument("--arm", default=None, help="the arm whose networks are read (default: the reference)")
+        p.add_argument("--out", default=None, help="output folder (default <study>/seeds)")
+        p.add_argument("--max-images", type=int, default=0, help="the first N test images (0 = all)")
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+        p.add_argument("--no-progress", action="store_true")
+
+    def run(self, args, overrides):
+        from senet.layout import study_paths
+
+        from .seeds import analyze_seeds
+
+        if args.max_images < 0 or args.batch_size < 1:
+            raise UserError("--max-images must be >= 0, --batch-size >= 1")
+        paths = study_paths(args.results, args.study)
+        if not paths.runs_parquet.is_file():
+            raise UserError(f"no {paths.runs_parquet}: sweep the {args.study} study first")
+        res = analyze_seeds(paths.dir, args.out, arm=args.arm, max_images=args.max_images,
+                            batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+                            preset=args.preset, experiment=args.experiment, recipe=args.recipe)
+
+        def cs(r):
+            return "(−∞, ∞)" if r["low"] == -float("inf") else f"[{r['low']:+.2f}, {r['high']:+.2f}]"
+
+        print(f"{res['networks']} {res['arm']} networks analysed into {res['out']}")
+        print(f"  ρ(depth, η²): mean {res['rho']['mean']:+.2f}, CS {cs(res['rho'])} over {res['rho']['n']} seeds")
+        print(f"  last stage's SE removed (gates at their mean): Δ {res['removal_last']['mean']:+.2f} pp, "
+              f"CS {cs(res['removal_last'])} over {res['removal_last']['n']} seeds")
         return 0

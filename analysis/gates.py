@@ -35,8 +35,9 @@ from .extract import ExcitationAccumulator, attach, autocast, batches, block_pos
 from .gates_render import NO_BOUNDS, Bounds, bounds_for, gates_figure, gates_markdown, stage_summary
 from .loading import load_data, load_trained
 from .stats import selectivity
-from .study import arm_order, checkpoint_file, checkpoint_path, completed, load_recipe
+from .study import arm_order, completed, load_recipe
 from .style import save
+from .weights import best_by_validation, keeps_weights, with_weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,9 +52,10 @@ class GateRun:
 
 def best_runs(study_dir: str | Path, *, preset: str | None = None, experiment: str | None = None,
               recipe: str | None = None) -> tuple[list[GateRun], list[str]]:
-    """The completed run with the lowest validation error of each arm (never chosen on test), and a
-    note for each arm whose checkpoint is not on this machine (Ray trial folders are not committed).
-    A recorded checkpoint is relative to the study folder (:func:`analysis.study.checkpoint_path`)."""
+    """The completed run with the lowest validation error of each arm (never chosen on test) among
+    the runs whose network is here: the study's kept weights (:mod:`analysis.weights`; once it keeps
+    any, only those), else the recorded checkpoints on this machine (Ray trial folders are not
+    committed); a note for each arm that has none."""
     paths = study_paths(Path(study_dir).parent, Path(study_dir).name)
     study_dir = paths.dir
     runs, meta = load_recipe(paths.results, paths.study, preset=preset, experiment=experiment, recipe=recipe)
@@ -61,26 +63,27 @@ def best_runs(study_dir: str | Path, *, preset: str | None = None, experiment: s
     if "checkpoint" not in ok or "best_val_top1_err" not in ok or ok["best_val_top1_err"].isna().all():
         raise ReportInputError(f"{paths.runs_parquet} records no checkpoints or validation errors: the "
                                "best run of each arm is chosen on validation, never on test")
-    ok = ok[ok["checkpoint"].notna() & ok["best_val_top1_err"].notna()]
-    out, notes, missing = [], [], []
+    here = with_weights(ok[ok["best_val_top1_err"].notna()], study_dir)
+    out, notes = [], []
     for arm in arm_order(runs, meta):
-        a = ok[ok["arm"] == arm].sort_values(["best_val_top1_err", "seed"], kind="stable")
-        if a.empty:
+        if not (ok["arm"] == arm).any():
             continue
-        row = a.iloc[0]
+        row, overall = best_by_validation(here, arm), best_by_validation(ok, arm)
+        if row is None:
+            notes.append(f"{arm}: the best run's checkpoint is not here ({overall['checkpoint']})")
+            continue
+        if int(row["seed"]) != int(overall["seed"]) and not keeps_weights(study_dir):
+            notes.append(f"{arm}: the best run (seed {int(overall['seed'])}) is not here; seed {int(row['seed'])}, "
+                         "the best of those here, stands for it")
         info = {"seed": row.get("seed"), "best_val_top1_err": row.get("best_val_top1_err"),
                 "test_top1_err": row.get("test_top1_err")}
-        path = checkpoint_file(checkpoint_path(str(row["checkpoint"]), study_dir))
-        if not path.is_file():
-            notes.append(f"{arm}: the best run's checkpoint is not here ({row['checkpoint']})")
-            missing.append(str(row["checkpoint"]))
-            continue
-        out.append(GateRun(arm, str(path), info))
+        out.append(GateRun(arm, str(row["weights"]), info))
     if not out:
-        why = (f"none of the {len(notes)} arms' best checkpoints is on this machine, e.g. {missing[0]}" if notes
+        missing = [str(best_by_validation(ok, a)["checkpoint"]) for a in arm_order(runs, meta) if (ok["arm"] == a).any()]
+        why = (f"none of the {len(missing)} arms' best checkpoints is on this machine, e.g. {missing[0]}" if missing
                else "no completed run with a checkpoint")
-        raise ReportInputError(f"{study_dir}: no checkpoint to analyse ({why}); re-run the sweep or give "
-                               "checkpoint paths")
+        raise ReportInputError(f"{study_dir}: no checkpoint to analyse ({why}); re-run the sweep, keep weights with "
+                               "`senet weights`, or give checkpoint paths")
     return out, notes
 
 

@@ -1,11 +1,11 @@
 """What follows a run as it trains: the engine calls a list of :class:`Callback` objects.
 
-Each hook gets the :class:`senet.engine.Run` (config, model, data, optimizer, epoch, step, history,
+Each hook gets the :class:`senet.run.Run` (config, model, data, optimizer, epoch, step, history,
 best-so-far) and does nothing unless a subclass overrides it. In the order the engine calls them::
 
     on_fit_start(run)                      set up (and restored from a checkpoint), before the first epoch
     on_epoch_start(run)                    run.epoch is the epoch about to train
-    on_train_progress(run, progress)       at each host sync of the training pass (every SYNC_EVERY steps)
+    on_train_progress(run, progress)       at each host sync of training (every senet.engine.SYNC_EVERY steps)
     on_eval_start(run, split, model)       before an evaluation pass of "val", "test" or "best" (the
     on_eval_end(run, split, model, errs)   test set with the best validation epoch's weights, a copy)
     on_epoch_end(run, metrics)             after the checkpoint and the metrics line (a copy of it)
@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the engine imports this module
+if TYPE_CHECKING:
     import torch
 
-    from .engine import Run
     from .metrics import FitResult
+    from .run import Run
 
 
 @dataclass

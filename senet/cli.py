@@ -1,9 +1,14 @@
-"""The ``senet`` command line: a registry of subcommands.
+"""The ``senet`` command line: every command of the suite, declared one way.
 
-The library's own commands live here (``models``, ``flops``), in :mod:`senet.train_cmd` (``train``)
-and :mod:`senet.config_cmd` (``config``).
-Other packages add theirs through the ``senet.commands`` entry-point group (each entry point names a
-module whose import registers commands), so ``senet`` never imports the sweep or analysis code.
+A command is a :class:`Command` subclass registered with the :func:`command` decorator: its ``name``
+and ``help``, its options in ``configure`` and its work in ``run``. The library's commands are here
+(``models``, ``flops``) and in :mod:`senet.train_cmd`; the sweeps' and the analysis' in the modules
+that :data:`COMMAND_MODULES` lists. Those are imported when the parser is built, not when this module
+is, so importing the library loads no sweep or analysis code; a module that fails to import is an
+error, never a missing command.
+
+A command module imports, at its top, only what its options need: its ``run`` imports the rest
+(torch, Ray, pandas), so ``senet --help`` loads none of them.
 
 User errors (:class:`senet.errors.UserError`: bad keys, unknown names, bad values; and a missing or
 unreadable file the user named) print one line on stderr and exit with 2; set ``SENET_DEBUG=1`` to see
@@ -18,7 +23,6 @@ import os
 import sys
 import warnings
 from importlib import import_module
-from importlib.metadata import entry_points
 from typing import Any
 
 from .errors import UserError, UserValueError  # noqa: F401 - re-exported: commands import them from here
@@ -84,13 +88,35 @@ class ConfiguredCommand(Command):
 
 
 COMMANDS: Registry[Command] = Registry("command")
-#: Modules of this package whose import registers more commands.
-_OWN_COMMANDS: tuple[str, ...] = ("senet.train_cmd", "senet.config_cmd")
+#: The modules that declare the other commands, in the order ``senet --help`` lists them (after this
+#: module's own). :func:`build_parser` imports them; importing the library imports none of them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "senet.train_cmd", "ablations.config_cmd", "ablations.cli", "analysis.cli")
 
 
 def command(cls: type[Command]) -> type[Command]:
+    """Register a command: ``@command`` on a :class:`Command` subclass that sets ``name`` and ``help``."""
     COMMANDS.add(cls.name, cls())
     return cls
+
+
+# Options that several commands take mean the same in each; these add them with the same words.
+#: The sweep presets (``ablations.studies.PRESETS``; a test checks the two agree).
+PRESET_NAMES = "smoke | quick | standard | full"
+
+
+def results_option(p: argparse.ArgumentParser, role: str = "") -> None:
+    """``--results DIR``: the folder of the studies' results; ``role`` (", where ...") follows "the
+    results folder" in the help."""
+    p.add_argument("--results", default="results", metavar="DIR",
+                   help=f"the results folder{role} (default: results)")
+
+
+def preset_option(p: argparse.ArgumentParser, role: str, default: str | None = None) -> None:
+    """``--preset PRESET``: a sweep preset, the named recipe (data, model, epochs, seeds) a study's
+    trials train at; ``role`` says what the command does with it."""
+    p.add_argument("--preset", default=default, metavar="PRESET",
+                   help=f"a sweep preset ({PRESET_NAMES}): {role}")
 
 
 def parse_overrides(extra: list[str]) -> dict[str, str]:
@@ -112,14 +138,6 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
-def _load_plugins() -> None:
-    for ep in entry_points(group="senet.commands"):
-        try:
-            import_module(ep.value)
-        except ImportError as e:  # a missing optional dependency must not break the other commands
-            print(f"senet: warning: commands from {ep.name} unavailable ({e})", file=sys.stderr)
-
-
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser that never expands abbreviations: argparse would take ``--seed 3`` for
     ``--seeds 3``. Subparsers (a command's own too) are of this class, so none can turn it back on."""
@@ -130,9 +148,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    for mod in _OWN_COMMANDS:
-        import_module(mod)
-    _load_plugins()
+    for module in COMMAND_MODULES:
+        import_module(module)
     parser = Parser(
         prog="senet", description="Squeeze-and-Excitation networks: models, training, ablations, analysis.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -183,7 +200,7 @@ class ModelsCommand(ListingCommand):
     help = "list the registered backbones (each has an se_ twin with the paper's default SE)"
 
     def rows(self):
-        from .models import MODELS  # loads torch: senet.cli itself stays light for the plugins that import it
+        from .models import MODELS
 
         return [dict(name=n, family=s.family, input_size=s.input_size, num_classes=s.num_classes,
                      se=s.se_default, doc=s.doc) for n, s in MODELS.items()]
@@ -203,8 +220,7 @@ class FlopsCommand(Command):
     def configure(self, p):
         p.add_argument("model", help="a registered model (see `senet models`)")
         p.add_argument("--input-size", type=int, default=None, help="input side (default: the model's)")
-        p.add_argument("--num-classes", type=int, default=0,
-                       help="classes (default: the model's); the same as --model.num_classes")
+        p.add_argument("--num-classes", type=int, default=0, help=argparse.SUPPRESS)  # = --model.num_classes
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.epilog = "SE and model options: --se.reduction R --se.squeeze S --se.gate G " \
                    "--se.placement P --se.stages 2,3,4,5 --se.bias true|false --model.stride_in_1x1 true|false " \
@@ -224,11 +240,13 @@ class FlopsCommand(Command):
             raise UserError(f"--input-size must be a positive number of pixels, got {args.input_size}")
         MODELS.get(args.model)  # an unknown name is the first thing to report
         cfg = config.from_flat({"model.name": args.model, **overrides})
-        if args.num_classes and cfg.model.num_classes and args.num_classes != cfg.model.num_classes:
-            raise UserError(f"--num-classes {args.num_classes} and --model.num_classes "
-                            f"{cfg.model.num_classes} disagree; give one")
-        num_classes = args.num_classes or cfg.model.num_classes
-        for opt, v in (("--num-classes", num_classes), ("--model.in_chans", cfg.model.in_chans)):
+        if args.num_classes:  # the older spelling of --model.num_classes
+            if cfg.model.num_classes and args.num_classes != cfg.model.num_classes:
+                raise UserError(f"--num-classes {args.num_classes} and --model.num_classes "
+                                f"{cfg.model.num_classes} disagree; give one")
+            cfg = config.from_flat({"model.num_classes": args.num_classes}, cfg)
+        num_classes = cfg.model.num_classes
+        for opt, v in (("--model.num_classes", num_classes), ("--model.in_chans", cfg.model.in_chans)):
             if v < 0:
                 raise UserError(f"{opt} must be a positive number (0: the model's), got {v}")
         se = config.se_for(cfg)
@@ -256,5 +274,7 @@ class FlopsCommand(Command):
         return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m senet.cli: the commands register in senet.cli, not in __main__
+    from senet.cli import main as _main
+
+    sys.exit(_main())

@@ -1,12 +1,12 @@
-"""``senet config``: every config key with its resolved value, default, choices and meaning.
+"""What ``senet config`` prints: every config key with its resolved value, default, choices and meaning.
 
 The meanings are the comments on the dataclass fields of :mod:`senet.config` and :class:`senet.se.SEConfig`,
 read from their source, so the comment beside a field stays the one place its meaning is written.
 The choices come from the registries (a newly registered gate or backbone shows up by itself) and
 from the fixed lists the config validates against.
 
-Other packages can offer named base configs through :data:`CONFIG_SOURCES` (the ablations package
-adds ``--study`` and ``--preset``), so this module never imports them.
+:class:`ConfigCommand` is the command without a base config of its own to offer; the command that
+``senet`` registers (:mod:`ablations.config_cmd`) adds the sweeps' (``--study``, ``--preset``).
 """
 from __future__ import annotations
 
@@ -20,28 +20,12 @@ import tokenize
 import types
 import typing
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import config
-from .cli import ConfiguredCommand, UserError, command
-from .registry import Registry
+from .cli import ConfiguredCommand, UserError
 
-
-class ConfigSource:
-    """A base config that another package names on ``senet config``'s command line.
-
-    ``configure`` adds its options; ``base`` returns ``(config with the overrides applied, a title
-    such as "study gate, preset quick", {key: note})`` when its options were given, else None.
-    """
-
-    def configure(self, p) -> None:
-        pass
-
-    def base(self, args, overrides: dict[str, str]) -> tuple[config.Config, str, dict[str, str]] | None:
-        return None
-
-
-CONFIG_SOURCES: Registry[ConfigSource] = Registry("config source")
+if TYPE_CHECKING:
+    from .config import Config
 
 
 @functools.cache
@@ -71,11 +55,6 @@ def _flat_fields(cls: type, prefix: str = "") -> dict[str, tuple[type, str, Any]
     return out
 
 
-def _choices() -> dict[str, list[str]]:
-    """Keys whose value is one of a list of names (each config field names its registry)."""
-    return config.choices()
-
-
 def _type_choices(typ: Any) -> list[str] | None:
     if typ is bool:
         return ["true", "false"]
@@ -92,11 +71,13 @@ def _type_name(typ: Any) -> str:
     return typ.__name__
 
 
-def describe(cfg: config.Config) -> list[dict[str, Any]]:
+def describe(cfg: Config) -> list[dict[str, Any]]:
     """One dict per flat key: ``key``, ``value``, ``default``, ``type``, ``choices`` (or None),
     ``help`` (the field's comment) and ``alias`` (its short CLI spelling, or None)."""
+    from . import config
+
     values, defaults = config.flatten(cfg), config.flatten(config.Config())
-    named = _choices()
+    named = config.choices()  # keys whose value is one of a list of names
     aliases = {v: k for k, v in config.ALIASES.items()}
     rows = []
     for key, (owner, name, typ) in _flat_fields(config.Config).items():
@@ -112,28 +93,33 @@ def _show(v: Any) -> str:
     return repr(v) if v == "" else str(v)
 
 
-@command
 class ConfigCommand(ConfiguredCommand):
+    """``senet config``: the config of ``--config FILE`` (or the defaults), or of :meth:`base`, with the
+    overrides on top, printed as text or JSON."""
+
     name = "config"
     help = "print the resolved config: every key's value, default, choices and meaning"
     config_help = "start from a JSON or YAML config (as senet train does)"
+    #: The options :meth:`base` reads, named in the error when they come with ``--config``.
+    base_options = ""
 
     def configure(self, p):
         super().configure(p)
         p.add_argument("--json", action="store_true", help="print one JSON list of {key, value, default, ...}")
-        for source in CONFIG_SOURCES.items():
-            source[1].configure(p)
         p.epilog = ("Overrides are the options of senet train: --key value (--se.gate tanh --optim.lr 0.05); "
                     "* marks a value that differs from the default.")
 
+    def base(self, args, overrides: dict[str, str]) -> tuple[Config, str, dict[str, str]] | None:
+        """A base config named by a subclass's own options: ``(config with the overrides applied, a
+        title such as "study gate, preset quick", {key: note})`` when they were given, else None."""
+        return None
+
     def run(self, args, overrides):
-        picked = [(n, r) for n, s in CONFIG_SOURCES.items() if (r := s.base(args, overrides)) is not None]
-        if len(picked) > 1:
-            raise UserError("give the options of one config source: " + ", ".join(n for n, _ in picked))
+        picked = self.base(args, overrides)
         if picked and args.config:
-            raise UserError("--config and the options of " + picked[0][0] + " each give a base config; pass one")
+            raise UserError(f"--config and {self.base_options} each give a base config; pass one")
         if picked:
-            cfg, title, notes = picked[0][1]
+            cfg, title, notes = picked
         else:
             cfg = self.config_from(args, overrides)
             title, notes = (f"from {args.config}" if args.config else "defaults") + (

@@ -23,7 +23,8 @@ epoch's metrics line gets its test errors filled in.
 
 A loss that turns NaN or infinite (ReLU and identity gates, Table 12, can diverge) ends the run with
 status ``diverged``: it is recorded in ``metrics.jsonl`` and ``final.json``, not raised. Resuming and
-extending runs by schedule phases: :mod:`senet.resume`; the files a run writes: :mod:`senet.runfolder`.
+extending runs by schedule phases: :mod:`senet.resume`; the run's state, which callbacks read:
+:mod:`senet.run`; the files a run writes: :mod:`senet.runfolder`.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,17 +42,18 @@ from torch import nn
 from . import config
 from .callbacks import Callback, Callbacks, ProgressBar, ReportMetrics, TrainProgress
 from .checkpoint import build_from_config
-from .complexity import Complexity, complexity
+from .complexity import complexity
 from .config import Config
 from .data import Datasets, augment, load_datasets, normalize
 from .evaluation import NOT_EVALUATED, evaluate
 from .metrics import METRIC_COLUMNS, FitResult  # noqa: F401 - METRIC_COLUMNS: the engine's columns
 from .models import se_modules
 from .provenance import provenance
-from .resume import ResumePoint, check_resume, plan_phases, rng_state, saved_phases, set_rng_state
+from .resume import ResumePoint, check_resume, plan_phases, saved_phases, set_rng_state
+from .run import Run
 from .runfolder import RunFolder
 from .runtime import autocast, determinism, resolve_device, resolve_precision, seed_everything
-from .schedules import SCHEDULES, Schedule
+from .schedules import SCHEDULES
 
 SYNC_EVERY = 25  # steps between the host syncs of the loop: divergence check and progress callbacks
 #: The clock of ``images_per_s``, ``epoch_time_s`` and ``train_time_s``. Wall time by default; the
@@ -119,77 +121,8 @@ def fit(cfg: Config, report: Callable[[dict], None] | None = None, *,
 
 
 # ---------------------------------------------------------------------------------------------
-# The run's state, its set-up and its restoration from a checkpoint
+# The run's set-up and its restoration from a checkpoint
 # ---------------------------------------------------------------------------------------------
-def _no_best() -> dict:
-    return {"val_top1_err": math.inf, "epoch": None, "test_top1_err": math.nan, "test_top5_err": math.nan}
-
-
-@dataclass(eq=False)
-class Run:
-    """One run as the engine, the run folder and the callbacks see it."""
-
-    cfg: Config
-    device: torch.device
-    precision: str  # bf16 | fp32, `auto` resolved
-    channels_last: bool
-    data: Datasets
-    model: nn.Module
-    net: nn.Module  # the model, or its torch.compile'd twin that trains it
-    optimizer: torch.optim.Optimizer
-    criterion: nn.Module
-    order_gen: torch.Generator  # the order of the training images
-    aug_gen: torch.Generator  # the augmentation's crops and flips, on the training device
-    batch_size: int
-    steps_per_epoch: int  # the ragged last batch is dropped (BN on a few images is noise)
-    phases: list[dict]
-    provenance: dict
-    data_meta: dict  # what the checkpoint records of the data (classes, normalisation, sizes)
-    complexity: Complexity
-    se_hidden: str
-    wall0: float  # time.perf_counter() when fit was called
-    epoch: int = 0  # the last epoch trained, then the one training
-    step: int = 0
-    train_time: float = 0.0
-    prev_wall: float = 0.0  # wall time of the calls of fit before this one (a resumed run)
-    best: dict = field(default_factory=_no_best)
-    # the weights of the best validation epoch while its test error is unknown (run.eval_test end)
-    best_state: dict[str, torch.Tensor] | None = None
-    history: list[dict] = field(default_factory=list)
-    history_amended: bool = False  # a metrics line already written has changed
-    status: str = "completed"
-    phase: dict | None = None
-    schedule: Schedule | None = None
-    phase_step0: int = 0
-    saved_phase: int = 0  # the phase whose schedule state the checkpoint holds
-    saved_schedule: dict | None = None
-
-    def wall_time(self) -> float:
-        return self.prev_wall + time.perf_counter() - self.wall0
-
-    def checkpoint_state(self) -> dict:
-        """Everything :func:`senet.checkpoint.save_checkpoint` writes to continue or analyse the run."""
-        pending = {"best_model": self.best_state} if self.best_state is not None else {}
-        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    schedule=self.schedule.state_dict(), rng=rng_state(self.order_gen, self.aug_gen),
-                    epoch=self.epoch, step=self.step, best=self.best, metrics=self.history,
-                    phases=self.phases, train_time_s=self.train_time, wall_time_s=self.wall_time(),
-                    config=config.to_dict(self.cfg), data=self.data_meta, provenance=self.provenance, **pending)
-
-    def result(self, checkpoint: str | None) -> FitResult:
-        last, best, cx = (self.history[-1] if self.history else {}), self.best, self.complexity
-        return FitResult(
-            status=self.status, epochs_run=self.epoch,
-            test_top1_err=last.get("test_top1_err", math.nan), test_top5_err=last.get("test_top5_err", math.nan),
-            best_val_top1_err=best["val_top1_err"] if best["epoch"] is not None else math.nan,
-            best_val_epoch=best["epoch"], test_top1_err_at_best_val=best["test_top1_err"],
-            test_top5_err_at_best_val=best["test_top5_err"], wall_time_s=self.wall_time(),
-            train_time_s=self.train_time, params=cx.params, flops=cx.flops, se_params=cx.se_params,
-            se_flops=cx.se_flops, se_hidden=self.se_hidden, dataset=self.data_meta["name"],
-            num_train=self.data_meta["num_train"], num_test=self.data_meta["num_test"],
-            checkpoint=checkpoint, phases=self.phases, provenance=self.provenance)
-
-
 def start(cfg: Config, device: torch.device, phases: list[dict], point: ResumePoint | None,
           datasets: Datasets | None, wall0: float) -> Run:
     """The data on the device, the seeded network, its optimizer and generators; restored from
@@ -377,10 +310,8 @@ def _test_best_weights(run: Run, hooks: Callback) -> None:
     twin.load_state_dict(run.best_state)
     bt = _evaluate(run, hooks, "best", twin, run.data.test_x, run.data.test_y)
     run.best.update(test_top1_err=bt["top1_err"], test_top5_err=bt["top5_err"])
-    for h in run.history:
-        if h["epoch"] == run.best["epoch"]:
-            h.update(test_loss=bt["loss"], test_top1_err=bt["top1_err"], test_top5_err=bt["top5_err"])
-    run.best_state, run.history_amended = None, True
+    run.amend(run.best["epoch"], test_loss=bt["loss"], test_top1_err=bt["top1_err"], test_top5_err=bt["top5_err"])
+    run.best_state = None
 
 
 def _evaluate(run: Run, hooks: Callback, split: str, model: nn.Module, x, y) -> dict[str, float]:

@@ -17,9 +17,9 @@ from . import config
 from .checkpoint import save_checkpoint
 from .layout import CHECKPOINT, CONFIG_JSON, FINAL_JSON, METRICS_JSONL, append_jsonl, write_json, write_jsonl
 
-if TYPE_CHECKING:  # the engine imports this module
-    from .engine import Run
+if TYPE_CHECKING:
     from .metrics import FitResult
+    from .run import Run
 
 
 class RunFolder:
@@ -44,12 +44,7 @@ class RunFolder:
             (self.dir / METRICS_JSONL).write_text("")
             self.stale = False
         elif trains:
-            # the run's one checkpoint lives here now; it was written at the resumed epoch (whose
-            # line the checkpoint saved before it knew the file's name)
-            resumed_at = run.epoch
-            for h in run.history:
-                if h.get("checkpoint") or h.get("epoch") == resumed_at:
-                    h["checkpoint"] = str(self.checkpoint)
+            run.checkpoint_moved(str(self.checkpoint))  # the run's one checkpoint lives here now
 
     def record_epoch(self, run: Run, metrics: dict) -> None:
         """The checkpoint (when due), then the epoch's metrics line (or the whole history, when a
@@ -62,7 +57,8 @@ class RunFolder:
             self._write_config(run.cfg)
             write_jsonl(self.dir / METRICS_JSONL, run.history)
             (self.dir / FINAL_JSON).unlink(missing_ok=True)  # the run is running again
-            self.stale = run.history_amended = False
+            self.stale = False
+            run.history_written()
         else:
             append_jsonl(self.dir / METRICS_JSONL, metrics)
 

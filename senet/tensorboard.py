@@ -29,7 +29,7 @@ from .models import se_modules
 
 if TYPE_CHECKING:
     from .config import Config
-    from .engine import Run
+    from .run import Run
 
 #: The keys of a metrics line (:data:`senet.metrics.EPOCH_COLUMNS`) written as scalars, with their
 #: tags: TensorBoard groups the charts by quantity (``loss``, ``top1_err``...), one chart per split.

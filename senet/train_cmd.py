@@ -4,6 +4,7 @@ A fresh run goes to ``--out`` (default: a new ``runs/<model>-<time>`` folder); a
 holds a run is kept unless ``--overwrite``. The run folder also gets TensorBoard event logs
 (:mod:`senet.tensorboard`). ``--resume PATH`` continues the run in that folder (or
 in ``--out NEW``); ``--epochs N`` beyond a finished run adds a schedule phase (:mod:`senet.resume`).
+The engine, and with it torch, is imported when the command runs.
 """
 from __future__ import annotations
 
@@ -12,17 +13,15 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import config
 from .callbacks import Callback
 from .cli import ConfiguredCommand, UserError, command
-from .config import Config
-from .engine import fit
 from .layout import CHECKPOINT, CONFIG_JSON, METRICS_JSONL, read_jsonl
-from .resume import ResumePoint, check_resume, plan_phases, saved_phases
-from .runtime import emulated_bf16_note
-from .schedules import SCHEDULES
-from .tensorboard import TensorBoardCallback
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .resume import ResumePoint
 
 
 def _fmt(v, spec=".2f"):
@@ -109,6 +108,8 @@ class TrainCommand(ConfiguredCommand):
                     "and meaning.")
 
     def run(self, args, overrides):
+        from . import config
+
         if args.resume:
             return self._resume(args, overrides)
         cfg = self.config_from(args, overrides)
@@ -124,6 +125,9 @@ class TrainCommand(ConfiguredCommand):
             _remove_if_empty(made)
 
     def _resume(self, args, overrides):
+        from .resume import ResumePoint, check_resume, plan_phases, saved_phases
+        from .schedules import SCHEDULES
+
         src = Path(args.resume)
         if src.is_dir():
             folder, path = src, src / CHECKPOINT
@@ -161,6 +165,10 @@ class TrainCommand(ConfiguredCommand):
         return self._train(cfg, point)
 
     def _train(self, cfg: Config, resume: ResumePoint | None) -> int:
+        from .engine import fit
+        from .runtime import emulated_bf16_note
+        from .tensorboard import TensorBoardCallback
+
         if note := emulated_bf16_note(cfg.run.precision, cfg.run.device):  # bf16 on a CPU without it
             print(note, file=sys.stderr, flush=True)
         try:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from analysis.findings import FINDINGS, Finding, evaluate, write_findings
-from analysis.findings.arms import ArmClaims, higher
+from analysis.findings.arms import ArmClaims
+from senet.claims import higher
 from senet.cli import main
 from senet.sequential import Design, assess
 

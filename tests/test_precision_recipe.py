@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ablations import studies
-from senet import runtime, train_cmd
+from senet import engine, runtime
 from senet.cli import main
 from senet.errors import UserError
 
@@ -108,7 +108,7 @@ def test_senet_train_says_what_emulated_bf16_costs(native, monkeypatch, capsys, 
         raise UserError("stopped before training")
 
     monkeypatch.setenv(runtime.BF16_ENV, native)
-    monkeypatch.setattr(train_cmd, "fit", stop)
+    monkeypatch.setattr(engine, "fit", stop)  # senet train imports fit when it runs
     rc = main(["train", "--data.name", "synthetic", "--run.device", "cpu", "--run.precision", "bf16",
                "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err

@@ -158,3 +158,60 @@ def test_some_arms_share_alpha_with_the_whole_study():
     assert got.interval() != assess(seq.pairs("tiny"), design, k=1, resolution=0.01).interval()
     with pytest.raises(Exception, match="fewer than"):
         SeedSequencer(["ref", "a", "b"], "ref", design, cells, k=1)
+
+
+def _claims_run(aim: str):
+    """ref; 'a' and 'b' 5 pp worse than ref (decided against it at once) and 0.3 pp apart: the
+    findings' claim a − b needs more seeds than the report's comparisons."""
+    arms = ["ref", "a", "b"]
+    design = Design(g=1.0, min_seeds=2, max_seeds=30)
+    cells = {(x, s): {"arm": x, "seed": s} for x in arms for s in range(design.max_seeds)}
+    seq = SeedSequencer(arms, "ref", design, cells, resolution=0.01, out=io.StringIO(),
+                        claims=[("made_up", [("a", "b", "lower")])], aim=aim)
+    shift = {"ref": 0.0, "a": 5.0, "b": 5.25}
+    trained, i = [], 0
+    while (got := seq.suggest(f"t{i}")) not in (None, "FINISHED"):
+        rng = np.random.default_rng(1000 * got["seed"] + arms.index(got["arm"]))
+        seq.complete(f"t{i}", {"final": True, "status": "completed", "num_test": 10000,
+                               "test_top1_err": 10.0 + shift[got["arm"]] + float(rng.normal(0, 0.2))})
+        trained.append((got["arm"], got["seed"]))
+        i += 1
+    return seq, trained
+
+
+def test_findings_claims_get_seeds_the_reference_does_not():
+    from senet.claims import settles
+
+    seq, trained = _claims_run("both")
+    n = {x: sum(1 for a, _ in trained if a == x) for x in ("ref", "a", "b")}
+    assert dict(seq.states())["a"].outcome == WORSE and dict(seq.states())["b"].outcome == WORSE
+    (claim, a, decided), = seq.claim_states()
+    assert decided and a.outcome in ("better", "alike", "different within ±δ")  # settled: lower, or no effect ≥ δ
+    assert n["a"] == n["b"] == a.n > n["ref"] >= seq.design.min_seeds  # the reference stopped when it decided nothing
+    assert any("settled a − b (made_up)" in ln for ln in seq._out.getvalue().splitlines())
+    assert any(ln.strip().startswith("a − b") and "settled: made_up" in ln for ln in state_lines(seq))
+    # the report alone: the claim is not pursued; the findings alone: the reference stops at the first seeds
+    seq_r, trained_r = _claims_run("report")
+    assert seq_r.claim_states() == [] and max(s for _, s in trained_r) < max(s for _, s in trained)
+    seq_f, trained_f = _claims_run("findings")
+    assert sum(1 for a, _ in trained_f if a == "ref") == seq_f.design.min_seeds
+    assert [x for x in trained_f if x[0] != "ref"] == [x for x in trained if x[0] != "ref"]
+    # an "alike" claim stays open while its sequence reaches inside ±δ, closes inside or beyond it
+    assert not settles("alike", WORSE, 0.1, 0.7, 0.5)
+    assert settles("alike", WORSE, 0.6, 0.9, 0.5) and settles("alike", ALIKE, -0.3, 0.3, 0.5)
+    assert settles("lower", ALIKE, -0.3, 0.3, 0.5) and not settles("lower", OPEN, -1, 1, 0.5)
+
+
+def test_every_published_finding_names_arms_of_its_study():
+    """The claims the sweep pursues are the findings' own, on arms the studies have."""
+    from ablations.studies import get_study
+    from analysis.findings import FINDINGS
+    from senet.claims import ARM_CLAIMS, study_claims
+    from senet.config import Config
+
+    for key, sources in ARM_CLAIMS.items():
+        assert key in FINDINGS
+        study = get_study(sources[0][0])
+        arms = [a.label for a in study.resolve_arms(Config())]
+        got = dict(study_claims(study.name, arms))
+        assert key in got and all(a in arms and v in arms for a, v, _ in got[key])

@@ -14,10 +14,10 @@ is used). A source is a small frozen dataclass with an ``evaluate(ctx)`` method
   ``arm`` − error of ``vs``, in points), judged on the reports' anytime-valid confidence sequence
   (:mod:`senet.sequential`) at level α/k for the k comparisons of the finding, with the study's
   design (its study.json, else the defaults): see :mod:`analysis.findings.arms`.
-- :class:`SelectivityDepth`: Spearman's ρ between block depth and class selectivity η² over the
-  analysed blocks, with an exact permutation p-value.
-- :class:`StageRemoval`: the error change when the last stage's SE blocks are removed (``mean``
-  mode of the analysis' removal table), with an interval over the paired test images.
+- :class:`SeedSelectivityDepth`, :class:`SeedStageRemoval`: the excitation findings over several
+  trained networks (``senet analyze-seeds``: the seed is the unit of an architecture claim), on
+  the anytime-valid sequence over seeds; where no such tables exist, :class:`SelectivityDepth` and
+  :class:`StageRemoval` read one network's ``senet analyze`` folder (test images as the unit).
 
 A finding contradicts when any claim contradicts; else it is unresolved when any claim is (or has
 not been run while others have); else it agrees when all its claims agree; else (claims that agree
@@ -31,13 +31,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from senet.claims import ARM_CLAIMS
 from senet.layout import write_atomic
 
 from ..errors import AnalysisInputError
 from ..stats import MIN_BOOT
-from .arms import ArmClaims, alike, higher, lower
+from .arms import ArmClaims
 from .evidence import AGREES, CONTRADICTS, NO_EFFECT, NOT_RUN, UNRESOLVED, Context, Outcome, SourceResult
-from .excitations import SelectivityDepth, StageRemoval
+from .excitations import SeedSelectivityDepth, SeedStageRemoval, SelectivityDepth, StageRemoval
 from .render import render
 
 
@@ -70,41 +71,31 @@ def register_finding(f: Finding) -> Finding:
     return f
 
 
-register_finding(Finding(
-    "se_beats_baseline", "SE beats the plain baseline",
-    "Table 10: 22.28 vs 23.30 (−1.02)",
-    (ArmClaims("reduction", (lower("r=16", "baseline"),)), ArmClaims("stages", (lower("all", "none"),)))))
-register_finding(Finding(
-    "reduction", "r from 2 to 16 perform alike; r = 32 is worse",
-    "Table 10: r = 2, 4, 8 within 0.03 of r = 16; r = 32 +0.44",
-    (ArmClaims("reduction", (alike("r=2", "r=16"), alike("r=4", "r=16"), alike("r=8", "r=16"),
-                             higher("r=32", "r=16"))),)))
-register_finding(Finding(
-    "avg_beats_max", "avg squeeze beats max", "Table 11: 22.28 vs 22.57 (−0.29)",
-    (ArmClaims("squeeze", (lower("avg", "max"),)),)))
-register_finding(Finding(
-    "nosqueeze_worse", "NoSqueeze is worse than avg", "Table 16: 22.93 vs 22.28 (+0.65)",
-    (ArmClaims("squeeze", (higher("none", "avg"),)),)))
-register_finding(Finding(
-    "gate_order", "sigmoid beats tanh, which beats ReLU", "Table 12: 22.28 < 23.00 < 23.47",
-    (ArmClaims("gate", (lower("sigmoid", "tanh"), lower("tanh", "relu"))),)))
-register_finding(Finding(
-    "placement", "SE-POST is the worst placement; PRE, Identity and standard are alike",
-    "Tables 14, 15: POST 22.78; standard 22.28, PRE 22.23, Identity 22.20, inner 22.48",
-    (ArmClaims("placement", (higher("post", "standard"), higher("post", "pre"), higher("post", "identity"),
-                             higher("post", "inner"), alike("pre", "standard"), alike("identity", "standard"))),)))
-register_finding(Finding(
-    "stages", "SE in each stage alone helps; all stages together help most",
-    "Table 13: stage 2/3/4 alone 23.03/23.04/22.68 vs 23.30 none; all 22.28",
-    (ArmClaims("stages", (lower("stage*", "none"), lower("all", "stage*"))),)))
+#: (key, the paper's claim as the table states it, the paper's own numbers) of the arm findings,
+#: whose comparisons are :data:`senet.claims.ARM_CLAIMS`.
+ARM_FINDINGS = (
+    ("se_beats_baseline", "SE beats the plain baseline", "Table 10: 22.28 vs 23.30 (−1.02)"),
+    ("reduction", "r from 2 to 16 perform alike; r = 32 is worse",
+     "Table 10: r = 2, 4, 8 within 0.03 of r = 16; r = 32 +0.44"),
+    ("avg_beats_max", "avg squeeze beats max", "Table 11: 22.28 vs 22.57 (−0.29)"),
+    ("nosqueeze_worse", "NoSqueeze is worse than avg", "Table 16: 22.93 vs 22.28 (+0.65)"),
+    ("gate_order", "sigmoid beats tanh, which beats ReLU", "Table 12: 22.28 < 23.00 < 23.47"),
+    ("placement", "SE-POST is the worst placement; PRE, Identity and standard are alike",
+     "Tables 14, 15: POST 22.78; standard 22.28, PRE 22.23, Identity 22.20, inner 22.48"),
+    ("stages", "SE in each stage alone helps; all stages together help most",
+     "Table 13: stage 2/3/4 alone 23.03/23.04/22.68 vs 23.30 none; all 22.28"),
+)
+for _key, _statement, _paper in ARM_FINDINGS:
+    register_finding(Finding(_key, _statement, _paper,
+                             tuple(ArmClaims(study, claims) for study, claims in ARM_CLAIMS[_key])))
 register_finding(Finding(
     "selectivity_depth", "class selectivity rises with depth",
     "§7.2, Fig. 6: early blocks class-agnostic, later ones class-specific (qualitative)",
-    (SelectivityDepth(),)))
+    (SeedSelectivityDepth(), SelectivityDepth())))
 register_finding(Finding(
     "last_stage_removal", "the last stage's SE can be removed at little cost",
     "§7.2: < 0.1 top-1, added parameters ~10% → ~4%",
-    (StageRemoval(),)))
+    (SeedStageRemoval(), StageRemoval())))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ design comes from its study.json (else the defaults); the k comparisons of one f
 """
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 
 import pandas as pd
 
+from senet.claims import Claim, expand
 from senet.layout import study_paths
 from senet.sequential import ALIKE, BETTER, CLOSED, WITHIN, WORSE, Design
 
@@ -37,33 +37,6 @@ from .evidence import (
     SourceResult,
     widths,
 )
-
-
-@dataclass(frozen=True)
-class Claim:
-    """``arm`` against ``vs`` (Δ = error of arm − error of vs): ``lower``, ``higher`` or ``alike``.
-    ``arm`` may be a glob (``stage*``), which makes one claim per matching arm of the study."""
-
-    arm: str
-    vs: str
-    expect: str
-
-    def __post_init__(self):
-        if self.expect not in EXPECT_TEXT:
-            raise ValueError(f"expect must be one of {sorted(EXPECT_TEXT)}, got {self.expect!r}")
-
-
-def lower(arm: str, vs: str) -> Claim:
-    return Claim(arm, vs, "lower")
-
-
-def higher(arm: str, vs: str) -> Claim:
-    return Claim(arm, vs, "higher")
-
-
-def alike(arm: str, vs: str) -> Claim:
-    return Claim(arm, vs, "alike")
-
 
 
 def projection_text(sd: float, df: int, design: Design, k: int) -> str:
@@ -90,12 +63,7 @@ class ArmClaims:
     def _expand(self, arms: list[str]) -> list[tuple[str, str, str]]:
         """The claims with glob patterns replaced by each matching arm (a pattern that matches
         nothing stays, to be reported as not run)."""
-        def match(pat):
-            if not any(ch in pat for ch in "*?["):
-                return [pat]
-            return [a for a in arms if fnmatch.fnmatchcase(a, pat)] or [pat]
-
-        return [(a, v, c.expect) for c in self.claims for a in match(c.arm) for v in match(c.vs) if a != v]
+        return expand(self.claims, arms)
 
     def evaluate(self, ctx: Context) -> SourceResult:
         got = ctx.study(self.study)

@@ -146,7 +146,23 @@ def recipe_summary(study: str, runs: pd.DataFrame, meta: dict, study_dir: Path |
             "trials": len(runs), "completed": len(ok), "params": params, "reference": meta.get("reference_arm"),
             "se_hidden": (widths(ref["se_hidden"].dropna().iloc[0]) if "se_hidden" in ref and ref["se_hidden"].notna().any()
                           else ""),
-            "commits": ", ".join(commits) + (" (some with uncommitted changes)" if dirty else "") if commits else "–"}
+            "commits": ", ".join(commits) + (" (some with uncommitted changes)" if dirty else "") if commits else "–",
+            **compute_spent(runs)}
+
+
+def compute_spent(runs: pd.DataFrame) -> dict:
+    """``trial_hours``: the trials' wall time summed (every trial that recorded one, completed or
+    not), and ``rate``: the median over completed trials of training images × epochs / training
+    time (img/s, evaluation included; NaN where unrecorded)."""
+    wall = pd.to_numeric(runs.get("wall_time_s", pd.Series(dtype=float)), errors="coerce")
+    ok = completed(runs)
+    rate = math.nan
+    if {"data.subset", "epochs_run", "train_time_s"} <= set(ok.columns):
+        imgs = pd.to_numeric(ok["data.subset"], errors="coerce") * pd.to_numeric(ok["epochs_run"], errors="coerce")
+        r = (imgs / pd.to_numeric(ok["train_time_s"], errors="coerce")).dropna()
+        r = r[r > 0]
+        rate = float(r.median()) if len(r) else math.nan
+    return {"trial_hours": float(wall.sum()) / 3600 if wall.notna().any() else math.nan, "rate": rate}
 
 
 def widths(se_hidden: str) -> str:

@@ -1,11 +1,14 @@
-"""Findings read from an ``senet analyze`` folder of one trained SE network (paper §7.2).
+"""The excitation findings (paper §7.2): over several trained networks (``senet analyze-seeds``),
+else from an ``senet analyze`` folder of one.
 
+- :class:`SeedSelectivityDepth`, :class:`SeedStageRemoval`: one number per network (ρ, Δ), judged on
+  the anytime-valid confidence sequence over the seeds.
 - :class:`SelectivityDepth`: Spearman's ρ between block depth and class selectivity η² over the
   analysed blocks, with an exact permutation p-value.
 - :class:`StageRemoval`: the error change when the last stage's SE blocks are removed (``mean``
   mode of the analysis' removal table), with an interval over the paired test images.
 
-Both keep their own fixed-sample tests (one network, no seeds to add); what they cannot decide is
+The one-network pair keeps fixed-sample tests (no seeds to add). What any of them cannot decide is
 ``unresolved``, the arms' word, so the findings speak one vocabulary.
 """
 from __future__ import annotations
@@ -17,6 +20,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from senet.sequential import Design, seeds_to_settle
+
+from ..compare import study_design
+from ..errors import AnalysisInputError
+from ..seeds_render import last_stage_removal, over_seeds, per_seed_rho
 from ..stats import ALPHA, POWER
 from .evidence import AGREES, CONTRADICTS, DELTA, UNRESOLVED, Context, Outcome, SourceResult
 
@@ -150,4 +158,109 @@ class StageRemoval(AnalysisSource):
         mde = (z + sps.norm.ppf(POWER)) * se
         o.mde = mde
         o.power = f"N = {n:,} images: ±{z * se:.2f} pp; detects ≥ {mde:.2f} pp"
+        return SourceResult(src, [o])
+
+
+@dataclass(frozen=True)
+class SeedsSource:
+    """A source that reads one table of ``senet analyze-seeds`` (``<study>/seeds/``): one number per
+    trained network, judged on their anytime-valid confidence sequence over the seeds
+    (:func:`analysis.seeds_render.over_seeds`, the study's design, α for the finding's one claim), so
+    the verdict stays valid as networks are added; none before the design's first seeds."""
+
+    study: str = "gate"
+    folder: str = "seeds"
+
+    def label(self) -> str:
+        return "seeds"
+
+    def table(self, ctx: Context, filename: str, need: set[str]) -> tuple[pd.DataFrame | None, str, Design]:
+        from senet.sequential import design_of
+
+        d = ctx.results / self.study / self.folder
+        path = d / filename
+        got = ctx.study(self.study)
+        design = study_design(got[1], got[0])[0] if not isinstance(got, str) else design_of({}, ctx.preset or "")[0]
+        if not path.is_file():
+            return None, (f"no {ctx.rel(path)} (`senet analyze-seeds {self.study}` writes it from the kept "
+                          "weights)"), design
+        t = pd.read_csv(path)
+        if not need <= set(t.columns):
+            raise AnalysisInputError(f"{path} lacks the columns {sorted(need - set(t.columns))}")
+        return t, ctx.rel(d), design
+
+    @staticmethod
+    def settle(r: dict, design: Design, target: float) -> str:
+        more = seeds_to_settle(r["n"], r["mean"] - target, r["sd"], r["level"], design.g, 0.0)
+        return f"; ≈ {more} more seeds would settle it" if more is not None else ""
+
+    @staticmethod
+    def cs(r: dict, unit: str = "") -> str:
+        if not math.isfinite(r["low"]):
+            return "(−∞, ∞)"
+        return f"[{r['low']:+.2f}, {r['high']:+.2f}]{unit}"
+
+
+@dataclass(frozen=True)
+class SeedSelectivityDepth(SeedsSource):
+    """Class selectivity against depth over seeds: each network's Spearman ρ(depth, η²) over its SE
+    blocks; agrees when the sequence of the mean ρ lies above 0, contradicts when below."""
+
+    def evaluate(self, ctx: Context) -> SourceResult:
+        sel, src, design = self.table(ctx, "selectivity.csv", {"seed", "block", "depth", "eta2"})
+        if sel is None:
+            return SourceResult("seeds", missing=src)
+        rho = per_seed_rho(sel)
+        r = over_seeds(rho["rho"], design)
+        blocks = sel.drop_duplicates("block").sort_values("depth")["block"]
+        o = Outcome(f"mean over seeds of ρ(depth, η²) over {len(blocks)} SE blocks", "ρ > 0", "", unit="ρ",
+                    effect=r["mean"], ci_low=r["low"], ci_high=r["high"], n=r["n"], n_label="networks (seeds)",
+                    ci_method=f"anytime t-CS over seeds ({100 * (1 - r['level']):.4g}%)", sd=r["sd"],
+                    notes=f"{src}: ρ per seed " + ", ".join(f"{s} {v:+.2f}" for s, v in zip(rho["seed"], rho["rho"], strict=True)))
+        if r["n"] < design.min_seeds:
+            o.verdict, o.reason = UNRESOLVED, f"{r['n']} networks; no reading before {design.min_seeds}"
+        elif r["low"] > 0:
+            o.verdict, o.reason = AGREES, "the sequence lies above 0"
+        elif r["high"] < 0:
+            o.verdict, o.reason = CONTRADICTS, "the sequence lies below 0"
+        else:
+            o.verdict, o.reason = UNRESOLVED, f"ρ̄ ∈ {self.cs(r)}{self.settle(r, design, 0.0)}"
+        o.power = f"σ̂ of ρ over seeds {r['sd']:.2f} ({r['n']} networks)" if math.isfinite(r["sd"]) else ""
+        return SourceResult(src, [o])
+
+
+@dataclass(frozen=True)
+class SeedStageRemoval(SeedsSource):
+    """The last stage's SE removed (gates fixed at their mean) over seeds: each network's Δ top-1
+    error on its test images; agrees when the sequence of the mean Δ lies below δ, contradicts when
+    above it."""
+
+    mode: str = "mean"
+    delta: float = DELTA
+
+    def evaluate(self, ctx: Context) -> SourceResult:
+        rem, src, design = self.table(ctx, "removal.csv", {"seed", "removed", "n", f"delta_top1_{self.mode}"})
+        if rem is None:
+            return SourceResult("seeds", missing=src)
+        per = last_stage_removal(rem, self.mode)
+        if per.empty:
+            return SourceResult(src, missing=f"{src}/removal.csv has no per-stage removal rows")
+        r = over_seeds(per["delta"], design)
+        last = per["removed"].iloc[0]
+        o = Outcome(f"{last} SE removed ({self.mode}) − intact, mean over seeds", f"Δ ≤ {self.delta:g} pp", "",
+                    effect=r["mean"], ci_low=r["low"], ci_high=r["high"], n=r["n"], n_label="networks (seeds)",
+                    ci_method=f"anytime t-CS over seeds ({100 * (1 - r['level']):.4g}%)", sd=r["sd"],
+                    notes=f"{src}: Δ per seed " + ", ".join(f"{s} {v:+.2f}" for s, v in zip(per["seed"], per["delta"], strict=True)))
+        if per["added_params_pct"].notna().any():
+            o.notes += (f"; SE's added parameters {per['added_params_pct_intact'].mean():.1f}% → "
+                        f"{per['added_params_pct'].mean():.1f}% of the plain network")
+        if r["n"] < design.min_seeds:
+            o.verdict, o.reason = UNRESOLVED, f"{r['n']} networks; no reading before {design.min_seeds}"
+        elif r["high"] <= self.delta:
+            o.verdict, o.reason = AGREES, f"the sequence lies below {self.delta:g} pp"
+        elif r["low"] > self.delta:
+            o.verdict, o.reason = CONTRADICTS, f"the sequence lies above {self.delta:g} pp: removal costs more"
+        else:
+            o.verdict, o.reason = UNRESOLVED, f"Δ̄ ∈ {self.cs(r)}{self.settle(r, design, self.delta)}"
+        o.power = f"σ̂ of Δ over seeds {r['sd']:.2f} pp ({r['n']} networks)" if math.isfinite(r["sd"]) else ""
         return SourceResult(src, [o])
