@@ -9,11 +9,15 @@ one, so a report can set the measured ordering beside the published one. The gat
 placement studies read their arms, and those numbers, from the SE slots' registries
 (:class:`SlotArms`): a newly registered gate is an arm of the gate study with no change here.
 
-Presets size the shared recipe: ``smoke`` (synthetic data, seconds, run by the tests), ``quick``
+Presets (:mod:`ablations.presets`) size the shared recipe: ``smoke`` (synthetic data, seconds, run by the tests), ``quick``
 (a Fashion-MNIST subset and a CIFAR-style SE-ResNet-20, minutes per study on two CPU cores),
 ``standard`` (the published results in ``results/``: SE-ResNet-20 trained properly on 20,000
 Fashion-MNIST images, tested on all 10,000) and ``full`` (a paper-like GPU recipe: all of CIFAR-10 on
 SE-ResNet-56, or the user's backbone).
+
+The ``family`` study is not a table of the paper: SE against the channel-attention family
+(:mod:`senet.family`), one arm per module at its paper's defaults, read from the family's presets, so
+a newly added module is an arm with no change here.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from senet import config
@@ -32,6 +37,9 @@ from senet.errors import UserValueError
 from senet.models import MODELS, build_model, se_modules
 from senet.registry import Registry
 from senet.se import GATES, PLACEMENTS, SQUEEZES, SEConfig, study_choices
+from senet.se import PRESETS as FAMILY
+
+from .presets import PRESETS, Preset  # noqa: F401 - re-exported: the sweeps' recipes
 
 
 @dataclass(frozen=True)
@@ -131,61 +139,8 @@ def register_study(study: Study) -> Study:
 
 
 # --------------------------------------------------------------------------------------------------
-# Presets: the recipe shared by every arm of a study.
+# The base config of a study's trials (the presets, the recipes, are in ablations.presets)
 # --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    overrides: Mapping[str, Any]
-    seeds: int  # default number of seeds
-    doc: str = ""
-
-
-PRESETS: Registry[Preset] = Registry("preset")
-PRESETS.add("smoke", Preset("smoke", {
-    "model.name": "se_resnet20", "data.name": "synthetic", "data.synthetic_train": 64,
-    "data.synthetic_test": 32, "data.val_fraction": 0.25, "data.augment": "none",
-    "optim.epochs": 1, "optim.batch_size": 32, "optim.warmup_epochs": 0.0, "run.progress": False,
-}, 1, "seconds: synthetic images, SE-ResNet-20, one epoch (what the tests run)"))
-#: quick holds out 300 validation images (a tenth of its 3,000-image subset; val_fraction is
-#: sized from data.subset) so that selecting by validation error means something (1 image = 0.33
-#: points; the former 30 images could not), and tests on 2,000 images (1 image = 0.05 points); both
-#: are evaluated with forward passes only, a small part of an epoch next to training 3,000 images.
-PRESETS.add("quick", Preset("quick", {
-    "model.name": "se_resnet20", "data.name": "fashion-mnist", "data.subset": 3000,
-    "data.val_fraction": 0.1, "data.test_subset": 2000, "data.augment": "flip", "optim.epochs": 2,
-    "optim.batch_size": 64, "optim.lr": 0.1, "optim.schedule": "cosine", "optim.warmup_epochs": 0.25,
-    "run.progress": False,
-}, 2, "minutes on 2 CPU cores: 3,000 Fashion-MNIST training images (+300 held out for validation), "
-      "SE-ResNet-20, 2 epochs, 2,000 test images"))
-#: standard: the recipe of the published results. 20,000 training images (+2,000 held out of the
-#: training file for validation, a tenth of the subset), the whole 10,000-image test set (1 image =
-#: 0.01 points), 5 epochs of cosine with a 1-epoch warm-up. crop_flip, senet train's default
-#: augmentation, is what the measured data points of this size used (10.82% / 10.85% / 11.10% test
-#: error for SE-ResNet-20 in three earlier runs); flip alone was never measured here. The test set is
-#: evaluated only where it is read (the last epoch and the best validation epoch). Precision is
-#: pinned to bf16, what every published trial trained in, so that the preset names one recipe (one
-#: config_id per trial) on every machine: ``auto`` would resolve to fp32 on a CPU without native bf16,
-#: another recipe, and a sweep there would count none of the published trials. Such a CPU trains bf16
-#: emulated, more slowly, and the sweep says so (:mod:`ablations.bf16_note`); on a CPU with native
-#: bf16, bf16 is the fast choice (144 s against fp32's 271 s measured for one 1-thread trial of this
-#: size). smoke and quick are not published and stay on ``auto`` (the default), so the demo
-#: runs in fp32, the faster arithmetic, on a CPU without native bf16.
-PRESETS.add("standard", Preset("standard", {
-    "model.name": "se_resnet20", "data.name": "fashion-mnist", "data.subset": 20000,
-    "data.val_fraction": 0.1, "data.test_subset": 0, "data.augment": "crop_flip", "optim.epochs": 5,
-    "optim.batch_size": 128, "optim.lr": 0.1, "optim.schedule": "cosine", "optim.warmup_epochs": 1.0,
-    "run.precision": "bf16", "run.eval_test": "end", "run.progress": False,
-}, 3, "the published results: SE-ResNet-20 on 20,000 Fashion-MNIST images (+2,000 held out for "
-      "validation), 5 epochs of cosine, all 10,000 test images; minutes per 1-CPU trial"))
-PRESETS.add("full", Preset("full", {
-    "model.name": "se_resnet56", "data.name": "cifar10", "data.subset": 0, "data.val_fraction": 0.1,
-    "data.augment": "crop_flip", "optim.epochs": 164, "optim.batch_size": 128, "optim.lr": 0.1,
-    "optim.weight_decay": 1e-4, "optim.schedule": "step", "optim.milestones": "82,123",
-    "optim.warmup_epochs": 1.0, "run.progress": False,
-}, 3, "GPU: all of CIFAR-10, SE-ResNet-56, He et al.'s 164-epoch step schedule (§5.1 recipe)"))
-
-
 def base_config(study: Study, preset: str, overrides: Mapping[str, Any] | None = None) -> config.Config:
     """Config() <- preset <- study's fixed parameters <- the user's overrides (last wins)."""
     p = PRESETS.get(preset)
@@ -260,6 +215,46 @@ def _stage_arms(base: config.Config) -> tuple[Arm, ...]:
 register_study(Study(
     "stages", "SE in one stage alone, all stages, none", "Table 13", "se.stages", _stage_arms, "all",
     doc="which depths benefit from recalibration; arms follow the backbone's own stages",
+))
+
+
+# --------------------------------------------------------------------------------------------------
+# The channel-attention family (senet.family): its modules as arms, not a table of the paper
+# --------------------------------------------------------------------------------------------------
+def _module_arm(name: str) -> Arm:
+    return Arm(name, {f"se.{k}": v for k, v in FAMILY.get(name).items()})
+
+
+def _builds(base: config.Config, arm: Arm) -> bool:
+    """Whether ``arm``'s network builds on the study's backbone (on the meta device: no weights)."""
+    try:
+        with torch.device("meta"):
+            build_model(base.model.name, num_classes=10, in_chans=3, se=config.from_flat(arm.overrides, base).se)
+    except UserValueError:
+        return False
+    return True
+
+
+def _family_arms(base: config.Config) -> tuple[Arm, ...]:
+    """The plain network, then one arm per module of the family (every preset registered for the
+    study, SE first) that builds on the backbone."""
+    modules = [_module_arm(n) for n in study_choices(FAMILY)]
+    return (Arm("baseline", {"se.stages": "none"}), *(a for a in modules if _builds(base, a)))
+
+
+register_study(Study(
+    "family", "The channel-attention family at the papers' defaults", "",
+    ",".join(sorted({"se.stages", *(f"se.{k}" for n in study_choices(FAMILY) for k in FAMILY.get(n))})),
+    _family_arms, "se", fixed={},
+    doc="SE against ECA, CBAM, GE-θ⁻, SRM, GCT, SimAM, FcaNet, coordinate attention, SK and GC, each at its "
+        "paper's defaults (its se.preset: senet/family/); the reference is the paper's SE block with its FC "
+        "biases (the released models'; the slot studies remove them, so no trial is shared with them), the "
+        "baseline the plain network. GC sits in stage 3 and later (se.stages 3+: c3-c5 on ResNet-50), GCT once "
+        "per block before the last conv (its README's setting; the paper's before every conv is se.placement "
+        "every_conv). GE-θ and GE-θ⁺ are variants (presets ge_theta, ge_theta_plus), not arms. A module that "
+        "cannot be built on the chosen backbone is left out of the arms (SimAM's and GCT's sites are not in "
+        "pre-activation blocks; FcaNet needs C a multiple of 16); on se_resnet20 (smoke, quick, standard) "
+        "and se_resnet56 (full) every module builds. No paper numbers: each module's paper has its own baseline.",
 ))
 
 

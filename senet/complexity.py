@@ -313,15 +313,15 @@ def complexity(model: nn.Module, input_size: int | tuple | None = None,
     for path, m in model.named_modules():
         if not _is_block(m):
             continue
-        se_path = next((p for p in se_paths if p.startswith(path + ".")), None)
-        se_mod = model.get_submodule(se_path) if se_path else None
+        inside = [p for p in se_paths if p.startswith(path + ".")]  # several at GCT's every_conv site
+        se_mod = model.get_submodule(inside[0]) if inside else None
         rows.append(BlockRow(
             module=path,
             name=getattr(se_mod, "block_name", "") if se_mod is not None else "",
             params=sum(q.numel() for q in m.parameters()),
             flops=int(round(under(path, flops))),
-            se_params=sum(q.numel() for q in se_mod.parameters()) if se_mod is not None else 0,
-            se_flops=int(round(under(se_path, flops))) if se_path else 0,
+            se_params=sum(q.numel() for p in inside for q in model.get_submodule(p).parameters()),
+            se_flops=int(round(sum(under(p, flops) for p in inside))),
             se_channels=getattr(se_mod, "channels", 0) if se_mod is not None else 0,
             se_hidden=(getattr(se_mod, "hidden", 0) or 0) if se_mod is not None else 0,
         ))

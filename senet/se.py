@@ -27,17 +27,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from . import family  # noqa: F401 - registers the attention family's choices
 from .errors import UserValueError
-from .family import CONVS, PRESETS, SPATIALS  # registers the attention family's choices
 from .fused import add_into, folds, has_hooks, pooled_conv_bn, scale_add, scaled_bn, spatial_mean
 from .registry import choice_field
 from .slots import (
     ACTIVATIONS,
+    CONVS,
     EXCITATIONS,
     GATES,
     PLACEMENTS,
+    PRESETS,
+    SPATIALS,
     SQUEEZES,
     AvgMaxSqueeze,
     AvgSqueeze,
@@ -59,6 +63,7 @@ from .slots import (
     hidden_width,
     study_choices,
 )
+from .stages import StagesFrom, parse_stages, resolve_stages
 
 __all__ = [
     "ACTIVATIONS", "EXCITATIONS", "GATES", "PLACEMENTS", "SQUEEZES", "AvgMaxSqueeze", "AvgSqueeze",
@@ -74,11 +79,15 @@ __all__ = [
 COMBINES = ("scale", "add", "strips")
 
 
-def _takes_channels(build) -> bool:
+#: What a squeeze builder may take, by name: C, and GE-θ's gather options (``se.extent``, ``se.kernel``).
+SQUEEZE_ARGS = ("channels", "extent", "kernel")
+
+
+def _squeeze_args(build) -> frozenset[str]:
     try:
-        return "channels" in inspect.signature(build).parameters
+        return frozenset(SQUEEZE_ARGS) & set(inspect.signature(build).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()
 
 
 class SqueezeExcitation(nn.Module):
@@ -119,14 +128,16 @@ class SqueezeExcitation(nn.Module):
         spatial=None,
         kernel: int | None = None,
         lam: float | None = None,
+        extent: int | None = None,
     ):
         super().__init__()
         squeeze, excitation = SQUEEZES.choice(squeeze), EXCITATIONS.choice(excitation)
         act, gate = ACTIVATIONS.choice(act), GATES.choice(gate)
-        takes = excitation_args(excitation.entry)
-        for key, value in (("kernel", kernel), ("lam", lam)):
-            if value is not None and key not in takes:
-                raise UserValueError(f"se.{key} does not apply to excitation {excitation.name!r}")
+        takes, sq_takes = excitation_args(excitation.entry), _squeeze_args(squeeze.entry)
+        for key, value in (("kernel", kernel), ("lam", lam), ("extent", extent)):
+            if value is not None and key not in takes | sq_takes:
+                raise UserValueError(f"se.{key} does not apply to excitation {excitation.name!r} "
+                                     f"with squeeze {squeeze.name!r}")
         if combine not in (None, *COMBINES):
             raise UserValueError(f"se.combine must be one of {', '.join(COMBINES)}, got {combine!r}")
         width = hidden_width(channels, reduction, divisor, rounding)
@@ -135,7 +146,8 @@ class SqueezeExcitation(nn.Module):
         self.gate_name = gate.name
         self.additive = combine == "add"
         self.strips = combine == "strips"
-        self.squeeze = squeeze.entry(channels) if _takes_channels(squeeze.entry) else squeeze.entry()
+        given = {"channels": channels, "extent": extent, "kernel": kernel}
+        self.squeeze = squeeze.entry(**{k: v for k, v in given.items() if k in sq_takes})
         if (getattr(self.squeeze, "combine", None) == "strips") != self.strips:
             raise UserValueError("se.squeeze strips and se.combine strips go together (coordinate attention)")
         given = {"hidden": width, "bias": bias}
@@ -173,6 +185,8 @@ class SqueezeExcitation(nn.Module):
             e = self.excitation(z.flatten(0, 1))
         if k > 1:
             e = e.unflatten(0, (n, k)).sum(1)
+        if getattr(sq, "upsample", False) and e.shape[-2:] != u.shape[-2:]:  # GE's gather with an extent
+            e = F.interpolate(e, size=u.shape[-2:])  # nearest, as timm's GatherExcite
         return self.gate(e)
 
     @property
@@ -242,7 +256,7 @@ class SEPlan:
     placement: str = "standard"
     site: str = "branch_out"
     channels: str = "out"
-    stages: frozenset[int] | None = None
+    stages: frozenset[int] | StagesFrom | None = None
     staged: bool = False  # the factory takes ``stage=`` (a per-stage choice such as se.kernel)
     #: ``conv(cin, cout, stride, groups)``: a module in place of the block's 3×3 conv + BN + ReLU
     #: (SKNet's); the block then holds no SE module (``factory`` returns None).
@@ -260,7 +274,7 @@ class SEPlan:
 
     def in_stages(self, valid: tuple[int, ...]) -> frozenset[int]:
         """The stages of a network (its ``valid`` ones) that get SE; a stage it lacks raises."""
-        return _within(self.stages, valid) if self.stages is not None else frozenset(valid)
+        return resolve_stages(self.stages, valid)
 
 
 @dataclass(frozen=True)
@@ -273,7 +287,7 @@ class SEConfig:
     act: str = choice_field("relu", ACTIVATIONS)  # δ inside the fc excitation
     gate: str = choice_field("sigmoid", GATES)  # σ, the gate that turns the excitation into channel weights (Table 12)
     placement: str = choice_field("standard", PLACEMENTS)  # where the residual block applies SE (Fig. 5, Tables 14-15)
-    stages: str = "all"  # which stages get SE: "all", "none", or e.g. "2,3" (paper numbering, Table 13)
+    stages: str = "all"  # SE in: "all", "none", e.g. "2,3" (paper numbering, Table 13), "3+" (3 and later)
     bias: bool = True  # FC biases (released models: on; the paper's ablations: off)
     divisor: int = 0  # round the hidden width to a multiple of this; 0 = exact C // r
     # The attention family's keys (senet.family). None keeps SE's behaviour, and a None value is left
@@ -281,9 +295,10 @@ class SEConfig:
     rounding: str | None = choice_field(None, ("suite", "timm"))  # hidden width: the suite's C // r (None) or timm's make_divisible(round_limit=0)
     combine: str | None = choice_field(None, COMBINES)  # U·s (None, scale) or U + e (add: GCNet)
     spatial: str | None = choice_field(None, SPATIALS)  # a stage after the channel one (cbam), or None
-    kernel: str | None = None  # ECA's kernel size per stage, e.g. "3,5,5,7" (stages 2, 3, ...); None: adaptive ψ(C)
+    kernel: str | None = None  # per stage (2, 3, ...): ECA's kernel size, e.g. "3,5,5,7" (None: ψ(C)); GE's global map side
     lam: float | None = None  # SimAM's λ (None: 1e-4, the module's default; its ImageNet models use 0.1)
     conv: str | None = choice_field(None, CONVS)  # sk: the blocks' 3×3 conv is SKNet's (d = hidden width), no SE block
+    extent: int | None = None  # GE-θ's gather (squeeze gather): e = 2, 4, 8 ... or 0 (global; its map side in se.kernel)
 
     def __post_init__(self):
         self.plan()  # resolving every choice checks it, with r, the divisor and the stages
@@ -300,8 +315,8 @@ class SEConfig:
             out = tuple(int(k) for k in str(self.kernel).replace(" ", "").split(","))
         except ValueError:
             raise UserValueError(f"se.kernel must be kernel sizes per stage like '3,5,5,7', got {self.kernel!r}") from None
-        if any(k < 1 or k % 2 == 0 for k in out):
-            raise UserValueError(f"se.kernel sizes must be odd and >= 1, got {self.kernel!r}")
+        if any(k < 1 for k in out):
+            raise UserValueError(f"se.kernel sizes must be >= 1, got {self.kernel!r}")
         return out
 
     def plan(self) -> SEPlan:
@@ -310,13 +325,19 @@ class SEConfig:
         slots = {"squeeze": SQUEEZES.choice(self.squeeze), "excitation": EXCITATIONS.choice(self.excitation),
                  "act": ACTIVATIONS.choice(self.act), "gate": GATES.choice(self.gate)}
         reduction, bias, divisor = self.reduction, self.bias, self.divisor or None
-        extra = {"rounding": self.rounding, "combine": self.combine, "spatial": self.spatial, "lam": self.lam}
+        extra = {"rounding": self.rounding, "combine": self.combine, "spatial": self.spatial, "lam": self.lam,
+                 "extent": self.extent}
         extra = {k: v for k, v in extra.items() if v is not None}
         kernels = self.kernels()
-        takes = excitation_args(slots["excitation"].entry)
-        for key, value in (("kernel", kernels), ("lam", self.lam)):
-            if value is not None and key not in takes:
-                raise UserValueError(f"se.{key} does not apply to excitation {self.excitation!r}")
+        takes, sq_takes = excitation_args(slots["excitation"].entry), _squeeze_args(slots["squeeze"].entry)
+        for key, value in (("kernel", kernels), ("lam", self.lam), ("extent", self.extent)):
+            if value is not None and key not in takes | sq_takes:
+                raise UserValueError(f"se.{key} does not apply to excitation {self.excitation!r} "
+                                     f"with squeeze {self.squeeze!r}")
+        if kernels is not None and "kernel" in takes and any(k % 2 == 0 for k in kernels):
+            raise UserValueError(f"se.kernel sizes must be odd for excitation {self.excitation!r}, got {self.kernel!r}")
+        if "extent" in sq_takes:  # GE-θ's gather: its options checked here, not first in a network
+            slots["squeeze"].entry(channels=1, extent=self.extent, kernel=kernels[0] if kernels else None)
         hidden_width(8, reduction, divisor, self.rounding)  # checks se.rounding
         if self.spatial is not None:
             SPATIALS.get(self.spatial)
@@ -351,35 +372,3 @@ class SEConfig:
     def factory(self) -> Callable[[int], SqueezeExcitation]:
         """A callable ``channels -> SqueezeExcitation`` for the blocks."""
         return self.plan().factory
-
-
-def _within(stages: frozenset[int], valid: Iterable[int]) -> frozenset[int]:
-    bad = sorted(stages - set(valid))
-    if bad:
-        raise UserValueError(
-            f"se.stages {bad} out of range; this network's stages are "
-            f"{', '.join(map(str, valid))} (paper numbering: 2 = conv2_x)"
-        )
-    return stages
-
-
-def parse_stages(stages, valid: tuple[int, ...] | None = None) -> frozenset[int] | None:
-    """Parse ``"all"``/``"none"``/``"2,3"``/an iterable into a set; ``None`` means all stages.
-
-    With ``valid`` given, stage numbers outside it raise a ValueError naming the valid ones.
-    """
-    if stages is None or stages == "all":
-        return None
-    if isinstance(stages, str):
-        text = stages.strip()
-        if text in ("", "none"):
-            return frozenset()
-        try:
-            out = frozenset(int(s) for s in text.replace(" ", "").split(","))
-        except ValueError:
-            raise UserValueError(
-                f"se.stages must be 'all', 'none' or stage numbers like '2,3', got {stages!r}"
-            ) from None
-    else:
-        out = frozenset(int(s) for s in stages)
-    return out if valid is None else _within(out, valid)

@@ -8,9 +8,11 @@
 - :data:`GATES`        σ: ``sigmoid`` (paper), ``tanh``, ``relu`` (Table 12), ``softmax``,
                        ``softmax_c``, ``hard_sigmoid``, ``identity``.
 - :data:`PLACEMENTS`   where a residual block applies SE (Fig. 5, Tables 14-15).
+- :data:`SPATIALS`, :data:`CONVS`, :data:`PRESETS`: the attention family's spatial stages,
+                       3×3-conv replacements and named modules (one file each in :mod:`senet.family`).
 
-The channel-attention family (ECA, CBAM, GE, SRM, GCT, SimAM, FcaNet, CA, GC) adds its parts to
-these registries in :mod:`senet.family`, registered with ``study=False``: choices of the design
+The channel-attention family (ECA, CBAM, GE, SRM, GCT, SimAM, FcaNet, CA, GC, SK) adds its parts
+to these registries in :mod:`senet.family`, registered with ``study=False``: choices of the design
 space, but not arms of the paper's slot studies (:func:`study_choices` lists those).
 
 Each entry carries, from its registration, what the rest of the suite needs to know about it:
@@ -83,6 +85,14 @@ SQUEEZES: Registry[Callable[[], nn.Module]] = Registry("squeeze", ChoiceInfo)
 EXCITATIONS: Registry[Callable[..., nn.Module]] = Registry("excitation", ChoiceInfo)
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation", ChoiceInfo)
 GATES: Registry[Callable[[], nn.Module]] = Registry("gate", GateInfo)
+#: Stages applied after the channel stage (``se.spatial``: CBAM's spatial attention).
+SPATIALS: Registry[Callable[..., nn.Module]] = Registry("spatial stage", ChoiceInfo)
+#: Convolutions in place of a block's 3×3 conv + BN + ReLU (``se.conv``: SKNet's selective kernel),
+#: ``build(cin, cout, stride, groups, hidden)``; the block then holds no SE module.
+CONVS: Registry[Callable[..., nn.Module]] = Registry("conv", ChoiceInfo)
+#: Named presets (``se.preset``): the SEConfig field values that make one module of the attention
+#: family (:mod:`senet.family`); ``study=False`` keeps a variant out of the family study's arms.
+PRESETS: Registry[dict] = Registry("preset", ChoiceInfo)
 
 
 def study_choices(registry: Registry) -> list[str]:

@@ -12,6 +12,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import bench  # noqa: E402
+import family_latency  # noqa: E402
 import latency  # noqa: E402
 import se_cost  # noqa: E402
 import sweep_rate  # noqa: E402
@@ -217,3 +218,44 @@ def test_bench_inference_pairs_share_their_weights():
         se = {id(t) for t in [*pair["SE-ResNet-50"].parameters(), *pair["SE-ResNet-50"].buffers()]}
         plain = [*pair["ResNet-50"].parameters(), *pair["ResNet-50"].buffers()]
         assert plain and all(id(t) in se for t in plain), row
+
+
+# ------------------------------------------------------------------------------------------------
+# family_latency: every module of the family, ours and timm's, in one backbone
+# ------------------------------------------------------------------------------------------------
+def test_family_latency_swaps_timms_modules_into_the_same_sites():
+    """timm's modules sit where ours do and hold as many parameters (the rows differ in code alone)."""
+    from timm.layers.selective_kernel import SelectiveKernel
+
+    from senet.se import PRESETS, study_choices
+
+    nets = family_latency.build("se_resnet20")
+    assert list(nets)[0] == family_latency.PLAIN
+    assert [m for m, impl in nets if impl == "ours"] == ["plain", *study_choices(PRESETS)]
+    timm_rows = {m for m, impl in nets if impl == "timm"}
+    assert timm_rows == {"se", "eca", "cbam", "ge", "ca", "gc", "sk"}
+    for name in timm_rows:
+        ours, theirs = nets[(name, "ours")], nets[(name, "timm")]
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters()), name
+    assert type(nets[("eca", "timm")].layer1[0].se).__module__ == "timm.layers.eca"
+    assert nets[("gc", "timm")].layer1[0].se is None and nets[("gc", "timm")].layer2[0].se is not None
+    assert isinstance(nets[("sk", "timm")].layer1[0].conv1, SelectiveKernel)
+
+
+def test_family_latency_prints_a_ratio_for_every_network(capsys):
+    assert family_latency.main(["--model", "se_resnet20", "--size", "32", "--repeats", "2", "--warmup", "0",
+                                "--clock", "cpu"]) == 0
+    from senet.se import PRESETS, study_choices
+
+    out = capsys.readouterr().out.splitlines()
+    rows = [ln.split() for ln in out[2:]]
+    assert rows[0][:2] == ["plain", "ours"] and rows[0][3] == "1.000"
+    assert [r[0] for r in rows if r[1] == "ours"] == ["plain", *study_choices(PRESETS)]
+    assert len(rows) == 1 + len(study_choices(PRESETS)) + 7 and all(float(r[3]) > 0 for r in rows)
+
+
+def test_family_latency_refuses_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        family_latency.main(["--repeats", "0"])
+    assert "at least 1" in capsys.readouterr().err
+

@@ -1,4 +1,4 @@
-"""The channel-attention family (senet/family.py) checked against its sources.
+"""The channel-attention family (senet/family/) checked against its sources.
 
 Where timm 1.0.31 has the module (SE, ECA, CBAM, GC, GE-θ⁻), the suite's block with the same weights
 gives timm's output: bit for bit where the operations are the same. The suite's pooled FCs run as
@@ -18,6 +18,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from timm.layers.cbam import CbamModule
 from timm.layers.coord_attn import CoordAttn
 from timm.layers.eca import EcaModule
@@ -36,6 +37,7 @@ from senet.models import build_model, se_modules
 from senet.models.blocks import BasicBlock, Bottleneck
 from senet.models.resnet import ResNet
 from senet.se import PRESETS, SEConfig, SqueezeExcitation, hidden_width
+from senet.stages import StagesFrom, parse_stages, resolve_stages
 from tests.test_se import _forward_backward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -208,6 +210,97 @@ def test_ge_theta_minus_equals_timm_gather_excite():
         assert torch.equal(ours(U), U * torch.sigmoid(U.mean((2, 3), keepdim=True)))
 
 
+@pytest.fixture
+def fixed_gather_excite(monkeypatch):
+    """timm's ``GatherExcite`` as it was before ad57dce0 passed ``*dd`` for ``**dd`` (anchor §0.2):
+    in 1.0.31 any ``extra_params=True`` or ``use_mlp=True`` raises a TypeError. The three calls that
+    receive the stray positional (device, dtype) get them dropped; nothing else changes."""
+    import types
+
+    from timm.layers import gather_excite
+    from timm.layers.create_conv2d import create_conv2d
+    from timm.layers.mlp import ConvMlp
+
+    with pytest.raises(TypeError, match="multiple values"):  # the typo is still there: the patch is needed
+        gather_excite.GatherExcite(C, extra_params=True, use_mlp=False, extent=2)
+    monkeypatch.setattr(gather_excite, "create_conv2d", lambda cin, cout, *_, **kw: create_conv2d(cin, cout, **kw))
+    monkeypatch.setattr(gather_excite, "ConvMlp", lambda cin, hidden, *_, **kw: ConvMlp(cin, hidden, **kw))
+    patched_nn = types.SimpleNamespace(**vars(nn))
+    patched_nn.BatchNorm2d = lambda c, *_, **kw: nn.BatchNorm2d(c, **kw)
+    monkeypatch.setattr(gather_excite, "nn", patched_nn)
+    return gather_excite.GatherExcite
+
+
+def _ge_names(ours: nn.Module) -> dict[str, str]:
+    return {k: k.replace("squeeze.gather.", "gather.").replace("excitation.", "mlp.") for k in ours.state_dict()}
+
+
+@pytest.mark.parametrize("extent", [2, 4, 8])
+@pytest.mark.parametrize("size", [(14, 10), (7, 5)])
+def test_ge_theta_equals_timms_gather_excite_bit_for_bit(fixed_gather_excite, extent, size):
+    """GE-θ with extent e: log2(e) × [depthwise 3×3 s2 + BN], ReLU between, sigmoid of the gathered
+    map upsampled (nearest) to H × W, ×U; 11C·log2(e) parameters (anchor §2)."""
+    ours = _randomize(_se("ge_theta", extent=extent))
+    theirs = fixed_gather_excite(C, extra_params=True, use_mlp=False, extent=extent).eval()
+    _load(ours, theirs, _ge_names(ours))
+    x = torch.randn(2, C, *size)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    assert sum(p.numel() for p in ours.parameters()) == 11 * C * int(math.log2(extent))
+
+
+@pytest.mark.parametrize("extent", [2, 8])
+def test_ge_theta_plus_is_timms_with_the_official_relu_after_the_gather(fixed_gather_excite, extent):
+    """GE-θ⁺: the gather, a ReLU (the official RN50-GEPP; timm has none), SE's MLP C → C/16 → C
+    with biases on the gathered map, sigmoid, ×U. Without the ReLU (squeeze gather) it is timm's θ⁺."""
+    x = torch.randn(2, C, 14, 10)
+    for squeeze, relu in (("gather", False), ("gather_relu", True)):
+        ours = _randomize(_se("ge_theta_plus", extent=extent, squeeze=squeeze))
+        theirs = fixed_gather_excite(C, extra_params=True, use_mlp=True, extent=extent).eval()
+        if relu:
+            theirs.gather.add_module("act", nn.ReLU())
+        _load(ours, theirs, _ge_names(ours))
+        with torch.no_grad():
+            assert torch.equal(ours(x), theirs(x)), squeeze
+    h = C // 16
+    assert sum(p.numel() for p in ours.parameters()) == 11 * C * int(math.log2(extent)) + 2 * C * h + h + C
+
+
+@pytest.mark.parametrize("preset", ["ge_theta", "ge_theta_plus"])
+def test_global_ge_theta_is_gnets_unpadded_depthwise_conv_over_the_map(preset):
+    """GENet's RN50-GEP(P): an H×W depthwise conv without padding or bias (one output per channel),
+    BN, [ReLU and the MLP for θ⁺], sigmoid, ×U (timm's "global" conv is padded: anchor §0.3);
+    C·N + 2C parameters, θ⁺ adds 2Ch + h + C. Other map sizes are refused in one line."""
+    ours = _randomize(SEConfig.from_preset(preset, extent=0, kernel="7").plan().build(C, stage=2))
+    gather, bn = ours.squeeze.gather.conv1, ours.squeeze.gather.norm1
+    x = torch.randn(2, C, 7, 7)
+    with torch.no_grad():
+        y = F.batch_norm(F.conv2d(x, gather.weight, groups=C), bn.running_mean, bn.running_var, bn.weight,
+                         bn.bias, eps=bn.eps).flatten(1)
+        if preset == "ge_theta_plus":
+            fc1, fc2 = ours.excitation.fc1, ours.excitation.fc2
+            y = F.linear(torch.relu(F.linear(torch.relu(y), fc1.weight.flatten(1), fc1.bias)),
+                         fc2.weight.flatten(1), fc2.bias)
+        assert torch.equal(ours(x), x * torch.sigmoid(y).view(2, C, 1, 1))
+        with pytest.raises(UserValueError, match="built for 7×7 maps \\(se.kernel\\); this one is 8×8"):
+            ours(torch.randn(2, C, 8, 8))
+    h = C // 16
+    extra = 2 * C * h + h + C if preset == "ge_theta_plus" else 0
+    assert sum(p.numel() for p in ours.parameters()) == C * 49 + 2 * C + extra
+
+
+def test_ge_theta_options_are_checked_in_one_line():
+    with pytest.raises(UserValueError, match="needs se.extent: a power of 2 >= 2 .* got 3"):
+        SEConfig.from_preset("ge_theta", extent=3)
+    with pytest.raises(UserValueError, match="give its side per stage in se.kernel"):
+        SEConfig.from_preset("ge_theta", extent=0)
+    with pytest.raises(UserValueError, match="se.extent does not apply to excitation 'fc' with squeeze 'avg'"):
+        SEConfig(extent=2)
+    with pytest.raises(UserValueError, match="must be odd for excitation 'eca'"):
+        SEConfig.from_preset("eca", kernel="3,4")
+    assert not PRESETS.info("ge_theta").study and not PRESETS.info("ge_theta_plus").study  # variants of ge
+
+
 # --------------------------------------------------------------------------------------------
 # Against the official implementations' formulas (modules timm lacks)
 # --------------------------------------------------------------------------------------------
@@ -298,11 +391,15 @@ R50_PARAMS = [
     ("eca", {"kernel": "3,5,5,7"}, R50_PLAIN + 80),  # ECA-Net50's released k
     ("cbam", {}, 28_073_576),
     ("srm", {}, 25_617_448),
-    ("gc", {"stages": "3,4,5"}, 28_078_773),  # GCNet's ResNet-50: r = 16 in c3-c5
-    ("gc", {}, 28_105_032),
+    ("gc", {}, 28_078_773),  # GCNet's ResNet-50: r = 16 in c3-c5, the preset's se.stages 3+
+    ("gc", {"stages": "3,4,5"}, 28_078_773),  # the suite numbers stages as the paper: 2 = conv2_x
+    ("gc", {"stages": "all"}, 28_105_032),  # all 16 blocks (anchor §2)
     ("ge", {}, R50_PLAIN),
     ("simam", {}, R50_PLAIN),
     ("fca", {}, 28_071_976),  # = SE without biases
+    ("ge_theta", {"extent": 0, "kernel": "56,28,14,7"}, 31_106_600),  # global GE-θ: C·N + 2C per block
+    ("ge_theta_plus", {"extent": 0, "kernel": "56,28,14,7"}, 33_637_592),  # + SE's MLP with biases
+    ("ge_theta", {}, R50_PLAIN + 11 * 3 * (3 * 256 + 4 * 512 + 6 * 1024 + 3 * 2048)),  # extent 8: 33C
     # SK in place of each 3×3 conv + BN (no anchor figure): + 9w² + 2w + 3wd + 2d, d = 8, 8, 16, 32
     ("sk", {}, R50_PLAIN + sum(n * (9 * w * w + 2 * w + 3 * w * d + 2 * d) for n, w, d in
                                ((3, 64, 8), (4, 128, 8), (6, 256, 16), (3, 512, 32)))),
@@ -339,6 +436,10 @@ BLOCK_FLOPS = {  # anchor §2, C = 64, h = 4, N = H·W
     "simam": 5 * C * N,
     "gc": C * N + C * N + 2 * C * 4 + C * N,
     "fca": C * N + 2 * C * 4 + C * N,
+    # extent 8 on 7×5: depthwise 3×3 s2 convs to 4×3, 2×2, 1×1 (9C each output) [FCM] + C·N;
+    # θ⁺ adds the MLP on the 1×1 gathered map (2Ch)
+    "ge_theta": 9 * C * (12 + 4 + 1) + C * N,
+    "ge_theta_plus": 9 * C * (12 + 4 + 1) + 2 * C * 4 + C * N,
     "ca": 2 * C * N + 2 * (H + W) * C * 8 + 2 * C * N,
 }
 
@@ -389,9 +490,9 @@ def test_se_preset_key_expands_to_the_modules_keys_and_explicit_keys_win():
 def test_new_keys_left_unset_keep_se_and_its_config_id():
     from senet.records.trial_index import config_id
     flat = config.flatten(config.Config())
-    assert all(flat[f"se.{k}"] is None for k in ("rounding", "combine", "spatial", "kernel", "lam"))
-    old = {k: v for k, v in flat.items() if k.removeprefix("se.") not in ("rounding", "combine", "spatial",
-                                                                             "kernel", "lam")}
+    new = ("rounding", "combine", "spatial", "kernel", "lam", "conv", "extent")
+    assert all(flat[f"se.{k}"] is None for k in new)
+    old = {k: v for k, v in flat.items() if k.removeprefix("se.") not in new}
     assert config_id(old) == config_id(flat)
 
 
@@ -416,6 +517,82 @@ def test_each_preset_builds_on_every_family_or_says_why_not_in_one_line(preset, 
     if size and name in ("se_resnet18", "se_wrn16_8", "se_inception_small"):
         with torch.no_grad():
             assert model.eval()(torch.randn(2, 3, size, size)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name,stages", [("se_resnet50", {3, 4, 5}), ("se_resnet20", {3, 4}),
+                                         ("se_inception_small", {3, 4, 5})])
+def test_gc_preset_is_gcnets_c3_to_c5_and_every_stage_after_the_first_elsewhere(name, stages):
+    assert SEConfig.from_preset("gc").stages == "3+"
+    with torch.device("meta"):
+        model = build_model(name, se=SEConfig.from_preset("gc"))
+    assert {int(n.split("_")[1]) for n in se_modules(model)} == stages
+
+
+def test_stages_from_n_on():
+    assert parse_stages("3+") == parse_stages(" 3 + ") == StagesFrom(3)
+    assert resolve_stages(parse_stages("3+"), (2, 3, 4, 5)) == {3, 4, 5}
+    assert resolve_stages(parse_stages("2+"), (2, 3, 4)) == {2, 3, 4}
+    with pytest.raises(UserValueError, match=r"se.stages 6\+ names no stage of this network; its stages are 2, 3, 4, 5"):
+        build_model("se_resnet50", se=SEConfig(stages="6+"))
+    with pytest.raises(UserValueError, match="'N\\+' \\(stage N and later\\)"):
+        SEConfig(stages="3++")
+
+
+#: GCT before every convolution of ResNet-50's bottlenecks (the official GCT-ResNet-50: conv1,
+#: conv2, conv3 and the projection shortcut; its stem's GCT(3), 9 parameters, is outside the stages):
+#: Σ over blocks of 3 × (C_in + w + w [+ C_in with a projection]) = 3 × 22,528.
+R50_GCT_EVERY_CONV = R50_PLAIN + 3 * sum(
+    (cin + 2 * w + cin) + (n - 1) * (4 * w + 2 * w)
+    for cin, w, n in ((64, 64, 3), (256, 128, 4), (512, 256, 6), (1024, 512, 3)))
+
+
+def test_gct_before_every_conv_counts_the_official_resnet50s_modules():
+    assert R50_GCT_EVERY_CONV == R50_PLAIN + 67_584
+    model = build_model("se_resnet50", se=SEConfig.from_preset("gct", placement="every_conv"))
+    assert sum(p.numel() for p in model.parameters()) == R50_GCT_EVERY_CONV
+    names = list(se_modules(model))
+    assert names[:4] == ["SE_2_1_conv1", "SE_2_1_conv2", "SE_2_1_conv3", "SE_2_1_downsample"]
+    assert len(names) == 16 * 3 + 4  # three per bottleneck, one per projection shortcut
+
+
+@pytest.mark.parametrize("block,convs", [(Bottleneck, ("conv1", "conv2", "conv3")), (BasicBlock, ("conv1", "conv2"))])
+def test_gct_every_conv_sits_before_each_conv_and_the_shortcuts(block, convs):
+    net = ResNet(block, (1,), (4,), stem_width=8, num_classes=3,
+                 se=SEConfig.from_preset("gct", placement="every_conv").plan())
+    b = _randomize(net).layer1[0]
+    assert set(b.se) == {*convs, "downsample"}
+    seen = {}
+    for name in (*convs, "downsample"):
+        conv = b.downsample[0] if name == "downsample" else getattr(b, name)
+        conv.register_forward_pre_hook(lambda m, i, name=name: seen.update({f"{name}_in": i[0]}))
+        b.se[name].register_forward_hook(lambda m, i, o, name=name: seen.update({f"{name}_gct": o}))
+    with torch.no_grad():
+        b(torch.randn(2, 8, 6, 6))
+    for name in (*convs, "downsample"):
+        assert seen[f"{name}_in"] is seen[f"{name}_gct"], name
+
+
+def test_gct_every_conv_trains_fuses_and_counts_on_resnet20_and_refuses_preact_blocks_in_one_line():
+    se = SEConfig.from_preset("gct", placement="every_conv")
+    model = build_model("se_resnet20", num_classes=3, se=se)
+    assert len(se_modules(model)) == 9 * 2  # option-A shortcuts hold no convolution
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedWorkWarning)
+        c = complexity(model, 16)
+    # 3C before conv1 (C_in) and conv2 (w): 3 × Σ (C_in + w) over the blocks of stages 16, 32, 64
+    assert c.se_params == 3 * (3 * 32 + (48 + 2 * 64) + (96 + 2 * 128)) == sum(r.se_params for r in c.blocks)
+    assert c.se_flops == sum(r.se_flops for r in c.blocks) > 0
+    torch.manual_seed(0)
+    net = ResNet(BasicBlock, (1, 1), (16, 32), stem="cifar", stem_width=16, num_classes=3, se=se.plan())
+    assert _forward_backward(net, 6).shape == (2, 3)
+    hooked = copy.deepcopy(net.double())
+    for m in se_modules(hooked).values():
+        m.register_forward_hook(lambda m, i, o: None)
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(net.eval()(x), hooked.eval()(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(UserValueError, match="placement 'every_conv' does not apply to PreActBasicBlock") as e:
+        build_model("se_wrn16_8", se=se)
+    assert "\n" not in str(e.value)
 
 
 def test_simam_sits_after_conv2_before_bn2():

@@ -8,6 +8,9 @@ hands each block the :class:`~senet.se.SEPlan` of its stage (:func:`se_by_stage`
 Sites, in the order a block's forward reaches them:
 
 ``branch_in``   start of the residual branch (SE-PRE)
+``convs``       before every convolution of the block, the shortcut's too (GCT's paper site; basic
+                and bottleneck blocks only): one module per convolution, ``block.se`` a ModuleDict
+                keyed by the convolution's name, each module named ``SE_<stage>_<block>_<conv>``
 ``pre_bn2``     after the 3×3 convolution, before its BN (SimAM; basic and bottleneck blocks only)
 ``inner``       after the 3×3 convolution (+BN, ReLU) inside the branch (Table 15)
 ``branch_out``  end of the residual branch, after its last BN, before the addition (standard SE)
@@ -58,7 +61,10 @@ class SESlot(nn.Module):
                 f"choose one of: {', '.join(allowed)}"
             )
 
-    def _init_se(self, se: SEPlan | None, widths: dict[str, int], stage: int, index: int) -> None:
+    def _init_se(self, se: SEPlan | None, widths: dict[str, int], stage: int, index: int,
+                 convs: dict[str, int] | None = None) -> None:
+        """``widths``: the channels at each placement's tensor; ``convs``: the input channels of each
+        convolution of the block by its attribute name (the ``convs`` site's modules)."""
         self.stage, self.index = stage, index
         self.placement = "standard" if se is None else se.placement
         if se is None:
@@ -69,7 +75,13 @@ class SESlot(nn.Module):
             raise UserValueError(f"se.conv replaces the 3×3 conv of basic and bottleneck blocks; "
                                  f"{type(self).__name__} blocks have none to replace")
         self.check_placement(se.placement)
-        self.se = se.build(widths[se.channels], stage)
+        if se.site == "convs" and se.conv is None:  # one module per convolution (GCT's site)
+            self.se = nn.ModuleDict({k: se.build(c, stage) for k, c in (convs or {}).items()})
+            self.se_site = "convs"
+            for k, m in self.se.items():
+                m.block_name = f"SE_{stage}_{index}_{k}"
+            return
+        self.se = se.build(widths.get(se.channels, 0), stage)
         self.se_site = se.site if self.se is not None else ""
         if self.se is None:
             return
@@ -78,6 +90,15 @@ class SESlot(nn.Module):
 
     def _at(self, site: str, x: torch.Tensor) -> torch.Tensor:
         return self.se(x) if self.se_site == site else x
+
+    def _before(self, conv: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` through the module placed before convolution ``conv`` (the ``convs`` site), if any."""
+        return self.se[conv](x) if self.se_site == "convs" and conv in self.se else x
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is None:
+            return x
+        return self.downsample(self._before("downsample", x))
 
     def _add(self, branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """The residual addition, with an SE at ``branch_out`` or ``shortcut`` applied on the way."""
@@ -104,6 +125,12 @@ class SESlot(nn.Module):
         if site not in ("branch_out", "shortcut") and owns_output(bn):
             return add_into(bn(conv(v)), shortcut)
         return self._add(bn(conv(v)), shortcut)
+
+
+def _shortcut_conv(downsample: nn.Module | None, inplanes: int) -> dict[str, int]:
+    """``{"downsample": C_in}`` where the shortcut holds a convolution (not the parameter-free pad)."""
+    has_conv = downsample is not None and any(isinstance(m, nn.Conv2d) for m in downsample.modules())
+    return {"downsample": inplanes} if has_conv else {}
 
 
 def se_by_stage(se: SEPlan | None, stages: tuple[int, ...], block: type[SESlot]) -> dict[int, SEPlan | None]:
@@ -152,7 +179,7 @@ class BasicBlock(SESlot):
     """Two 3×3 convs (He et al. 2016), torchvision's parameter names."""
 
     expansion = 1
-    sites = (*SESlot.sites, "pre_bn2")
+    sites = (*SESlot.sites, "pre_bn2", "convs")
     conv_slot = True
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
@@ -166,18 +193,18 @@ class BasicBlock(SESlot):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self._init_se(se, {"in": inplanes, "inner": planes, "out": planes},
-                      stage, index)
+        self._init_se(se, {"in": inplanes, "inner": planes, "out": planes}, stage, index,
+                      convs={"conv1": inplanes, "conv2": planes, **_shortcut_conv(downsample, inplanes)})
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self._shortcut(x)
         out = self._at("branch_in", x)
-        out = self.relu(self.bn1(self.conv1(out)))
+        out = self.relu(self.bn1(self.conv1(self._before("conv1", out))))
         out = self._at("inner", out)
         if self.se_site == "pre_bn2":
             out = self._add(self.bn2(self.se(self.conv2(out))), identity)
         else:
-            out = self._add_bn(self.conv2, self.bn2, out, identity)
+            out = self._add_bn(self.conv2, self.bn2, self._before("conv2", out), identity)
         return self._at("block_out", self.relu(out))
 
 
@@ -186,7 +213,7 @@ class Bottleneck(SESlot):
     Caffe models, "ResNet v1") rather than the 3×3 (torchvision's "v1.5")."""
 
     expansion = 4
-    sites = (*SESlot.sites, "pre_bn2")
+    sites = (*SESlot.sites, "pre_bn2", "convs")
     conv_slot = True
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, se: SEPlan | None = None,
@@ -204,15 +231,17 @@ class Bottleneck(SESlot):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self._init_se(se, {"in": inplanes, "inner": width, "out": planes * self.expansion}, stage, index)
+        self._init_se(se, {"in": inplanes, "inner": width, "out": planes * self.expansion}, stage, index,
+                      convs={"conv1": inplanes, "conv2": width, "conv3": width,
+                             **_shortcut_conv(downsample, inplanes)})
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self._shortcut(x)
         out = self._at("branch_in", x)
-        out = self.relu(self.bn1(self.conv1(out)))
-        out = self.relu(self.bn2(self._at("pre_bn2", self.conv2(out))))
+        out = self.relu(self.bn1(self.conv1(self._before("conv1", out))))
+        out = self.relu(self.bn2(self._at("pre_bn2", self.conv2(self._before("conv2", out)))))
         out = self._at("inner", out)
-        out = self._add_bn(self.conv3, self.bn3, out, identity)
+        out = self._add_bn(self.conv3, self.bn3, self._before("conv3", out), identity)
         return self._at("block_out", self.relu(out))
 
 

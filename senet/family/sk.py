@@ -1,46 +1,16 @@
-"""The attention family's parts that act on a block rather than on its channel descriptor: spatial
-stages applied after the channel stage (``se.spatial``: CBAM's) and convolutions that replace a
-block's 3×3 conv (``se.conv``: SKNet's selective kernel). Registered here; the presets that use
-them are in :mod:`senet.family`."""
+"""SKNet (Li et al.): a selective-kernel convolution in place of the 3×3 conv + BN + ReLU of basic
+and bottleneck blocks (``se.conv sk``), no SE block. d = C/16 rounded to 8s by the 0.9 rule, as timm
+does; SKNet-50 (ResNeXt-50 32×4d, d = max(C/16, 32)) is ``--se.divisor 32`` on se_resnext50_32x4d.
+Not here yet: timm's split input from the config (the module takes ``split_input``; ``se.conv sk``
+builds the paper's unsplit paths), and SK together with an SE module on the block."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .registry import Registry
-from .slots import ChoiceInfo
-
-#: Stages applied after the channel stage (``se.spatial``).
-SPATIALS: Registry = Registry("spatial stage", ChoiceInfo)
+from ..slots import CONVS, PRESETS
 
 
-# --------------------------------------------------------------------------------------------
-# Spatial stages
-# --------------------------------------------------------------------------------------------
-class CBAMSpatial(nn.Module):
-    """CBAM's spatial attention: mean and max over the channels (timm's order), a 7×7 conv 2 → 1
-    without bias, BN, sigmoid, ×U. Parameters: 2k² + 2."""
-
-    def __init__(self, kernel: int = 7):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(1)
-        self.gate = nn.Sigmoid()
-
-    def forward(self, x):
-        s = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * self.gate(self.bn(self.conv(s)))
-
-    def extra_flops(self, inputs, out):
-        return 3 * out.numel()  # pooling over C (mean and max: 2 per element), the scaling
-
-
-SPATIALS.add("cbam", CBAMSpatial)
-
-
-# --------------------------------------------------------------------------------------------
-# Convolutions that replace a block's 3×3 conv (``se.conv``)
-# --------------------------------------------------------------------------------------------
 class _ConvBNReLU(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, dilation: int, groups: int):
         super().__init__()
@@ -98,7 +68,5 @@ class SelectiveKernelConv(nn.Module):
         return (m - 1) * n + n + m * n + (m - 1) * n  # Σ paths, GAP, weighting, Σ weighted
 
 
-#: A convolution that replaces the 3×3 conv (with its BN and ReLU) of basic and bottleneck blocks:
-#: ``build(cin, cout, stride, groups, hidden)``; the block then holds no SE module.
-CONVS: Registry = Registry("conv", ChoiceInfo)
 CONVS.add("sk", SelectiveKernelConv)
+PRESETS.add("sk", {"conv": "sk", "reduction": 16, "divisor": 8})
