@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ablations import store, studies, sweep
+from ablations import studies, sweep
 from ablations.collect import LIVE_S, STATUSES, collect
 from ablations.plan import Plan, SweepOptions, plan, reused_rows, study_meta, triage
 from analysis.study_results import checkpoint_path
 from senet import config
 from senet.cli import main
+from senet.records import trial_index as store
 from senet.records.recipe import recipe_hash
 from senet.records.study_file import record_launch
 
