@@ -214,10 +214,24 @@ def _final_json(recorded: str, study_dir: str | Path) -> Path | None:
     return checkpoint_file(checkpoint_path(recorded, study_dir)).parent / FINAL_JSON
 
 
+#: A study's kept weights (:mod:`analysis.weights`): ``<study>/weights/<arm>_seed<seed>.pt``, listed in its index.
+WEIGHTS, INDEX = "weights", "index.csv"
+
+
+def weights_file(study_dir: str | Path, arm: str, seed: int) -> Path:
+    return Path(study_dir) / WEIGHTS / f"{arm}_seed{int(seed)}.pt"
+
+
+def keeps_weights(study_dir: str | Path) -> bool:
+    """Whether the study keeps weights (its ``weights/index.csv`` exists)."""
+    return (Path(study_dir) / WEIGHTS / INDEX).is_file()
+
+
 def best_checkpoint(results: str | Path, study: str, *, preset: str | None = None,
                     experiment: str | None = None, recipe: str | None = None) -> tuple[str, dict]:
     """The checkpoint of the completed SE trial with the lowest *validation* top-1 error
-    (``best_val_top1_err``), of one recipe (:func:`select_recipe`), resolved against the study folder.
+    (``best_val_top1_err``), of one recipe (:func:`select_recipe`), resolved against the study folder;
+    where the study keeps weights, the best of the runs it keeps, read from them.
 
     The test set is never used to choose: a minimum over test evaluations is optimistically biased,
     and ``analyze --best`` then measures the chosen run on that same test set. A table without
@@ -235,6 +249,13 @@ def best_checkpoint(results: str | Path, study: str, *, preset: str | None = Non
         raise ReportInputError(f"study {study!r} records no validation error (best_val_top1_err), and the "
                                "best run is chosen on validation, never on test: re-run it with "
                                "data.val_fraction > 0")
-    row = ok.assign(_val=val).dropna(subset=["_val"]).sort_values("_val", kind="stable").iloc[0]
-    path = checkpoint_path(str(row["checkpoint"]), study_paths(results, study).dir)
+    study_dir = study_paths(results, study).dir
+    ok = ok.assign(_val=val).dropna(subset=["_val"])
+    if keeps_weights(study_dir):  # a clone has the kept weights only: choose among them
+        ok = ok[[weights_file(study_dir, a, s).is_file() for a, s in zip(ok["arm"], ok["seed"], strict=True)]]
+        if ok.empty:
+            raise ReportInputError(f"study {study!r} keeps weights, but of no completed SE trial with a validation error")
+    row = ok.sort_values("_val", kind="stable").iloc[0]
+    path = (weights_file(study_dir, row["arm"], row["seed"]) if keeps_weights(study_dir)
+            else checkpoint_path(str(row["checkpoint"]), study_dir))
     return str(path), row.drop(labels="_val").to_dict()

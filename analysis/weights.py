@@ -18,21 +18,18 @@ import pandas as pd
 
 from senet.errors import UserError
 
-from .study_results import checkpoint_file, checkpoint_path, completed
+from .study_results import (
+    INDEX,
+    WEIGHTS,
+    checkpoint_file,
+    checkpoint_path,
+    completed,
+    keeps_weights,
+    weights_file,
+)
 
-WEIGHTS = "weights"
-INDEX = "index.csv"
 #: Checkpoint entries that resume training and are not needed to evaluate the network.
 TRAINING_STATE = ("optimizer", "schedule", "rng")
-
-
-def weights_file(study_dir: str | Path, arm: str, seed: int) -> Path:
-    return Path(study_dir) / WEIGHTS / f"{arm}_seed{int(seed)}.pt"
-
-
-def keeps_weights(study_dir: str | Path) -> bool:
-    """Whether the study keeps weights (its ``weights/index.csv`` exists)."""
-    return (Path(study_dir) / WEIGHTS / INDEX).is_file()
 
 
 def run_weights(row, study_dir: str | Path) -> Path | None:

@@ -76,6 +76,10 @@ def test_weights_are_kept_without_training_state_and_read_after_the_trials_are_g
     shutil.rmtree(d / "ray")  # a clone: the trial folders are not committed
     model, cfg, _ = load_model(d / "weights" / "sigmoid_seed1.pt")
     assert cfg.se.gate == "sigmoid" and cfg.seed == 1
+    from analysis.study_results import best_checkpoint
+
+    path, row = best_checkpoint(res, "gate")  # `senet analyze --best` in a clone: among the kept runs
+    assert path == str(d / "weights" / "sigmoid_seed1.pt") and row["seed"] == 1
     assert main(["gates", "--results", res, "--device", "cpu", "--figure-images", "8"]) == 0
     md = (d / "gates" / "gates.md").read_text()
     assert "| sigmoid | sigmoid | 1 | 40.00 | 51.00 |" in md and "sigmoid_seed1.pt" in md  # best on validation
