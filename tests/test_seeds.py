@@ -196,3 +196,13 @@ def test_over_seeds_and_the_removal_figure_show_each_seed(tmp_path):
     np.testing.assert_allclose(dots[1], deltas)  # the last stage: one dot per seed, on its own scale
     whisker = [ln for ln in ax.lines if len(ln.get_xdata()) == 2 and ln.get_xdata()[0] == ln.get_xdata()[1] == 1]
     assert whisker and tuple(whisker[0].get_ydata()) == pytest.approx((lo[-1], hi[-1]))
+
+
+def test_every_kept_network_of_the_published_results_is_in_the_checkout():
+    """results/<study>/weights/index.csv lists only files a clone has (the figures read them)."""
+    from pathlib import Path
+
+    indexes = sorted((Path(__file__).resolve().parents[1] / "results").glob("*/weights/index.csv"))
+    for index in indexes:
+        files = pd.read_csv(index)["file"]
+        assert len(files) and all((index.parent / f).is_file() for f in files), index
