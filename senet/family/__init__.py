@@ -25,7 +25,7 @@ from ..slots import CONVS, PRESETS, SPATIALS
 
 #: The papers' modules in the order their presets are listed (the family study's arm order); a file
 #: not named here is imported after them, in alphabetical order.
-ORDER = ("se", "eca", "cbam", "ge", "srm", "gct", "simam", "fca", "ca", "sk", "gc")
+ORDER = ("se_block", "eca", "cbam", "ge", "srm", "gct", "simam", "fca", "ca", "sk", "gc")
 
 
 def _import_modules() -> None:
