@@ -28,6 +28,16 @@ def study_options(p, lead: str, keys=("preset", *RECIPE_CHOICE), results: str = 
             p.add_argument(f"--{k}", default=None, help=f"{lead} {RECIPE_CHOICE[k]}")
 
 
+def swept_study(results: str, study: str):
+    """The study's paths, refused in one line when it has no runs.parquet yet."""
+    from senet.records.layout import study_paths
+
+    paths = study_paths(results, study)
+    if not paths.runs_parquet.is_file():
+        raise UserError(f"no {paths.runs_parquet}: sweep the {study} study first")
+    return paths
+
+
 def split_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -282,14 +292,10 @@ class WeightsCommand(AnalysisCommand):
         p.add_argument("--every", default="", help="arms whose every run is kept, as a,b")
 
     def run(self, args, overrides):
-        from senet.records.layout import study_paths
-
         from .study_results import load_recipe
         from .weights import keep
 
-        paths = study_paths(args.results, args.study)
-        if not paths.runs_parquet.is_file():
-            raise UserError(f"no {paths.runs_parquet}: sweep the {args.study} study first")
+        paths = swept_study(args.results, args.study)
         runs, _ = load_recipe(paths.results, paths.study, preset=args.preset, experiment=args.experiment,
                               recipe=args.recipe)
         best = list(dict.fromkeys(runs["arm"])) if args.best == "all" else split_list(args.best)
@@ -318,15 +324,11 @@ class AnalyzeSeedsCommand(AnalysisCommand):
         p.add_argument("--no-progress", action="store_true")
 
     def run(self, args, overrides):
-        from senet.records.layout import study_paths
-
         from .seeds import analyze_seeds
 
         if args.max_images < 0 or args.batch_size < 1:
             raise UserError("--max-images must be >= 0, --batch-size >= 1")
-        paths = study_paths(args.results, args.study)
-        if not paths.runs_parquet.is_file():
-            raise UserError(f"no {paths.runs_parquet}: sweep the {args.study} study first")
+        paths = swept_study(args.results, args.study)
         res = analyze_seeds(paths.dir, args.out, arm=args.arm, max_images=args.max_images,
                             batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
                             preset=args.preset, experiment=args.experiment, recipe=args.recipe)

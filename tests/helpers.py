@@ -90,3 +90,23 @@ def gate_arms() -> int:
     from ablations.studies import STUDIES
 
     return len(STUDIES.get("gate").arms)
+
+
+def train_tiny_se20(out: Path, gate: str, seed: int = 0) -> Path:
+    """A run folder of SE-ResNet-20 with ``gate`` trained one epoch on a small synthetic set, on one
+    torch thread (restored afterwards)."""
+    import torch
+
+    from senet.config import from_flat
+    from senet.train import fit
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(from_flat({"model.name": "se_resnet20", "se.gate": gate, "data.name": "synthetic",
+                       "data.synthetic_train": 64, "data.synthetic_test": 40, "data.val_fraction": 0.25,
+                       "optim.batch_size": 32, "optim.epochs": 1, "run.threads": 1, "run.progress": False,
+                       "run.device": "cpu", "seed": seed, "run.out": str(out)}))
+    finally:
+        torch.set_num_threads(n)
+    return out

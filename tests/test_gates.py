@@ -15,8 +15,8 @@ from analysis.gates_render import stage_summary
 from senet import se_modules
 from senet.checkpoint import load_model
 from senet.cli import main
-from senet.config import from_flat
 from senet.data import load_datasets, normalize
+from tests.helpers import train_tiny_se20
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,19 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Run folders of a sigmoid and a tanh SE-ResNet-20 trained one epoch on the same synthetic data."""
-    from senet.train import fit
-
     root = tmp_path_factory.mktemp("gates")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for gate in ("sigmoid", "tanh"):
-            fit(from_flat({"model.name": "se_resnet20", "se.gate": gate, "data.name": "synthetic",
-                           "data.synthetic_train": 64, "data.synthetic_test": 40, "data.val_fraction": 0.25,
-                           "optim.batch_size": 32, "optim.epochs": 1, "run.threads": 1, "run.progress": False,
-                           "run.device": "cpu", "seed": 0, "run.out": str(root / gate)}))
-    finally:
-        torch.set_num_threads(n)
+    for gate in ("sigmoid", "tanh"):
+        train_tiny_se20(root / gate, gate)
     return root
 
 

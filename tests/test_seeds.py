@@ -15,8 +15,8 @@ from analysis.findings import evaluate_findings as evaluate
 from analysis.seeds_render import last_stage_removal, over_seeds, per_seed_rho, removal_figure
 from senet.checkpoint import load_checkpoint, load_model
 from senet.cli import main
-from senet.config import from_flat
 from senet.sequential import Design, running_cs
+from tests.helpers import train_tiny_se20
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SEEDS = (0, 1, 2)
@@ -25,19 +25,9 @@ SEEDS = (0, 1, 2)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Run folders of sigmoid SE-ResNet-20s (seeds 0-2) and one tanh, one epoch on synthetic data."""
-    from senet.train import fit
-
     root = tmp_path_factory.mktemp("seeds")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for gate, seed in [("sigmoid", s) for s in SEEDS] + [("tanh", 0)]:
-            fit(from_flat({"model.name": "se_resnet20", "se.gate": gate, "data.name": "synthetic",
-                           "data.synthetic_train": 64, "data.synthetic_test": 40, "data.val_fraction": 0.25,
-                           "optim.batch_size": 32, "optim.epochs": 1, "run.threads": 1, "run.progress": False,
-                           "run.device": "cpu", "seed": seed, "run.out": str(root / f"{gate}_{seed}")}))
-    finally:
-        torch.set_num_threads(n)
+    for gate, seed in [("sigmoid", s) for s in SEEDS] + [("tanh", 0)]:
+        train_tiny_se20(root / f"{gate}_{seed}", gate, seed)
     return root
 
 
