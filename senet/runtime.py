@@ -84,12 +84,17 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 
-#: What emulated bf16 costs. Measured on this suite's 2-core AMD EPYC with oneDNN held below its
-#: bf16 instructions (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI python benchmarks/bench.py --quick --only
-#: train``, one thread): an SE-ResNet-20 training step ran at 181 img/s in bf16 and 341 in fp32 (571
-#: and 309 with the native instructions). A CPU without AVX-512 at all was not measured.
-EMULATED_BF16 = ("about 1.9x slower than fp32 (an SE-ResNet-20 training step: 181 img/s in bf16 against 341 "
-                 "in fp32 on an AVX-512 core without BF16)")
+#: What emulated bf16 costs, by whether the CPU has AVX-512 (``avx512f``): an SE-ResNet-20 training
+#: step, one thread, ``python benchmarks/bench.py --quick --only train``. With AVX-512 (this suite's
+#: 2-core AMD EPYC with oneDNN held below its bf16 instructions, ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``):
+#: 181 img/s in bf16 and 341 in fp32 (571 and 309 with the native instructions). With AVX2 only (a
+#: 2-core AMD EPYC without AVX-512): 22 img/s in bf16 and 235 in fp32.
+EMULATED_BF16 = {
+    True: "about 1.9x slower than fp32 (an SE-ResNet-20 training step: 181 img/s in bf16 against 341 in fp32 "
+          "on an AVX-512 core without BF16)",
+    False: "about 11x slower than fp32 (an SE-ResNet-20 training step: 22 img/s in bf16 against 235 in fp32 "
+           "on an AVX2 core without AVX-512)",
+}
 
 
 def cpu_device(device: str) -> bool:
@@ -105,7 +110,7 @@ def emulated_bf16_note(precision: str, device: str, source: str = "this run") ->
     if precision != "bf16" or not cpu_device(device) or cpu_has_native_bf16():
         return None
     return (f"note: this CPU has no native bf16 (AVX512-BF16/AMX); {source} trains in bf16, emulated "
-            f"here: {EMULATED_BF16}; --run.precision fp32 is faster here but a separate recipe "
+            f"here: {EMULATED_BF16['avx512f' in cpu_flags()]}; --run.precision fp32 is faster here but a separate recipe "
             "(results trained in bf16 do not count for it)")
 
 

@@ -54,6 +54,14 @@ def _dry(capsys, results: Path, *argv: str) -> tuple[str, str]:
     return cap.out, cap.err
 
 
+@pytest.mark.parametrize("flags, ratio", [({"avx2", "avx512f"}, "1.9x"), ({"avx2"}, "11x")])
+def test_the_note_gives_the_cost_measured_on_this_kind_of_cpu(monkeypatch, flags, ratio):
+    """Emulated bf16 costs about 2x on an AVX-512 core and about 11x on one with AVX2 only."""
+    monkeypatch.setenv(runtime.BF16_ENV, "0")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
+    assert f"about {ratio} slower than fp32" in runtime.emulated_bf16_note("bf16", "cpu")
+
+
 @pytest.mark.parametrize("native", ["0", "1"])
 def test_one_more_seed_of_the_published_gate_study_trains_only_that_seed(native, monkeypatch, capsys, results):
     monkeypatch.setenv(runtime.BF16_ENV, native)
