@@ -406,7 +406,7 @@ R50_PARAMS = [
     # CA (no ResNet-50 figure in the anchor): 3Cm + 2m per block, m = make_divisible(C/24, 8, 0) = 8, 24, 40, 88
     ("ca", {}, R50_PLAIN + sum(n * (3 * c * m + 2 * m) for n, c, m in
                                ((3, 256, 8), (4, 512, 24), (6, 1024, 40), (3, 2048, 88)))),
-    ("gct", {}, R50_PLAIN + 3 * (64 * 3 + 128 * 4 + 256 * 6 + 512 * 3)),  # 3C before each conv3
+    ("gct_block", {}, R50_PLAIN + 3 * (64 * 3 + 128 * 4 + 256 * 6 + 512 * 3)),  # 3C before each conv3
 ]
 
 
@@ -433,6 +433,7 @@ BLOCK_FLOPS = {  # anchor §2, C = 64, h = 4, N = H·W
     "srm": 3 * C * N + 2 * C + C * N,
     "ge": C * N + C * N,
     "gct": C * N + 3 * C + C * N,
+    "gct_block": C * N + 3 * C + C * N,  # the same module, once per block
     "simam": 5 * C * N,
     "gc": C * N + C * N + 2 * C * 4 + C * N,
     "fca": C * N + 2 * C * 4 + C * N,
@@ -548,7 +549,7 @@ R50_GCT_EVERY_CONV = R50_PLAIN + 3 * sum(
 
 def test_gct_before_every_conv_counts_the_official_resnet50s_modules():
     assert R50_GCT_EVERY_CONV == R50_PLAIN + 67_584
-    model = build_model("se_resnet50", se=SEConfig.from_preset("gct", placement="every_conv"))
+    model = build_model("se_resnet50", se=SEConfig.from_preset("gct"))  # the preset is the paper's site
     assert sum(p.numel() for p in model.parameters()) == R50_GCT_EVERY_CONV
     names = list(se_modules(model))
     assert names[:4] == ["SE_2_1_conv1", "SE_2_1_conv2", "SE_2_1_conv3", "SE_2_1_downsample"]

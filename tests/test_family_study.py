@@ -77,14 +77,15 @@ def test_family_study_arms_have_their_modules_on_the_backbone():
     assert sum(isinstance(m, SelectiveKernelConv) for m in models["sk"].modules()) == 9
     assert {n.split("_")[1] for n in se_modules(models["gc"])} == {"3", "4"}  # 3+: all but the first stage
     assert SEConfig.from_preset("gc").plan().stages == StagesFrom(3)
-    assert all(len(se_modules(models[a])) == 9 for a in ("se", "eca", "cbam", "ge", "srm", "gct", "simam", "fca", "ca"))
+    assert all(len(se_modules(models[a])) == 9 for a in ("se", "eca", "cbam", "ge", "srm", "simam", "fca", "ca"))
+    assert len(se_modules(models["gct"])) == 9 * 2  # before each of a basic block's two convolutions
 
 
 def test_family_study_leaves_out_a_module_the_backbone_cannot_build():
-    """On a wide ResNet (pre-activation blocks) SimAM's site (before bn2) does not exist: that arm
-    is left out; every other module builds."""
+    """On a wide ResNet (pre-activation blocks) SimAM's site (before bn2) and GCT's (before every
+    convolution) do not exist: those arms are left out; every other module builds."""
     labels = [a.label for a in _arms("smoke", **{"model.name": "se_wrn16_8"})]
-    assert "simam" not in labels and "gct" in labels and labels[:2] == ["baseline", "se"]
+    assert "simam" not in labels and "gct" not in labels and "eca" in labels and labels[:2] == ["baseline", "se"]
     assert MODELS.get("se_wrn16_8").family == "wrn"
 
 
