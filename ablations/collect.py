@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -274,19 +275,8 @@ def _lost_note(paths: StudyPaths, table: pd.DataFrame) -> str:
             f"no committed copy): {names}" + (" ..." if len(lost) > 10 else ""))
 
 
-def collect(study: str, results: str | Path = "results", storage: str | Path | Storage | None = None,
-            out=None, ended: Iterable[str] = ()) -> pd.DataFrame:
-    """Merge the rows ``runs.parquet`` records with the trials of ``study`` in its storage (a
-    folder, or an object store's URI) into ``runs.parquet`` / ``runs.csv`` (see the module's
-    docstring); return the table.
-
-    ``ended``: experiments whose sweep is known to have stopped (the sweep collecting after its
-    launch), so their unfinished trials are ``interrupted``. Notes (a rebuilt table, and whether it
-    lost rows) go to ``out`` (default stderr).
-    """
-    out = out or sys.stderr
-    paths = study_paths(Path(results).expanduser().absolute(), study)
-    where = storage if isinstance(storage, Storage) else open_storage(storage, paths)
+def _trial_rows_of(study: str, paths: StudyPaths, where: Storage, ended: Iterable[str]) -> tuple[list[dict], Path]:
+    """The rows of every trial folder of ``study`` in its storage, and the storage's local root."""
     copy = refresh(where, study)
     root = where.local
     if not paths.dir.is_dir() and not root.is_dir():
@@ -297,11 +287,74 @@ def collect(study: str, results: str | Path = "results", storage: str | Path | S
     rows = [r for exp in experiments(root)
             for r in trial_rows(exp, paths, live=False if exp.name in ended else None, copy=copy)
             if r["study"] in (study, None)]
-    old, note = _recorded_rows(paths.runs_parquet)
+    return rows, root
+
+
+def _merged(old: pd.DataFrame | None, rows: list[dict], extra: Iterable[dict], paths: StudyPaths) -> pd.DataFrame:
+    extra = list(extra)  # copied rows count as recorded ones, as if written before the launch
+    if extra:
+        old = trial_index.merge(old, pd.DataFrame(extra))
     table = trial_index.merge(old, pd.DataFrame(rows))
     if "checkpoint" in table:  # rows recorded before checkpoints were stored relative
         table["checkpoint"] = [_recorded_checkpoint(c, trial_index.origin_study(o), paths)
                                for c, o in zip(table["checkpoint"], table["reused_from"], strict=True)]
+    return table
+
+
+def known_table(study: str, results: str | Path = "results", storage: str | Path | Storage | None = None
+                ) -> pd.DataFrame | None:
+    """What the study's record holds now, read only: the rows its table records merged with those
+    of its trial folders that the table lacks (a launch whose driver was killed before it collected
+    them); None when there is neither. A sweep plans from this and writes the table once, when its
+    launch ends (:func:`collect`); nothing is written here."""
+    paths = study_paths(Path(results).expanduser().absolute(), study)
+    where = storage if isinstance(storage, Storage) else open_storage(storage, paths)
+    try:
+        rows, _ = _trial_rows_of(study, paths, where, ())
+    except UserValueError:
+        return None
+    old, why = trial_index.read_table(paths.runs_parquet)
+    if why is not None:  # unreadable: what git holds (collect moves the damaged file aside and says so)
+        old = trial_index.committed_copy(paths.runs_parquet)
+    table = _merged(old, rows, (), paths)
+    return None if table.empty else table
+
+
+@dataclass(frozen=True)
+class StudyRows:
+    """A study's rows as :func:`known_table` reads them each time it is called: what a sequential
+    sweep's seed searcher knows (picklable, so a searcher restored after a SIGKILL reads them again)."""
+
+    study: str
+    results: Path
+    storage: Storage
+
+    @classmethod
+    def of(cls, p) -> StudyRows:
+        """The rows of a sweep's plan (:class:`ablations.plan.Plan`)."""
+        return cls(p.study.name, p.paths.results, p.tune_storage)
+
+    def __call__(self) -> pd.DataFrame | None:
+        return known_table(self.study, self.results, self.storage)
+
+
+def collect(study: str, results: str | Path = "results", storage: str | Path | Storage | None = None,
+            out=None, ended: Iterable[str] = (), extra: Iterable[dict] = ()) -> pd.DataFrame:
+    """Merge the rows ``runs.parquet`` records with the trials of ``study`` in its storage (a
+    folder, or an object store's URI) into ``runs.parquet`` / ``runs.csv`` (see the module's
+    docstring); return the table.
+
+    ``ended``: experiments whose sweep is known to have stopped (the sweep collecting after its
+    launch), so their unfinished trials are ``interrupted``. ``extra``: rows to record beside them
+    (a sweep's rows copied from other studies' tables). Notes (a rebuilt table, and whether it
+    lost rows) go to ``out`` (default stderr).
+    """
+    out = out or sys.stderr
+    paths = study_paths(Path(results).expanduser().absolute(), study)
+    where = storage if isinstance(storage, Storage) else open_storage(storage, paths)
+    rows, root = _trial_rows_of(study, paths, where, ended)
+    old, note = _recorded_rows(paths.runs_parquet)
+    table = _merged(old, rows, extra, paths)
     if note:
         print(note + _lost_note(paths, table), file=out, flush=True)
     if table.empty:

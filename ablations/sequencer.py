@@ -12,10 +12,10 @@ closed or has reached the cap. ``aims``: ``report`` (the arms against the refere
 so trials already running when an arm closes (at most the concurrency) only narrow it.
 
 :class:`SeedSequencer` is a Ray Tune searcher (``suggest`` / ``on_trial_complete``, run under a
-``ConcurrencyLimiter``), so it runs the same on a cluster. Its results come from the study's
-``runs.parquet`` (which the sweep brings up to date from the trial folders before it starts or
-resumes) and from the trials it sees complete; a restored one reads the table again, so after a
-SIGKILL a recorded (configuration, seed) is never trained twice. The Tune side is
+``ConcurrencyLimiter``), so it runs the same on a cluster. Its results come from the study's rows
+(its ``runs.parquet`` and the trial folders the table lacks, read, not written:
+:class:`ablations.collect.StudyRows`) and from the trials it sees complete; a restored one reads
+the rows again, so after a SIGKILL a recorded (configuration, seed) is never trained twice. The Tune side is
 :mod:`ablations.seed_searcher`; this module imports no Ray.
 """
 from __future__ import annotations
@@ -42,7 +42,8 @@ class SeedSequencer:
     """The seed blocks of one study; the Tune searcher (:func:`searcher`) wraps it.
 
     ``cells``: (arm, seed) -> the trial's parameters, for every trial the sweep may train (up to
-    the cap); ``table``: the study's runs.parquet, whose finished rows are the known results;
+    the cap); ``table``: the study's runs.parquet, or a callable that returns its rows, whose
+    finished rows are the known results;
     ``k``: the comparisons sharing α, the study's arms less the reference (default: these arms'),
     so a sweep of some arms (``--arms``) closes an arm exactly when the study's report does."""
 
@@ -82,10 +83,9 @@ class SeedSequencer:
         """Take every finished row of the study's table as a known result."""
         if self.table is None:
             return
-        df, _ = trial_index.read_table(self.table)
-        if df is None or df.empty:
-            return
-        self.know(trial_index.with_ids(df).to_dict("records"))
+        df = self.table() if callable(self.table) else trial_index.read_table(self.table)[0]
+        if df is not None and not df.empty:
+            self.know(trial_index.with_ids(df).to_dict("records"))
 
     def know(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for r in rows:
@@ -209,6 +209,35 @@ class SeedSequencer:
             out.append((c, got, True) if got is not None else (c, *self._claim_state(c)))
         return out
 
+    def projection(self) -> dict[str, int]:
+        """arm -> the seeds it would have once every open comparison settles, if each Δ̂ and σ̂_d
+        stays as it is now: an arm's first ``min_seeds`` always, and no more for a comparison with no
+        spread estimate yet (fewer than 2 pairs); one that would not settle by the cap runs to it."""
+        cap, first = self.design.max_seeds, self.design.min_seeds
+        want = {arm: first for arm in self.arms}
+
+        def to(arm: str, vs: str, a: Assessment) -> None:
+            if a.outcome != OPEN or a.n < 2:
+                return
+            n = cap if a.more_seeds is None else min(cap, max(first, a.n + a.more_seeds))
+            for x in (arm, vs):
+                want[x] = max(want.get(x, 0), n)
+
+        if self.aim != "findings":
+            for arm, a in self.states():
+                to(arm, self.reference, a)
+        for (arm, vs, *_), a, decided in self.claim_states():
+            if not decided:
+                to(arm, vs, a)
+        return want
+
+    def projected_trials(self) -> int:
+        """How many more trials :meth:`projection` asks for, beyond the seeds each arm has."""
+        have: dict[str, int] = {}
+        for arm, _ in self.values:
+            have[arm] = have.get(arm, 0) + 1
+        return sum(max(0, n - have.get(arm, 0)) for arm, n in self.projection().items())
+
     # -- the searcher's calls ----------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None | str:
         key = self.next_cell()
@@ -241,13 +270,16 @@ class SeedSequencer:
 
 def for_plan(p, todo, out=None) -> SeedSequencer:
     """The seed blocks of a sequential sweep's plan: its arms and design, ``todo`` (the cells no
-    table records) to train, its study's table as the known results, α shared by all the study's
-    comparisons (also when ``--arms`` trains some), the findings' claims on its arms."""
+    table records) to train, its study's rows (:class:`ablations.collect.StudyRows`) as the known
+    results, α shared by all the study's comparisons (also when ``--arms`` trains some), the
+    findings' claims on its arms."""
     from senet.claims import study_claims
+
+    from .collect import StudyRows
 
     every = [a.label for a in p.study.resolve_arms(p.base)]
     return SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
-                         {(c.arm, c.seed): c.params() for c in todo}, table=p.paths.runs_parquet,
+                         {(c.arm, c.seed): c.params() for c in todo}, table=StudyRows.of(p),
                          ids={c.key: c.arm for c in p.cells}, k=len(every) - 1,
                          claims=study_claims(p.study.name, every), aim=p.aim, out=out)
 

@@ -4,10 +4,11 @@ A sweep is planned before Ray starts (:mod:`ablations.plan`: the trials, and whi
 study's table already records, :mod:`senet.records.trial_index`), the trials no table records are
 trained as a new Tune experiment (:mod:`ablations.launch`, on the Ray that :mod:`ablations.cluster`
 starts or joins; ``--resume`` continues the latest one, :mod:`ablations.sweep_resume`), and the
-study's table is brought up to date once they end (:mod:`ablations.collect`). A launch whose driver
-was killed never collected: the next sweep of the study finishes that collect before it looks
-trials up (:func:`_mend_table`). Each distinct trial is trained once: asking for 5 seeds after 3
-trains the 2 new ones, and an interrupted sweep run again trains what it lacks.
+study's table is written once, when they end (:mod:`ablations.collect`). The plan reads what is
+recorded without writing it: every study's table, and this study's trial folders that its table
+lacks (a launch whose driver was killed before it collected them, :func:`collect.known_table`).
+Each distinct trial is trained once: asking for 5 seeds after 3 trains the 2 new ones, and an
+interrupted sweep run again trains what it lacks.
 
 Layout on disk (:class:`senet.records.layout.StudyPaths`)::
 
@@ -35,7 +36,7 @@ from senet.records.study_file import declare_design, record_launch
 
 from .bf16_note import say_emulated_bf16
 from .cluster import check_address, connect
-from .collect import collect, experiments, save_table
+from .collect import collect, known_table
 from .launch import check_data, cluster_gpus_per_trial, fit_experiment, run_options
 from .plan import Cell, Plan, SweepOptions, Triage, plan, reused_rows, study_meta, triage
 from .sequencer import SeedSequencer, for_plan, state_lines
@@ -61,18 +62,6 @@ class SweepOutcome:
         return self.finished == self.total and not self.unfinished
 
 
-def _mend_table(p: Plan, err) -> None:
-    """Finish the collect of a launch whose driver was killed before it collected: its finished
-    trials are in their folders only, and the trial index, the sequencer and a restored Tune
-    searcher look trials up in the table. After a launch that ended normally this rewrites the
-    table as it is."""
-    if experiments(p.storage) or p.paths.runs_parquet.exists():
-        try:
-            collect(p.study.name, p.paths.results, storage=p.tune_storage, out=err, ended=(p.experiment,))
-        except UserError:
-            pass  # nothing recorded yet
-
-
 def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
     """Run (or with ``resume`` continue) a study: train the trials no table records, copy those another
     study's table records, collect; say what did not finish."""
@@ -87,15 +76,14 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
         p = resume_plan(p, opts)
     run = run_options(opts, p)
     name = p.study.name
-    if not opts.dry_run:
-        _mend_table(p, err)
-    found = trial_index.recorded(p.paths.results, err)
+    known = known_table(name, p.paths.results, p.tune_storage)  # read only: the one collect ends the sweep
+    found = trial_index.recorded(p.paths.results, err, known={name: known})
     t = triage(p, found)
     say_emulated_bf16(p, opts, opts.resume or bool(t.todo), err)  # what bf16 costs on a CPU without it
-    seq = _sequencer(p, t) if p.design is not None else None
+    seq = _sequencer(p, t, out) if p.design is not None else None
     if opts.dry_run:
         if seq is not None:
-            return _say_sequential_plan(p, t, seq, out)
+            return _say_sequential_plan(p, t, seq, out, trial_s=_median_trial_s(known))
         _say_plan(p, t, out, dry=True)
         return SweepOutcome(p.results_dir, len(p.cells), len(t.recorded) + len(t.reused), (), "",
                             trained=len(t.todo), reused=len(t.reused), recorded=len(t.recorded))
@@ -114,23 +102,21 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
         meta["experiment"] = None  # no Tune experiment of this name exists
     if launching or t.reused or not p.paths.study_json.is_file():
         record_launch(p.paths, meta, launch=launching)  # a sweep with nothing to do changes nothing
-    if t.reused:  # into the table now, so an interrupted launch keeps them
-        old, _ = trial_index.read_table(p.paths.runs_parquet)
-        save_table(p.paths, trial_index.merge(old, pd.DataFrame(reused_rows(p, meta, t.reused))))
+    copied = reused_rows(p, meta, t.reused)  # recorded by the collect that ends the sweep
     if seq is None:
         _say_plan(p, t, out)
     else:
-        _say_sequential_plan(p, t, seq, out, dry=False)
-    stale = interrupted_launches(p, t.todo)
+        _say_sequential_plan(p, t, seq, out, dry=False, trial_s=_median_trial_s(known))
+    stale = interrupted_launches(known, t.todo)
     if stale and not opts.resume:
         print(f"[{name}] note: {', '.join(stale)} left some of these unfinished; they start over in "
               f"{p.experiment} (`--resume` continues {stale[-1]} from its checkpoints instead)", file=err, flush=True)
 
     wall, trained = 0.0, 0
     if launching:
-        wall, trained = _train(p, opts, run, meta, t.todo, out, err)
+        wall, trained = _train(p, opts, run, meta, t.todo, seq, out, err)
 
-    df = collect(name, opts.results, storage=p.tune_storage, out=err, ended=(p.experiment,))
+    df = collect(name, opts.results, storage=p.tune_storage, out=err, ended=(p.experiment,), extra=copied)
     started = None
     if seq is not None:  # the cells the sequencer asked for, and those recorded before
         seq.load_table()
@@ -149,8 +135,8 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
     return outcome
 
 
-def _train(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tuple[Cell, ...], out,
-           err) -> tuple[float, int]:
+def _train(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tuple[Cell, ...],
+           seq: SeedSequencer | None, out, err) -> tuple[float, int]:
     """Check the address and the data, start or join Ray, decide the GPUs per trial where the command
     line left them to the cluster (recorded in study.json, which --resume reads), train; return (wall
     time, trials trained)."""
@@ -172,7 +158,7 @@ def _train(p: Plan, opts: SweepOptions, run: dict, meta: dict, todo: tuple[Cell,
             if not opts.resume:  # a resume keeps the trials' resources as they were started
                 meta["run_options"] = {**meta["run_options"], "gpus_per_trial": run["gpus_per_trial"]}
                 record_launch(p.paths, meta)
-        return fit_experiment(p, opts, run, todo, out)
+        return fit_experiment(p, opts, run, todo, out, seq)
     finally:
         if started:
             import ray  # here, not at the top: planning and dry runs never load Ray
@@ -204,7 +190,28 @@ def _sequencer(p: Plan, t: Triage, out=None) -> SeedSequencer:
     return seq
 
 
-def _say_sequential_plan(p: Plan, t: Triage, seq: SeedSequencer, out, dry: bool = True):
+def _median_trial_s(df: pd.DataFrame | None) -> float | None:
+    """The median wall time of the completed trials a study's rows record (None where none did)."""
+    if df is None or df.empty or "wall_time_s" not in df:
+        return None
+    wall = pd.to_numeric(df.loc[df["status"] == "completed", "wall_time_s"], errors="coerce").dropna()
+    return float(wall.median()) if len(wall) else None
+
+
+def _say_projection(p: Plan, seq: SeedSequencer, trial_s: float | None, out) -> None:
+    """≈ the trials (and trial-hours) that would settle every open comparison if Δ̂ and σ̂_d stay."""
+    more = seq.projected_trials()
+    if not more:
+        return
+    reach = ", ".join(f"{arm} {n}" for arm, n in seq.projection().items() if n > seq.design.min_seeds)
+    hours = (f", ≈ {more * trial_s / 3600:.1f} trial-hours at the {trial_s / 60:.0f} min a completed trial "
+             "took (median of those recorded, on the machines that trained them)" if trial_s else "")
+    print(f"[{p.study.name}] if every Δ̂ and σ̂_d stay as they are: ≈ {more} more trials (seeds per arm: "
+          f"{reach or 'the first ' + str(seq.design.min_seeds)}){hours}", file=out, flush=True)
+
+
+def _say_sequential_plan(p: Plan, t: Triage, seq: SeedSequencer, out, dry: bool = True,
+                         trial_s: float | None = None):
     d = p.design
     known = len(seq.values)
     nxt = seq.next_cell()
@@ -216,6 +223,7 @@ def _say_sequential_plan(p: Plan, t: Triage, seq: SeedSequencer, out, dry: bool 
           f"{len(t.recorded)} recorded, {len(t.reused)} reused, {known} results known; {block}", file=out, flush=True)
     for line in state_lines(seq):
         print(line, file=out, flush=True)
+    _say_projection(p, seq, trial_s, out)
     if dry:
         return SweepOutcome(p.results_dir, known, known, (), "", trained=0, reused=len(t.reused),
                             recorded=len(t.recorded))

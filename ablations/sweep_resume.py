@@ -12,6 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from senet import config
 from senet.errors import UserError
 from senet.records import trial_index
@@ -107,9 +109,9 @@ def resume_command(opts: SweepOptions, p: Plan) -> str:
     return shlex.join([*args, "--resume"])
 
 
-def interrupted_launches(p: Plan, todo: tuple[Cell, ...]) -> list[str]:
-    """The launches that left some of ``todo`` unfinished (stopped or failed), by name."""
-    df, _ = trial_index.read_table(p.paths.runs_parquet)
+def interrupted_launches(df: pd.DataFrame | None, todo: tuple[Cell, ...]) -> list[str]:
+    """The launches that left some of ``todo`` unfinished (stopped or failed), by name, from the
+    study's rows ``df`` (:func:`ablations.collect.known_table`)."""
     if df is None or df.empty or "experiment" not in df:
         return []
     df = trial_index.with_ids(df[~df["status"].isin(trial_index.FINISHED)])

@@ -215,3 +215,23 @@ def test_every_published_finding_names_arms_of_its_study():
         arms = [a.label for a in study.resolve_arms(Config())]
         got = dict(study_claims(study.name, arms))
         assert key in got and all(a in arms and v in arms for a, v, _ in got[key])
+
+
+def test_the_projection_asks_the_first_seeds_then_what_each_open_arm_needs():
+    """Before any result every arm needs the design's first seeds; once the clear effects have
+    closed, only the arms of open comparisons (and the reference) are projected past them, and the
+    projected trials are those seeds less the ones each arm has."""
+    seq = make()
+    first = seq.design.min_seeds
+    assert seq.projection() == {a: first for a in ARMS}
+    assert seq.projected_trials() == first * len(ARMS)
+    for s in range(first):
+        for a in ARMS:
+            seq.values[(a, s)] = errors(a, s)
+    seq.update()
+    want = seq.projection()
+    open_arms = {arm for arm, a in seq.states() if a.outcome == OPEN}
+    assert all(want[a] == first for a in ARMS if a not in open_arms | {"ref"})
+    assert all(first <= want[a] <= seq.design.max_seeds for a in ARMS)
+    assert open_arms and all(want[a] > first for a in open_arms | {"ref"})
+    assert seq.projected_trials() == sum(n - first for n in want.values())

@@ -192,12 +192,16 @@ def study_folders(results: str | Path) -> list[StudyPaths]:
     return [study_paths(root, d.name) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
 
 
-def recorded(results: Path, out=None) -> dict[tuple[str, int], list[dict]]:
+def recorded(results: Path, out=None, known: Mapping[str, pd.DataFrame | None] | None = None
+             ) -> dict[tuple[str, int], list[dict]]:
     """Every finished row of every ``<results>/*/runs.parquet`` by ``(config_id, seed)``: rows trained
-    in their own study first (a copy's ``reused_from`` already names its origin), then by study."""
+    in their own study first (a copy's ``reused_from`` already names its origin), then by study.
+    ``known``: a study's rows as a sweep read them (its table and the trial folders the table lacks),
+    used in place of its table."""
     found: dict[tuple[str, int], list[dict]] = {}
+    known = known or {}
     for study in study_folders(results):
-        df, why = read_table(study.runs_parquet)
+        df, why = (known[study.study], None) if study.study in known else read_table(study.runs_parquet)
         if df is None:
             if why and out is not None:
                 print(f"senet: note: {study.runs_parquet} could not be read ({why}); its trials are not reused "
