@@ -122,6 +122,20 @@ class AnalyzeCommand(AnalysisCommand):
         return 0
 
 
+def family_table_output(args) -> list[Path]:
+    """``<results>/<study>/family_table.md`` (:mod:`analysis.family_table`), and the README's table with
+    ``--readme``."""
+    from .family_table import write_family_table
+
+    return write_family_table(args.results, args.study, preset=args.preset, experiment=args.experiment,
+                              recipe=args.recipe, n_boot=args.n_boot, readme=args.readme)
+
+
+#: What ``senet report STUDY`` writes besides report.md, per study: a writer of the command's
+#: arguments that returns the files it wrote (a README's table among them with ``--readme``).
+REPORT_OUTPUTS = {"family": family_table_output}
+
+
 @command
 class ReportCommand(AnalysisCommand):
     name = "report"
@@ -135,17 +149,27 @@ class ReportCommand(AnalysisCommand):
                        "bootstrap interval (at least 200)")
         p.add_argument("--effect", type=float, default=None, metavar="PP", help="difference (points) the "
                        "projection line sizes the seeds for (default the design's delta, or one test image if larger)")
-        p.epilog = "a table holding several recipes is refused until --preset, --experiment or --recipe chooses one"
+        p.add_argument("--readme", default=None, metavar="PATH", help="also put the study's README table "
+                       f"(studies with one: {', '.join(REPORT_OUTPUTS)}) between its marker comments in PATH, "
+                       "e.g. <!-- family-table:start --> and <!-- family-table:end -->")
+        p.epilog = ("a table holding several recipes is refused until --preset, --experiment or --recipe chooses "
+                    "one; the family study's report also writes <results>/family/family_table.md")
 
     def run(self, args, overrides):
         from .report import write_report
 
         if not Path(args.results).is_dir():
             raise UserError(f"results directory not found: {args.results}")
+        extra = REPORT_OUTPUTS.get(args.study)
+        if args.readme and extra is None:
+            raise UserError(f"--readme: the {args.study} study has no README table (studies with one: "
+                            f"{', '.join(REPORT_OUTPUTS)})")
         path = write_report(args.results, args.study, n_boot=args.n_boot, preset=args.preset,
                             experiment=args.experiment, recipe=args.recipe, effect=args.effect)
         print(path.read_text().split("## Figures")[0].rstrip())
         print(f"\nwrote {path}")
+        for written in extra(args) if extra else ():
+            print(f"wrote {written}")
         return 0
 
 
