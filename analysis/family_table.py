@@ -9,6 +9,7 @@ what lies between its :data:`MARKERS`. Rendering only: pandas.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -129,6 +130,10 @@ def splice_readme(text: str, block: str, where: str = "the README") -> str:
     return text[:i + len(start)] + "\n" + block.strip("\n") + "\n" + text[j:]
 
 
+def _relative(path: str | Path, start: Path) -> str:
+    return Path(os.path.relpath(Path(path).absolute(), start)).as_posix()
+
+
 def write_family_table(results: str | Path, study: str = "family", *, preset: str | None = None,
                        experiment: str | None = None, recipe: str | None = None, n_boot: int = 10000,
                        readme: str | Path | None = None) -> list[Path]:
@@ -138,11 +143,17 @@ def write_family_table(results: str | Path, study: str = "family", *, preset: st
     source = study_paths(results, study).dir
     choice = "".join(f" --{k} {v}" for k, v in (("preset", preset), ("experiment", experiment),
                                                    ("recipe", recipe)) if v)
-    cmd = f"senet report {study} --results {results}{choice}"
+
+    def command(start: Path) -> str:  # as run from ``start``: no machine's paths in a committed file
+        return f"senet report {study} --results {_relative(results, start)}{choice}"
+
     spliced = None
     if readme is not None:  # the markers are checked before anything is written
-        spliced = splice_readme(Path(readme).read_text(), f"Written by `{cmd} --readme {readme}` from "
-                                f"`{source}`; not edited by hand.\n\n{table}", str(readme))
+        home = Path(readme).absolute().parent
+        spliced = splice_readme(Path(readme).read_text(), f"Written by `{command(home)} --readme "
+                                f"{Path(readme).name}` from `{_relative(source, home)}`; not edited by hand.\n\n{table}",
+                                str(readme))
     out = [write_atomic(source / "family_table.md", f"# The channel-attention family against SE\n\n"
-                        f"Written by `{cmd}` from `{source}`.\n\n{table}")]
+                        f"Written by `{command(Path(results).absolute().parent)}` from this folder's runs.parquet."
+                        f"\n\n{table}")]
     return out + ([write_atomic(readme, spliced)] if spliced is not None else [])
