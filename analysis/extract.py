@@ -29,14 +29,15 @@ from senet.se import GATES
 #: The histogram window: a gate's range where it is narrower (bounded gates), all of it for an
 #: unbounded side and for a custom callable gate, whose range is not registered.
 DEFAULT_RANGE = (-4.0, 4.0)
-_NAME = re.compile(r"^SE_(\d+)_(\d+)$")
+_NAME = re.compile(r"^SE_(\d+)_(\d+)(?:_[A-Za-z]\w*)?$")
 
 
 def block_position(name: str) -> tuple[int, int]:
-    """``"SE_4_2"`` -> ``(4, 2)``: the paper's stage and block index."""
+    """``"SE_4_2"`` -> ``(4, 2)``: the paper's stage and block index. A module at one of several
+    sites of a block (GCT before every convolution: ``"SE_4_2_conv1"``) has its block's position."""
     m = _NAME.match(name)
     if not m:
-        raise ValueError(f"not an SE block name: {name!r} (expected SE_<stage>_<block>)")
+        raise ValueError(f"not an SE block name: {name!r} (expected SE_<stage>_<block>[_<site>])")
     return int(m.group(1)), int(m.group(2))
 
 

@@ -171,8 +171,12 @@ def write_gates(runs: list[GateRun], out: str | Path, overrides: dict | None = N
     for run in runs:
         model, cfg, _, meta = load_trained(run.checkpoint, overrides or {}, "gates")
         ds, mean, std, classes = load_data(cfg, meta, cache)
-        if not se_modules(model):
-            raise UserError(f"{run.checkpoint} ({cfg.model.name}, se.stages={cfg.se.stages}) has no SE blocks")
+        if not se_modules(model):  # a study's plain baseline, or SK (a conv in place of SE): nothing gates
+            why = f"{run.checkpoint} ({cfg.model.name}, se.stages={cfg.se.stages}) has no SE blocks"
+            if len(runs) == 1:
+                raise UserError(why)
+            notes.append(f"{run.label or Path(run.checkpoint).parent.name}: no SE blocks, so no gate to show")
+            continue
         info = run.info or _run_info(run.checkpoint, cfg)
         if info.get("status") == "diverged" or not all(
                 bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):

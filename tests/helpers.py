@@ -92,9 +92,10 @@ def gate_arms() -> int:
     return len(STUDIES.get("gate").arms)
 
 
-def train_tiny_se20(out: Path, gate: str, seed: int = 0) -> Path:
-    """A run folder of SE-ResNet-20 with ``gate`` trained one epoch on a small synthetic set, on one
-    torch thread (restored afterwards)."""
+def train_tiny_se20(out: Path, gate: str, seed: int = 0, **keys) -> Path:
+    """A run folder of SE-ResNet-20 with ``gate`` (and any other flat config ``keys``, e.g.
+    ``**{"se.preset": "gct"}``) trained one epoch on a small synthetic set, on one torch thread
+    (restored afterwards)."""
     import torch
 
     from senet.config import from_flat
@@ -106,7 +107,7 @@ def train_tiny_se20(out: Path, gate: str, seed: int = 0) -> Path:
         fit(from_flat({"model.name": "se_resnet20", "se.gate": gate, "data.name": "synthetic",
                        "data.synthetic_train": 64, "data.synthetic_test": 40, "data.val_fraction": 0.25,
                        "optim.batch_size": 32, "optim.epochs": 1, "run.threads": 1, "run.progress": False,
-                       "run.device": "cpu", "seed": seed, "run.out": str(out)}))
+                       "run.device": "cpu", "seed": seed, "run.out": str(out), **keys}))
     finally:
         torch.set_num_threads(n)
     return out

@@ -145,6 +145,22 @@ def test_gates_on_checkpoints_labels_them_by_their_gate(tmp_path, trained):
         (out / "gates.md").read_text()
 
 
+def test_gates_skip_a_network_without_se_and_read_every_site_of_a_block(tmp_path, trained):
+    """A study's plain baseline has nothing to show and is named as such; GCT before every
+    convolution has two modules per basic block, and each stage's row reads all of them."""
+    plain = train_tiny_se20(tmp_path / "plain", "sigmoid", **{"se.stages": "none"})
+    gct = train_tiny_se20(tmp_path / "gct", "one_plus_tanh", **{"se.preset": "gct"})
+    out = tmp_path / "g"
+    assert main(["gates", str(plain), str(gct), "--out", str(out), "--device", "cpu"]) == 0
+    t = pd.read_csv(out / "gates.csv")
+    assert list(t["label"]) == ["one_plus_tanh"] * 3 and list(t["stage"]) == [2, 3, 4]
+    assert "no SE blocks, so no gate to show" in (out / "gates.md").read_text()
+    model, _, _ = load_model(gct / "checkpoint.pt")
+    assert {n.rsplit("_", 1)[-1] for n in se_modules(model)} == {"conv1", "conv2"}
+    assert {block_position(n) for n in se_modules(model)} == {(s, b) for s in (2, 3, 4) for b in (1, 2, 3)}
+    assert main(["gates", str(plain), "--out", str(tmp_path / "p")]) != 0  # one alone is refused
+
+
 def test_near_bound_shares_follow_each_gate():
     s = torch.tensor([0.0, 0.0, 0.05, 0.5, 0.95, -0.9, 2.0])
     assert int(gate_bounds("relu").low(s).sum()) == 3  # exactly 0 (and below): the channel switched off
