@@ -176,6 +176,9 @@ def gates_figure(samples: dict[str, dict[int, np.ndarray]], table: pd.DataFrame,
                                 xytext=(4 if left else -4, 0), textcoords="offset points", fontsize=5.5,
                                 ha="left" if left else "right", va="bottom", color="0.2",
                                 bbox={"facecolor": "white", "alpha": 0.75, "lw": 0, "pad": 0.5})
+            if stage not in samples[label]:  # a module in some stages only (GC's stages 3+)
+                ax.text(0.5, 0.5, "no module in this stage", transform=ax.transAxes, ha="center", va="center",
+                        fontsize=6, color="0.4")
             if len(row):
                 r = row.iloc[0]
                 ax.axvline(r["mean"], color="black", lw=0.8, ls="--", zorder=3)

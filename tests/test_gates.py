@@ -194,3 +194,19 @@ def test_gates_bad_input_is_one_line(tmp_path, trained, capsys, case):
     assert err.count("\n") == 1 and "Traceback" not in err, err
     if case == "missing_checkpoints":
         assert "none of the 1 arms' best checkpoints is on this machine" in err and "give checkpoint paths" in err
+
+
+def test_a_stage_without_the_module_says_so_in_its_panel():
+    """GC sits in stages 3+: its stage-2 panel says that no module is there, instead of a blank."""
+    from analysis.gates_render import gates_figure
+
+    rng = np.random.default_rng(0)
+    samples = {"se": {2: rng.random(50), 3: rng.random(50)}, "gc": {3: rng.normal(size=50)}}
+    table = pd.DataFrame([{"label": k, "stage": s, "mean": float(v.mean()), "std": float(v.std()), "eta2": 0.5,
+                           "constant_channels": 0.0, "near_bounds": float("nan")}
+                          for k, per in samples.items() for s, v in per.items()])
+    fig = gates_figure(samples, table, {"se": "sigmoid", "gc": "identity"},
+                       {"se": gate_bounds("sigmoid"), "gc": gate_bounds("identity")})
+    texts = [[t.get_text() for t in ax.texts] for ax in fig.axes]
+    assert texts[2] == ["no module in this stage"]  # gc, stage 2
+    assert all("no module in this stage" not in t for i, t in enumerate(texts) if i != 2)
