@@ -17,6 +17,7 @@ import latency  # noqa: E402
 import se_cost  # noqa: E402
 import sweep_rate  # noqa: E402
 import train_wall  # noqa: E402
+import variance_parts  # noqa: E402
 
 
 def test_median_ci_uses_the_binomial_order_statistics():
@@ -259,3 +260,29 @@ def test_family_latency_refuses_bad_arguments(capsys):
         family_latency.main(["--repeats", "0"])
     assert "at least 1" in capsys.readouterr().err
 
+
+
+def test_variance_parts_test_sd_of_a_difference_is_the_discordance_over_n():
+    """Two networks on 8 images: they disagree on 3 (q = 3/8) and differ in error by 1/8, so the
+    images alone give their difference a variance of (q − Δ²)/N."""
+    import numpy as np
+
+    a = np.array([1, 1, 1, 1, 0, 0, 1, 1], bool)
+    b = np.array([1, 0, 0, 1, 1, 0, 1, 1], bool)
+    assert variance_parts.pair_test_sd(a, b) == pytest.approx(100 * ((3 / 8 - (1 / 8) ** 2) / 8) ** 0.5)
+    assert variance_parts.pair_test_sd(a, a) == 0.0
+
+
+def test_variance_parts_pairs_arms_by_seed_and_counts_a_trials_passes():
+    import pandas as pd
+
+    rows = [{"arm": arm, "seed": s, "status": "completed", "test_top1_err": err}
+            for arm, errs in {"ref": [10.0, 11.0, 12.0], "a": [10.5, 11.0, 13.5], "b": [9.0]}.items()
+            for s, err in enumerate(errs)]
+    rows.append({"arm": "a", "seed": 3, "status": "completed", "test_top1_err": 50.0})  # no reference pair
+    got = variance_parts.comparisons(pd.DataFrame(rows), "ref")
+    assert [(arm, n) for arm, n, _ in got] == [("a", 3)]  # b has one pair: no spread
+    assert got[0][2] == pytest.approx(pd.Series([0.5, 0.0, 1.5]).std())
+    runs = pd.DataFrame([{"optim.epochs": 5, "num_val": 2000.0, "data.subset": 20000, "num_test": 10000.0}])
+    assert variance_parts.trial_cost(runs, 1) == 3 * 5 * 18000 + 5 * 2000 + 10000
+    assert variance_parts.trial_cost(runs, 4) - variance_parts.trial_cost(runs, 1) == 30000
