@@ -264,10 +264,12 @@ def run_sweeps(opts: SweepOptions, out=None, err=None) -> list[SweepOutcome]:
         raise UserError("--resume continues one study's launch; name that study (senet sweep STUDY --resume)")
     outcomes = []
     if opts.dry_run and not opts.until_resolved:
-        found = trial_index.recorded(Path(opts.results).expanduser().absolute(), err)
+        plans = [plan(replace(opts, study=n)) for n in names]
+        found = trial_index.recorded(Path(opts.results).expanduser().absolute(), err,
+                                     known={p.study.name: known_table(p.study.name, p.paths.results, p.tune_storage)
+                                            for p in plans})
         earlier: set = set()
-        for n in names:
-            p = plan(replace(opts, study=n))
+        for p in plans:
             t = triage(p, found, frozenset(earlier))
             _say_plan(p, t, out, dry=True)
             earlier |= {c.key for c in t.todo}
