@@ -144,8 +144,11 @@ def se_by_stage(se: SEPlan | None, stages: tuple[int, ...], block: type[SESlot])
 
 
 def init_weights(model: nn.Module) -> None:
-    """He-normal (fan-out) convolutions, unit-scale BN: the initialisation every backbone shares."""
+    """He-normal (fan-out) convolutions, unit-scale BN: the initialisation every backbone shares.
+    A network built on the ``meta`` device (shapes only) has no values to set."""
     for m in model.modules():
+        if any(p.is_meta for p in m.parameters(recurse=False)):
+            continue
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
