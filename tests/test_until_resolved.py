@@ -21,10 +21,16 @@ ARGS = ["gate", "--preset", "smoke", "--until-resolved", "--max-seeds", "3"]
 
 
 def _finals(results: Path) -> list[tuple[str, int]]:
-    """(arm, seed) of every final row in every trial folder of every launch."""
+    """(arm, seed) of every final row in every trial folder of every launch. While a sweep runs, a
+    trial that Tune is starting may have a params.json not written through yet: it has no final row
+    either, so it is passed over (once the sweep has ended every file is whole, and a trial passed
+    over then would make the counts below disagree)."""
     out = []
     for f in (results / "gate" / "ray").glob("*/*/result.json"):
-        params = json.loads((f.parent / "params.json").read_text())
+        try:
+            params = json.loads((f.parent / "params.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
         out += [(params["arm"], int(params["seed"])) for row in json_rows(f.read_text()) if row.get("final")]
     return out
 
