@@ -86,15 +86,14 @@ def trial_points(todo: tuple[Cell, ...]):
     return BasicVariantGenerator(points_to_evaluate=[c.params() for c in todo]), len(todo)
 
 
-def sequential_search(p: Plan, todo: tuple[Cell, ...], run: dict, out, seq=None):
-    """A sequential sweep's searcher (:mod:`ablations.sequencer`: ``seq``, the sweep's, else one for
-    the plan) under a ``ConcurrencyLimiter`` of ``--max-concurrent`` trials, else as many as the
-    cluster's CPUs (or GPUs) hold; the number of samples is at most every trainable cell, the
-    searcher ends the experiment sooner."""
+def sequential_search(todo: tuple[Cell, ...], run: dict, seq):
+    """A sequential sweep's searcher (its :class:`ablations.sequencer.SeedSequencer` ``seq``) under a
+    ``ConcurrencyLimiter`` of ``--max-concurrent`` trials, else as many as the cluster's CPUs (or
+    GPUs) hold; the number of samples is at most every trainable cell, the searcher ends the
+    experiment sooner."""
     import ray
 
     from .seed_searcher import seed_searcher
-    from .sequencer import for_plan
 
     slots = int(run["max_concurrent"])
     if not slots:
@@ -102,7 +101,7 @@ def sequential_search(p: Plan, todo: tuple[Cell, ...], run: dict, out, seq=None)
         cpus = int(res.get("CPU", 1) // max(float(run["cpus_per_trial"]), 1e-9))
         gpus = (int(res.get("GPU", 0) // float(run["gpus_per_trial"])) if run["gpus_per_trial"] else cpus)
         slots = max(1, min(cpus, gpus))
-    return seed_searcher(seq if seq is not None else for_plan(p, todo, out), slots), max(1, len(todo))
+    return seed_searcher(seq, slots), max(1, len(todo))
 
 
 def cluster_gpus_per_trial() -> float:
@@ -146,7 +145,7 @@ def fit_experiment(p: Plan, opts: SweepOptions, run: dict, todo: tuple[Cell, ...
             print(f"[{p.study.name}] {note}", file=out, flush=True)
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
     else:
-        search, n = (sequential_search(p, todo, run, out, seq) if p.design is not None else trial_points(todo))
+        search, n = (sequential_search(todo, run, seq) if p.design is not None else trial_points(todo))
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(p),

@@ -43,14 +43,16 @@ class SeedSequencer:
 
     ``cells``: (arm, seed) -> the trial's parameters, for every trial the sweep may train (up to
     the cap); ``table``: the study's runs.parquet, or a callable that returns its rows, whose
-    finished rows are the known results;
+    finished rows are the known results (``known``: those rows as the caller has just read them,
+    taken at first instead of ``table``);
     ``k``: the comparisons sharing α, the study's arms less the reference (default: these arms'),
     so a sweep of some arms (``--arms``) closes an arm exactly when the study's report does."""
 
     def __init__(self, arms: list[str], reference: str, design: Design, cells: Mapping[Key, dict],
                  table: Path | None = None, ids: Mapping[tuple[str, int], str] | None = None,
                  metric: str = METRIC, resolution: float = 0.0, k: int | None = None,
-                 claims: Iterable[tuple[str, list[tuple[str, str, str]]]] = (), aim: str = "both", out=None):
+                 claims: Iterable[tuple[str, list[tuple[str, str, str]]]] = (), aim: str = "both", out=None,
+                 known: Iterable[Mapping[str, Any]] | None = None):
         if reference not in arms:
             raise UserError(f"the reference arm {reference!r} is not one of the arms ({', '.join(arms)})")
         self.arms, self.reference, self.design = list(arms), reference, design
@@ -75,7 +77,10 @@ class SeedSequencer:
         self.closed: dict[str, Assessment] = {}
         self._out = out
         self._quiet = True  # what the table already decided is shown by the state lines, not announced
-        self.load_table()
+        if known is None:
+            self.load_table()
+        else:  # the rows the caller has just read: not read again
+            self.know(known)
         self._quiet = False
 
     # -- state -----------------------------------------------------------------------------------
@@ -231,12 +236,14 @@ class SeedSequencer:
                 to(arm, vs, a)
         return want
 
-    def projected_trials(self) -> int:
-        """How many more trials :meth:`projection` asks for, beyond the seeds each arm has."""
+    def projected_trials(self, want: Mapping[str, int] | None = None) -> int:
+        """How many more trials ``want`` (default :meth:`projection`) asks for, beyond the seeds each
+        arm has."""
         have: dict[str, int] = {}
         for arm, _ in self.values:
             have[arm] = have.get(arm, 0) + 1
-        return sum(max(0, n - have.get(arm, 0)) for arm, n in self.projection().items())
+        want = self.projection() if want is None else want
+        return sum(max(0, n - have.get(arm, 0)) for arm, n in want.items())
 
     # -- the searcher's calls ----------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None | str:
@@ -268,11 +275,11 @@ class SeedSequencer:
         return state
 
 
-def for_plan(p, todo, out=None) -> SeedSequencer:
+def for_plan(p, todo, out=None, known: Iterable[Mapping[str, Any]] | None = None) -> SeedSequencer:
     """The seed blocks of a sequential sweep's plan: its arms and design, ``todo`` (the cells no
     table records) to train, its study's rows (:class:`ablations.collect.StudyRows`) as the known
-    results, α shared by all the study's comparisons (also when ``--arms`` trains some), the
-    findings' claims on its arms."""
+    results (``known``: those rows as the sweep planned from them), α shared by all the study's
+    comparisons (also when ``--arms`` trains some), the findings' claims on its arms."""
     from senet.claims import study_claims
 
     from .collect import StudyRows
@@ -281,7 +288,7 @@ def for_plan(p, todo, out=None) -> SeedSequencer:
     return SeedSequencer([a.label for a in p.arms], p.study.reference_arm, p.design,
                          {(c.arm, c.seed): c.params() for c in todo}, table=StudyRows.of(p),
                          ids={c.key: c.arm for c in p.cells}, k=len(every) - 1,
-                         claims=study_claims(p.study.name, every), aim=p.aim, out=out)
+                         claims=study_claims(p.study.name, every), aim=p.aim, out=out, known=known)
 
 
 def state_lines(seq: SeedSequencer) -> list[str]:

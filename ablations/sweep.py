@@ -80,7 +80,7 @@ def run_sweep(opts: SweepOptions, out=None, err=None) -> SweepOutcome:
     found = trial_index.recorded(p.paths.results, err, known={name: known})
     t = triage(p, found)
     say_emulated_bf16(p, opts, opts.resume or bool(t.todo), err)  # what bf16 costs on a CPU without it
-    seq = _sequencer(p, t, out) if p.design is not None else None
+    seq = _sequencer(p, t, known, out) if p.design is not None else None
     if opts.dry_run:
         if seq is not None:
             return _say_sequential_plan(p, t, seq, out, trial_s=_median_trial_s(known))
@@ -182,9 +182,11 @@ def _say_plan(p: Plan, t: Triage, out, dry: bool = False) -> None:
 # ---------------------------------------------------------------------------------------------
 # Sequential sweeps (--until-resolved)
 # ---------------------------------------------------------------------------------------------
-def _sequencer(p: Plan, t: Triage, out=None) -> SeedSequencer:
-    """The study's seed blocks as its table records them (the reused rows counted in)."""
-    seq = for_plan(p, t.todo, out)
+def _sequencer(p: Plan, t: Triage, known: pd.DataFrame | None, out=None) -> SeedSequencer:
+    """The study's seed blocks as its rows record them (``known``, as the plan read them; the reused
+    rows counted in)."""
+    rows = known.to_dict("records") if known is not None else []  # ids set by collect.known_table
+    seq = for_plan(p, t.todo, out, known=rows)
     if t.reused:
         seq.know({**row, "arm": c.arm} for c, row in t.reused)
     return seq
@@ -200,10 +202,11 @@ def _median_trial_s(df: pd.DataFrame | None) -> float | None:
 
 def _say_projection(p: Plan, seq: SeedSequencer, trial_s: float | None, out) -> None:
     """≈ the trials (and trial-hours) that would settle every open comparison if Δ̂ and σ̂_d stay."""
-    more = seq.projected_trials()
+    want = seq.projection()
+    more = seq.projected_trials(want)
     if not more:
         return
-    reach = ", ".join(f"{arm} {n}" for arm, n in seq.projection().items() if n > seq.design.min_seeds)
+    reach = ", ".join(f"{arm} {n}" for arm, n in want.items() if n > seq.design.min_seeds)
     hours = (f", ≈ {more * trial_s / 3600:.1f} trial-hours at the {trial_s / 60:.0f} min a completed trial "
              "took (median of those recorded, on the machines that trained them)" if trial_s else "")
     print(f"[{p.study.name}] if every Δ̂ and σ̂_d stay as they are: ≈ {more} more trials (seeds per arm: "
