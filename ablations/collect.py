@@ -76,7 +76,7 @@ _LEFT_OUT = ("dataset", "num_train")
 #: Copied as they are from the trial's final result (:class:`senet.metrics.FitResult`).
 RESULT_COLUMNS = tuple(k for k in METRIC_COLUMNS if k not in (*_OWN_SOURCE, *_LEFT_OUT))
 #: Copied from the final result's provenance.
-PROVENANCE_COLUMNS = ("git_commit", "git_dirty", "torch_version", "device")
+PROVENANCE_COLUMNS = ("git_commit", "git_dirty", "torch_version", "device", "bf16_kernels")
 METRICS = ["status", *RESULT_COLUMNS, "epochs_run", "wall_time_s", "train_time_s", "node", "node_id",
            *PROVENANCE_COLUMNS, PRECISION_COLUMN, "checkpoint", "preset", "experiment", "recipe",
            "config_id", "reused_from", "num_test", "num_val", "num_failures"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .runtime import bf16_kernels
 
 #: Folders of the checkout that hold what runs write, not code: their changes do not make the code dirty
 #: (a sweep run from a checkout updates its results/<study>/runs.parquet while it trains).
@@ -71,6 +72,8 @@ def provenance(device: torch.device | str = "cpu", precision: str = "fp32") -> d
         "device": str(device),
         "device_name": device_name(device),
         "precision": precision,
+        # how bf16 convolutions were computed: natively, or as fp32 ones on bf16 values (senet.runtime)
+        "bf16_kernels": bf16_kernels(device) if precision == "bf16" else None,
         "threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
     }

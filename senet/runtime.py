@@ -2,7 +2,8 @@
 
 Precision (``run.precision``, ``auto`` by default): the forward pass runs under bf16 autocast on a GPU
 and on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX, read from the CPU's flags by
-:func:`cpu_has_native_bf16`), in fp32 elsewhere (emulated bf16 gains no speed). Autocast
+:func:`cpu_has_native_bf16`), in fp32 elsewhere (bf16 there gains no speed; asked for, its convolutions run as fp32 ones on bf16
+values, :class:`Bf16ConvolutionsInFp32`, rounded as native kernels round them). Autocast
 leaves the parameters, the optimizer state and the BN statistics in fp32 (BN accumulates its
 statistics of bf16 inputs in fp32); the loss is computed from fp32 logits. The SE excitation runs
 in bf16 like the rest: in fp32 it changed the excitations of a trained SE-ResNet-20 by less than
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from .config import Config, ConfigError
 
@@ -84,17 +86,12 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 
-#: What emulated bf16 costs, by whether the CPU has AVX-512 (``avx512f``): an SE-ResNet-20 training
-#: step, one thread, ``python benchmarks/bench.py --quick --only train``. With AVX-512 (this suite's
-#: 2-core AMD EPYC with oneDNN held below its bf16 instructions, ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``):
-#: 181 img/s in bf16 and 341 in fp32 (571 and 309 with the native instructions). With AVX2 only (a
-#: 2-core AMD EPYC without AVX-512): 22 img/s in bf16 and 235 in fp32.
-EMULATED_BF16 = {
-    True: "about 1.9x slower than fp32 (an SE-ResNet-20 training step: 181 img/s in bf16 against 341 in fp32 "
-          "on an AVX-512 core without BF16)",
-    False: "about 11x slower than fp32 (an SE-ResNet-20 training step: 22 img/s in bf16 against 235 in fp32 "
-           "on an AVX2 core without AVX-512)",
-}
+#: What bf16 costs on a CPU without native bf16, where convolutions run as
+#: :class:`Bf16ConvolutionsInFp32`: an SE-ResNet-20 training step, one thread, ``python
+#: benchmarks/bench.py --quick --only train`` on a 2-core AMD EPYC with AVX2 only. PyTorch's own bf16
+#: convolutions there (an im2col and a bf16 matrix product) ran at 22 img/s.
+EMULATED_BF16 = ("about as fast as fp32 (an SE-ResNet-20 training step: 267 img/s in bf16 against 268 in fp32 "
+                 "on an AVX2 core)")
 
 
 def cpu_device(device: str) -> bool:
@@ -109,9 +106,8 @@ def emulated_bf16_note(precision: str, device: str, source: str = "this run") ->
     without native bf16; else None. ``source`` names what trains in bf16 (a run, a preset's sweep)."""
     if precision != "bf16" or not cpu_device(device) or cpu_has_native_bf16():
         return None
-    return (f"note: this CPU has no native bf16 (AVX512-BF16/AMX); {source} trains in bf16, emulated "
-            f"here: {EMULATED_BF16['avx512f' in cpu_flags()]}; --run.precision fp32 is faster here but a separate recipe "
-            "(results trained in bf16 do not count for it)")
+    return (f"note: this CPU has no native bf16 (AVX512-BF16/AMX); {source} trains in bf16, its convolutions "
+            f"as fp32 ones on bf16 values rounded once to bf16, as native kernels round them: {EMULATED_BF16}")
 
 
 def default_precision(device: torch.device) -> str:
@@ -163,7 +159,56 @@ def determinism(on: bool, threads: int):
         torch.set_num_threads(prev[3])
 
 
+def _to_bf16_values(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` as the fp32 tensor of its bf16 values (exact for a bf16 ``t``; autocast's cast for an fp32 one)."""
+    if t is None or not t.is_floating_point():
+        return t
+    return t.float() if t.dtype == torch.bfloat16 else t.to(torch.bfloat16).float()
+
+
+class Bf16ConvolutionsInFp32(TorchFunctionMode):
+    """Under CPU bf16 autocast, each convolution computed as native bf16 kernels compute it, with fp32 ones.
+
+    A native bf16 convolution (oneDNN with AVX512-BF16 or AMX) reads bf16 inputs and weights,
+    accumulates in fp32 (oneDNN's default, "strict", accumulation mode) and rounds its output to
+    bf16 once; its gradients the same. On a CPU without them PyTorch falls back to an im2col and a
+    bf16 matrix product that is about 11x slower than fp32 on an AVX2 core and rounds partial sums:
+    its weight gradients were 4x further from the exact ones than a single rounding. This mode
+    casts the inputs and the weight to bf16 (as autocast does), computes the convolution in fp32 on
+    those values and casts the output to bf16, so the casts' backward passes round the gradients
+    once each too: the rounding of native kernels, up to the order of the fp32 sums, at fp32's speed
+    (:data:`EMULATED_BF16`). Everything else autocast does is left as it is.
+    """
+
+    OPS = frozenset({torch.conv1d, torch.conv2d, torch.conv3d})  # torch.nn.functional's convNd are these
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func not in self.OPS or not torch.is_autocast_enabled("cpu"):
+            return func(*args, **kwargs)
+        args = [_to_bf16_values(a) for a in args[:3]] + list(args[3:])
+        if "bias" in kwargs:
+            kwargs["bias"] = _to_bf16_values(kwargs["bias"])
+        with torch.autocast("cpu", enabled=False):
+            return func(*args, **kwargs).to(torch.bfloat16)
+
+
+def bf16_kernels(device: torch.device) -> str:
+    """How bf16 autocast computes convolutions on ``device``: ``native``, or ``fp32`` on a CPU
+    without native bf16 (:class:`Bf16ConvolutionsInFp32`)."""
+    return "fp32" if device.type == "cpu" and not cpu_has_native_bf16() else "native"
+
+
+@contextlib.contextmanager
+def _cpu_bf16_in_fp32():
+    with torch.autocast("cpu", dtype=torch.bfloat16), Bf16ConvolutionsInFp32():
+        yield
+
+
 def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The context a run's forward passes take in ``precision`` (``bf16`` or ``fp32``) on ``device``."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    if bf16_kernels(device) == "fp32":
+        return _cpu_bf16_in_fp32()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -1,6 +1,6 @@
 """One recipe whatever the machine: the standard preset pins bf16 (the precision of its published
 trials), so a CPU without native bf16 plans the same trials as one with it and counts the committed
-results; such a CPU is told what emulated bf16 costs. ``SENET_CPU_BF16`` forces the detection either
+results; such a CPU is told how it computes bf16. ``SENET_CPU_BF16`` forces the detection either
 way. Dry runs only: nothing is trained."""
 from __future__ import annotations
 
@@ -54,12 +54,13 @@ def _dry(capsys, results: Path, *argv: str) -> tuple[str, str]:
     return cap.out, cap.err
 
 
-@pytest.mark.parametrize("flags, ratio", [({"avx2", "avx512f"}, "1.9x"), ({"avx2"}, "11x")])
-def test_the_note_gives_the_cost_measured_on_this_kind_of_cpu(monkeypatch, flags, ratio):
-    """Emulated bf16 costs about 2x on an AVX-512 core and about 11x on one with AVX2 only."""
+@pytest.mark.parametrize("flags", [{"avx2", "avx512f"}, {"avx2"}])
+def test_the_note_says_how_bf16_convolutions_run_there(monkeypatch, flags):
+    """Without native bf16, convolutions run as fp32 ones on bf16 values, at about fp32's speed."""
     monkeypatch.setenv(runtime.BF16_ENV, "0")
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
-    assert f"about {ratio} slower than fp32" in runtime.emulated_bf16_note("bf16", "cpu")
+    note = runtime.emulated_bf16_note("bf16", "cpu")
+    assert "as fp32 ones on bf16 values rounded once to bf16" in note and "about as fast as fp32" in note
 
 
 @pytest.mark.parametrize("native", ["0", "1"])
