@@ -75,11 +75,13 @@ _OWN_SOURCE = ("status", "checkpoint", "epochs_run", "wall_time_s", "train_time_
 _LEFT_OUT = ("dataset", "num_train")
 #: Copied as they are from the trial's final result (:class:`senet.metrics.FitResult`).
 RESULT_COLUMNS = tuple(k for k in METRIC_COLUMNS if k not in (*_OWN_SOURCE, *_LEFT_OUT))
-#: Copied from the final result's provenance.
-PROVENANCE_COLUMNS = ("git_commit", "git_dirty", "torch_version", "device", "bf16_kernels")
+#: Copied from the final result's provenance; a later one goes after the columns of tables already
+#: published, which keep their order.
+PROVENANCE_COLUMNS = ("git_commit", "git_dirty", "torch_version", "device")
+LATER_PROVENANCE_COLUMNS = ("bf16_kernels",)  # how bf16 convolutions ran: native, or fp32 ones on bf16 values
 METRICS = ["status", *RESULT_COLUMNS, "epochs_run", "wall_time_s", "train_time_s", "node", "node_id",
            *PROVENANCE_COLUMNS, PRECISION_COLUMN, "checkpoint", "preset", "experiment", "recipe",
-           "config_id", "reused_from", "num_test", "num_val", "num_failures"]
+           "config_id", "reused_from", "num_test", "num_val", "num_failures", *LATER_PROVENANCE_COLUMNS]
 
 
 def _trial_states(exp: Path) -> dict[str, dict]:
@@ -209,7 +211,7 @@ def trial_rows(exp: Path, study: StudyPaths, live: bool | None = None,
             "train_time_s": last.get("train_time_s"),
             "node": last.get("node", last.get("hostname")), "node_id": last.get("node_id"),
         })
-        row.update({k: prov.get(k) for k in PROVENANCE_COLUMNS})
+        row.update({k: prov.get(k) for k in (*PROVENANCE_COLUMNS, *LATER_PROVENANCE_COLUMNS)})
         row.update({
             PRECISION_COLUMN: ran[PRECISION_COLUMN],
             "checkpoint": copy.checkpoint(tdir) if copy is not None else _checkpoint(tdir, study),

@@ -261,7 +261,7 @@ def test_the_tables_columns_keep_their_order():
         "test_top1_err_at_best_val", "test_top5_err_at_best_val", "params", "flops", "se_params", "se_flops",
         "se_hidden", "epochs_run", "wall_time_s", "train_time_s", "node", "node_id", "git_commit", "git_dirty",
         "torch_version", "device", "precision", "checkpoint", "preset", "experiment", "recipe", "config_id",
-        "reused_from", "num_test", "num_val", "num_failures"]
+        "reused_from", "num_test", "num_val", "num_failures", "bf16_kernels"]
 
 
 def test_collect_rebuilds_an_unreadable_parquet_and_says_so(tmp_path, capsys):

@@ -88,12 +88,13 @@ def details(df: pd.DataFrame) -> list[str]:
 
 def _recipe_table(recipes: list[dict]) -> str:
     header = ["study", "preset", "dataset", "model", "epochs", "training images", "test images", "seeds",
-              "trials (completed)", "trial-hours", "img/s per trial (median)", "params (ref. arm)",
+              "trials (completed)", "trial-hours", "img/s per trial (median)", "bf16 convolutions: trials (img/s)",
+              "params (ref. arm)",
               "SE channels → hidden (ref.)", "code commit(s)"]
     num = lambda v, fmt: fmt.format(v) if v is not None and math.isfinite(v) else "–"  # noqa: E731
     rows = [[r["study"], r["preset"], r["data"], r["model"], r["epochs"], r["train"],
              f"{r['num_test']:,}" if r["num_test"] else "–", str(r["seeds"]), f"{r['trials']} ({r['completed']})",
-             num(r.get("trial_hours"), "{:.1f}"), num(r.get("rate"), "{:,.0f}"),
+             num(r.get("trial_hours"), "{:.1f}"), num(r.get("rate"), "{:,.0f}"), r.get("kernels") or "–",
              human(r["params"]), r["se_hidden"] or "–", r["commits"]] for r in recipes]
     return markdown(header, rows)
 
