@@ -42,8 +42,9 @@ demo: install
 # Resumable by construction: a sweep trains only the (configuration, seed) pairs that no committed
 # results/*/runs.parquet records, so after an interruption, or from a fresh clone, run it again.
 # A trial another study already trained (gate's sigmoid = reduction's r=16 = ...) is reused.
-# Then the gate study's kept weights (its best run per arm and every sigmoid run whose trial folder
-# is here), the excitation findings over those networks, the gates figure and the findings table.
+# Then the gate study's kept weights (its best run per arm and the 12 lowest sigmoid seeds whose
+# network is here: 1.1 MB each keeps results/ under 30 MB), the excitation findings over those
+# networks, the gates figure and the findings table.
 STUDIES ?= gate reduction squeeze placement stages
 results: install
 	@for s in $(STUDIES); do \
@@ -52,7 +53,7 @@ results: install
 	  $(BIN)/senet report $$s --results $(RESULTS) --preset standard || exit $$?; \
 	  echo "[$$s] done in $$(( $$(date +%s) - t0 )) s (sweep, report)"; \
 	done
-	$(BIN)/senet weights gate --results $(RESULTS) --preset standard --best all --every sigmoid
+	$(BIN)/senet weights gate --results $(RESULTS) --preset standard --best all --every sigmoid --every-first 12
 	$(BIN)/senet analyze-seeds gate --results $(RESULTS) --preset standard --no-progress
 	$(BIN)/senet gates $(RESULTS)/gate --preset standard
 	$(BIN)/senet findings --results $(RESULTS) --preset standard

@@ -314,6 +314,9 @@ class WeightsCommand(AnalysisCommand):
         study_options(p, "choose among")
         p.add_argument("--best", default="", help="arms whose best run by validation is kept, as a,b or all")
         p.add_argument("--every", default="", help="arms whose every run is kept, as a,b")
+        p.add_argument("--every-first", type=int, default=0, metavar="N",
+                       help="of the --every arms, keep only the N lowest seeds (a size budget: a CIFAR "
+                            "SE-ResNet-20 is 1.1 MB) and remove the later ones kept before (default 0: all)")
 
     def run(self, args, overrides):
         from .study_results import load_recipe
@@ -325,7 +328,9 @@ class WeightsCommand(AnalysisCommand):
         best = list(dict.fromkeys(runs["arm"])) if args.best == "all" else split_list(args.best)
         if not best and not args.every:
             raise UserError("say which runs to keep: --best ARMS and/or --every ARMS")
-        index = keep(runs, paths.dir, best=best, every=split_list(args.every))
+        if args.every_first < 0:
+            raise UserError(f"--every-first must be 0 (all) or a positive count, not {args.every_first}")
+        index = keep(runs, paths.dir, best=best, every=split_list(args.every), first=args.every_first)
         size = sum((paths.dir / "weights" / f).stat().st_size for f in index["file"])
         print(f"{len(index)} networks kept in {paths.dir / 'weights'} ({size / 1e6:.1f} MB), listed in index.csv")
         return 0

@@ -24,6 +24,7 @@ from torch import nn
 
 from senet import se_modules
 from senet.errors import UserValueError
+from senet.runtime import autocast
 from senet.se import GATES
 
 #: The histogram window: a gate's range where it is narrower (bounded gates), all of it for an
@@ -259,8 +260,8 @@ def run_precision(precision: str | None):
 def autocast_as_trained(device: torch.device):
     """bf16 autocast when the run trained in bf16 (by default on CUDA), else none."""
     precision = _PRECISION.get() or ("bf16" if device.type == "cuda" else "fp32")
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "bf16":  # as training computes it (native kernels, or fp32 convolutions of bf16 values)
+        return autocast(device, "bf16")
     return torch.autocast(device.type, enabled=False)
 
 

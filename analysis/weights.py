@@ -66,10 +66,13 @@ def best_by_validation(runs: pd.DataFrame, arm: str) -> pd.Series | None:
     return a.sort_values(["best_val_top1_err", "seed"], kind="stable").iloc[0]
 
 
-def keep(runs: pd.DataFrame, study_dir: str | Path, *, best: list[str], every: list[str]) -> pd.DataFrame:
+def keep(runs: pd.DataFrame, study_dir: str | Path, *, best: list[str], every: list[str],
+         first: int = 0) -> pd.DataFrame:
     """Copy the weights of the best-by-validation run of each arm in ``best`` and of every run of
-    each arm in ``every`` (among the completed runs whose checkpoint is here) into the study's
-    ``weights/`` folder; the index lists every kept file. Returns the index."""
+    each arm in ``every`` (among the completed runs whose checkpoint is here; with ``first``, only
+    each such arm's ``first`` lowest seeds, and a kept file of a later seed that no ``best`` choice
+    needs is removed) into the study's ``weights/`` folder; the index lists every kept file.
+    Returns the index."""
     import torch  # only when weights are written
 
     from senet.checkpoint import load_checkpoint
@@ -82,7 +85,9 @@ def keep(runs: pd.DataFrame, study_dir: str | Path, *, best: list[str], every: l
     if unknown:
         raise UserError(f"no arm {unknown[0]!r} in this study (arms: {', '.join(dict.fromkeys(runs['arm']))})")
     chosen = [r for arm in best if (r := best_by_validation(here, arm)) is not None]
-    chosen += [r for _, r in here[here["arm"].isin(every)].sort_values(["arm", "seed"]).iterrows()]
+    for arm in every:
+        runs_of = here[here["arm"] == arm].sort_values("seed")
+        chosen += [r for _, r in (runs_of.head(first) if first else runs_of).iterrows()]
     if not chosen:
         raise UserError(f"{study_dir}: none of the runs asked for has a checkpoint on this machine")
     folder = study_dir / WEIGHTS
@@ -99,6 +104,12 @@ def keep(runs: pd.DataFrame, study_dir: str | Path, *, best: list[str], every: l
                      "best_val_top1_err": r.get("best_val_top1_err"), "test_top1_err": r.get("test_top1_err"),
                      "trial": str(r.get("checkpoint")), "git_commit": r.get("git_commit")})
     index = pd.concat([old, pd.DataFrame(rows)], ignore_index=True).drop_duplicates("file", keep="last")
+    if first:  # a size budget: later seeds of the `every` arms that nothing else chose go
+        names = {row["file"] for row in rows}
+        drop = index["arm"].isin(every) & ~index["file"].isin(names)
+        for name in index.loc[drop, "file"]:
+            (folder / name).unlink(missing_ok=True)
+        index = index[~drop]
     index = index.sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
     index.to_csv(index_path, index=False)
     return index

@@ -75,6 +75,25 @@ def test_weights_are_kept_without_training_state_and_read_after_the_trials_are_g
     assert "| sigmoid | sigmoid | 1 | 40.00 | 51.00 |" in md and "sigmoid_seed1.pt" in md  # best on validation
 
 
+def test_weights_every_first_keeps_the_lowest_seeds_and_removes_later_ones(tmp_path, trained, capsys):
+    """A size budget: the first N seeds of an --every arm, whatever a previous run kept."""
+    d = _study(tmp_path, trained)
+    res = str(tmp_path / "results")
+    assert main(["weights", "gate", "--results", res, "--every", "sigmoid"]) == 0
+    assert sorted(p.name for p in (d / "weights").glob("*.pt")) == [f"sigmoid_seed{s}.pt" for s in SEEDS]
+    assert main(["weights", "gate", "--results", res, "--best", "tanh", "--every", "sigmoid", "--every-first", "2"]) == 0
+    index = pd.read_csv(d / "weights" / "index.csv")
+    assert list(zip(index["arm"], index["seed"], strict=True)) == [("sigmoid", 0), ("sigmoid", 1), ("tanh", 0)]
+    assert sorted(p.name for p in (d / "weights").glob("*.pt")) == sorted(index["file"])
+    # the best sigmoid run by validation (seed 1) stays when --best asks for it within the budget
+    assert main(["weights", "gate", "--results", res, "--best", "all", "--every", "sigmoid", "--every-first", "1"]) == 0
+    index = pd.read_csv(d / "weights" / "index.csv")
+    assert list(zip(index["arm"], index["seed"], strict=True)) == [("sigmoid", 0), ("sigmoid", 1), ("tanh", 0)]
+    assert main(["weights", "gate", "--results", res, "--every", "sigmoid", "--every-first", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("--every-first must be 0 (all) or a positive count, not -1") and err.count("\n") == 1
+
+
 def test_weights_refuse_what_cannot_be_kept(tmp_path, trained, capsys):
     _study(tmp_path, trained)
     res = str(tmp_path / "results")
