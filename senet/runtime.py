@@ -90,7 +90,7 @@ def cpu_has_native_bf16() -> bool:
 #: :class:`Bf16ConvolutionsInFp32`: an SE-ResNet-20 training step, one thread, ``python
 #: benchmarks/bench.py --quick --only train`` on a 2-core AMD EPYC with AVX2 only. PyTorch's own bf16
 #: convolutions there (an im2col and a bf16 matrix product) ran at 22 img/s.
-EMULATED_BF16 = ("about as fast as fp32 (an SE-ResNet-20 training step: 267 img/s in bf16 against 268 in fp32 "
+EMULATED_BF16 = ("about as fast as fp32 (an SE-ResNet-20 training step: 263 img/s in bf16 against 268 in fp32 "
                  "on an AVX2 core)")
 
 
