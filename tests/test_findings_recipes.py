@@ -28,3 +28,9 @@ def test_a_table_from_before_the_column_counts_its_trials_as_unrecorded():
     runs = _runs([None, None]).drop(columns="bf16_kernels")
     assert kernels(runs) == "unrecorded 2 (150 img/s)"
     assert kernels(runs.iloc[:0]) == ""
+
+
+def test_rows_reused_from_another_study_count_there_not_here():
+    runs = _runs(["fp32", "native", "native"]).assign(reused_from=[None, "gate/gate-standard", None])
+    spent = compute_spent(runs)
+    assert spent["trial_hours"] == 2.0 and spent["kernels"] == "fp32 1 (200 img/s), native 1 (67 img/s)"

@@ -151,10 +151,13 @@ def recipe_summary(study: str, runs: pd.DataFrame, meta: dict, study_dir: Path |
 
 
 def compute_spent(runs: pd.DataFrame) -> dict:
-    """``trial_hours``: the trials' wall time summed (every trial that recorded one, completed or
-    not); ``rate``: the median over completed trials of training images × epochs / training time
-    (img/s, evaluation included; NaN where unrecorded); ``kernels``: the same per way the bf16
+    """What the study's own trials cost (a row reused from another study, ``reused_from``, counts in
+    that study): ``trial_hours``, their wall time summed (every trial that recorded one, completed
+    or not); ``rate``, the median over the completed ones of training images × epochs / training
+    time (img/s, evaluation included; NaN where unrecorded); ``kernels``, the same per way the bf16
     convolutions ran (:func:`kernels`)."""
+    if "reused_from" in runs:
+        runs = runs[runs["reused_from"].isna()]
     wall = pd.to_numeric(runs.get("wall_time_s", pd.Series(dtype=float)), errors="coerce")
     return {"trial_hours": float(wall.sum()) / 3600 if wall.notna().any() else math.nan,
             "rate": _rate(completed(runs)), "kernels": kernels(runs)}

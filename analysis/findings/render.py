@@ -88,7 +88,8 @@ def details(df: pd.DataFrame) -> list[str]:
 
 def _recipe_table(recipes: list[dict]) -> str:
     header = ["study", "preset", "dataset", "model", "epochs", "training images", "test images", "seeds",
-              "trials (completed)", "trial-hours", "img/s per trial (median)", "bf16 convolutions: trials (img/s)",
+              "trials (completed)", "trial-hours (own trials)", "img/s per own trial (median)",
+              "bf16 convolutions: own trials (img/s)",
               "params (ref. arm)",
               "SE channels → hidden (ref.)", "code commit(s)"]
     num = lambda v, fmt: fmt.format(v) if v is not None and math.isfinite(v) else "–"  # noqa: E731
