@@ -249,9 +249,9 @@ register_study(Study(
     doc="SE against ECA, CBAM, GE-θ⁻, SRM, GCT, SimAM, FcaNet, coordinate attention, SK and GC, each at its "
         "paper's defaults (its se.preset: senet/family/); the reference is the paper's SE block with its FC "
         "biases (the released models'; the slot studies remove them, so no trial is shared with them), the "
-        "baseline the plain network. GC sits in stage 3 and later (se.stages 3+: c3-c5 on ResNet-50), GCT once "
-        "per block before the last conv (its README's setting; the paper's before every conv is se.placement "
-        "every_conv). GE-θ and GE-θ⁺ are variants (presets ge_theta, ge_theta_plus), not arms. A module that "
+        "baseline the plain network. GC sits in stage 3 and later (se.stages 3+: c3-c5 on ResNet-50), GCT before "
+        "every conv of the block (its paper's site, se.placement every_conv; once per block before the last "
+        "conv, its README's setting, is the variant gct_block). GE-θ and GE-θ⁺ are variants (presets ge_theta, ge_theta_plus), not arms. A module that "
         "cannot be built on the chosen backbone is left out of the arms (SimAM's and GCT's sites are not in "
         "pre-activation blocks; FcaNet needs C a multiple of 16); on se_resnet20 (smoke, quick, standard) "
         "and se_resnet56 (full) every module builds. No paper numbers: each module's paper has its own baseline.",
