@@ -12,6 +12,8 @@ everywhere; on a CPU without native bf16, PyTorch's own kernels may not be.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -31,7 +33,7 @@ def errors(seed: int = 0) -> dict[str, dict[str, tuple[float, float]]]:
     def run(dtype, mode: bool, magnitude: bool = False):
         xi, wi = (x.abs(), w.abs()) if magnitude else (x, w)
         xi, wi = xi.to(dtype, copy=True).requires_grad_(), wi.to(dtype, copy=True).requires_grad_()
-        with torch.autocast("cpu", dtype=BF16, enabled=mode), (Bf16ConvolutionsInFp32() if mode else _null()):
+        with torch.autocast("cpu", dtype=BF16, enabled=mode), (Bf16ConvolutionsInFp32() if mode else contextlib.nullcontext()):
             y = F.conv2d(xi, wi, padding=1)
         y.backward((grad.abs() if magnitude else grad).to(y.dtype))
         return {"output": y, "grad input": xi.grad, "grad weight": wi.grad}
@@ -47,14 +49,6 @@ def errors(seed: int = 0) -> dict[str, dict[str, tuple[float, float]]]:
             step = ref.abs() * 2.0 ** -7 + sums[k].detach() * 2.0 ** -12
             out[kernel][k] = (err.mean().item(), (err > step).double().mean().item())
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 (senet.runtime.Bf16ConvolutionsInFp32), the rounding of native kernels that accumulate in fp32."""
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,21 +13,16 @@ import senet
 from senet import runtime
 from senet.provenance import provenance
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bf16_convolutions  # noqa: E402
+
 BF16 = torch.bfloat16
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bf16_convolutions.py"
-    spec = importlib.util.spec_from_file_location("bf16_convolutions", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_a_convolution_and_its_gradients_are_rounded_once_from_the_exact_values():
     """Forward, input and weight gradients each within one bf16 step of the float64 convolution of
     the same bf16 values, everywhere: a single rounding of an fp32 accumulation."""
-    res = _bench().errors()["fp32"]
+    res = bf16_convolutions.errors()["fp32"]
     assert set(res) == {"output", "grad input", "grad weight"}
     for name, (mean_err, beyond) in res.items():
         assert beyond == 0.0, name
